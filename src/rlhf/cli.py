@@ -1,0 +1,103 @@
+"""The ``rlhf`` command.
+
+    rlhf sft      [--config FILE] [key=value ...]
+    rlhf reward   [--config FILE] [key=value ...]
+    rlhf ppo      [--config FILE] [key=value ...]
+    rlhf pipeline [--config FILE | --preset NAME] --run-dir DIR [section.key=value ...]
+    rlhf generate --model DIR --prompt TEXT
+    rlhf config   STAGE            # print a stage's defaults as YAML, ready to edit
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rlhf.config import STAGE_CONFIGS, ConfigError, dump_config, load_config, preset_config_path
+from rlhf.data.records import DataError
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML config (repeatable; later files win)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override any config field, e.g. learning_rate=1e-5 or ppo.kl_coef=0.05")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="InstructGPT: SFT → reward model → PPO-ptx")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for stage, text in (("sft", "supervised fine-tuning on demonstrations"),
+                        ("reward", "train a reward model on ranked comparisons"),
+                        ("ppo", "PPO-ptx against a reward model")):
+        _add_config_arguments(commands.add_parser(stage, help=text))
+    pipeline = commands.add_parser("pipeline", help="run SFT → reward → PPO into RUN_DIR")
+    _add_config_arguments(pipeline)
+    pipeline.add_argument("--preset", help="a packaged pipeline config, e.g. 'tiny'")
+    pipeline.add_argument("--run-dir", required=True, help="output folder (finished stages are skipped)")
+    generate = commands.add_parser("generate", help="sample from any stage's checkpoint")
+    generate.add_argument("--model", required=True, help="HF folder, hub id or preset")
+    generate.add_argument("--prompt", required=True, action="append", help="user message (repeatable)")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    generate.add_argument("--seed", type=int, default=0)
+    show = commands.add_parser("config", help="print a stage's default config as YAML")
+    show.add_argument("stage", choices=sorted(STAGE_CONFIGS))
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "config":
+        print(dump_config(STAGE_CONFIGS[args.stage]()), end="")
+    elif args.command == "generate":
+        from rlhf.generate import generate
+
+        for prompt, response in zip(args.prompt, generate(args.model, args.prompt, args.max_new_tokens,
+                                                          args.temperature, args.seed)):
+            print(f"### prompt\n{prompt}\n### response\n{response}\n")
+    elif args.command == "pipeline":
+        from rlhf.pipeline import run_pipeline
+
+        files = ([preset_config_path(args.preset)] if args.preset else []) + args.config
+        config = load_config("pipeline", files, args.overrides)
+        summary = run_pipeline(config, args.run_dir)
+        _print_summary(summary, args.run_dir)
+    else:
+        from rlhf.train.ppo import train_ppo
+        from rlhf.train.reward import train_reward
+        from rlhf.train.sft import train_sft
+
+        config = load_config(args.command, args.config, args.overrides)
+        metrics = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}[args.command](config)
+        print(f"{args.command}: wrote {config.output_dir}: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+
+
+def _print_summary(summary: dict, run_dir: str) -> None:
+    sft, reward, ppo = summary["sft"], summary["reward"], summary["ppo"]
+    print(f"\nrun: {run_dir}")
+    print(f"  sft     valid loss {sft.get('valid/loss')}, {sft.get('tokens_per_s', 0):.0f} tok/s")
+    print(f"  reward  valid accuracy {reward.get('valid/accuracy')}, bias {reward.get('bias', 0):+.3f}")
+    print(f"  ppo     score {ppo['eval/score_policy']:+.3f} vs SFT {ppo['eval/score_sft']:+.3f}, "
+          f"win rate {ppo['eval/win_rate_vs_sft']:.2f}, KL to SFT {ppo['eval/kl_to_sft']:.2f} nats, "
+          f"{ppo['episodes_per_s']:.2f} episodes/s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        run(args)
+    except (ConfigError, DataError) as error:
+        print(f"rlhf: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

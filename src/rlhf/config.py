@@ -1,0 +1,219 @@
+"""One validated config per stage, loadable from YAML, every field overridable as ``key=value``.
+
+Defaults are the InstructGPT paper's values where it gives them (Ouyang et al. 2022, App. C),
+else those of OpenAI's 2019 RLHF code. Small-scale presets live in ``rlhf/configs/*.yaml``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, naming the field: ``ppo.kl_coef: Input should be a valid number``."""
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = Field("tiny", description="input model: preset name, HF folder or hub id")
+    output_dir: str = Field("runs/stage", description="where the finished HF folder is written")
+    seed: int = 0
+    mixed_precision: Literal["auto", "bf16", "no"] = Field(
+        "auto", description="auto = bf16 autocast where the hardware has fast bf16")
+    max_length: int = Field(512, gt=8, description="longest prompt + response in tokens")
+    on_too_long: Literal["skip", "error"] = "skip"
+    skip_invalid: bool = Field(False, description="log and drop malformed records instead of stopping")
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    metrics_file: str | None = Field(None, description="JSONL file the stage appends metrics to")
+
+
+class SFTConfig(StageConfig):
+    data: list[str] = Field(default_factory=list, description="demonstration files")
+    epochs: int = Field(16, ge=1, description="paper: 16")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(8, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay to this fraction of the peak (paper: 10%)")
+    dropout: float = Field(0.2, ge=0, lt=1, description="residual and attention dropout (paper: 0.2)")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class RewardConfig(StageConfig):
+    data: list[str] = Field(default_factory=list, description="comparison files (K ≥ 2 ranked responses)")
+    normalize_data: list[str] = Field(
+        default_factory=list, description="demonstration files whose mean score is set to 0 after training")
+    epochs: int = Field(1, ge=1, description="paper: 1 (more overfits)")
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1, description="prompts per batch, each with all its K responses (paper: 64)")
+    grad_accum_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(9e-6, gt=0, description="paper: 9e-6")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class PPOConfig(StageConfig):
+    model: str = Field("tiny", description="the SFT policy; also the frozen reference")
+    reward_model: str = Field("", description="reward-model folder")
+    value_model: str | None = Field(None, description="value init; default: the reward model")
+    prompts: list[str] = Field(default_factory=list, description="prompt files")
+    pretraining: str | None = Field(None, description="text file for the PPO-ptx mix")
+    total_episodes: int = Field(256, ge=1)
+    rollout_batch_size: int = Field(16, ge=2, description="episodes per PPO step (paper: 512)")
+    num_minibatches: int = Field(1, ge=1, description="paper: 8")
+    ppo_epochs: int = Field(1, ge=1, description="paper: 1")
+    learning_rate: float = Field(9.65e-6, gt=0, description="policy LR (paper: 9.65e-6 at 1.3B)")
+    value_learning_rate: float = Field(9e-6, gt=0, description="paper: 9e-6")
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = Field(1e-5, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(64, ge=1)
+    max_prompt_length: int = Field(256, ge=1)
+    kl_coef: float = Field(0.02, ge=0, description="β (paper: 0.02)")
+    adaptive_kl: bool = False
+    target_kl: float = Field(6.0, gt=0, description="nats per episode, for adaptive β")
+    kl_horizon: int = Field(10000, ge=1, description="episodes, for adaptive β")
+    no_eos_score: float | None = Field(
+        None, description="replace the RM score of responses that hit max_new_tokens without EOS")
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.2, gt=0)
+    value_coef: float = Field(0.1, ge=0)
+    whiten_rewards: bool = False
+    ptx_coef: float = Field(27.8, ge=0, description="γ of PPO-ptx (paper: 27.8); 0 disables the mix")
+    ptx_batch_size: int = Field(8, ge=1, description="pretraining blocks per minibatch")
+    ptx_block_size: int = Field(128, ge=8)
+
+    @model_validator(mode="after")
+    def _check(self) -> PPOConfig:
+        if self.rollout_batch_size % self.num_minibatches:
+            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by "
+                             f"num_minibatches ({self.num_minibatches})")
+        if self.rollout_batch_size // self.num_minibatches < 2:
+            raise ValueError("a minibatch needs at least 2 episodes to whiten advantages")
+        if self.max_prompt_length + self.max_new_tokens > self.max_length:
+            raise ValueError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) "
+                             f"exceeds max_length ({self.max_length})")
+        return self
+
+
+class DataPaths(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    synthetic: bool = Field(False, description="generate the tiny synthetic task into RUN_DIR/data")
+    demonstrations: list[str] = Field(default_factory=list)
+    comparisons: list[str] = Field(default_factory=list)
+    prompts: list[str] = Field(default_factory=list, description="default: the comparisons' prompts")
+    pretraining: str | None = None
+    skip_invalid: bool = False
+
+
+class PipelineConfig(BaseModel):
+    """SFT → RM → PPO into RUN_DIR/{sft,reward,ppo}. The pipeline fills each stage's
+    model, output_dir and data from the fields here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "tiny"
+    seed: int = 0
+    data: DataPaths = Field(default_factory=DataPaths)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+
+
+STAGE_CONFIGS: dict[str, type[BaseModel]] = {
+    "sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "pipeline": PipelineConfig,
+}
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["ppo.kl_coef=0.05", "sft.data=[a.jsonl]"]`` → nested dict; values parsed as YAML."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else raw)
+    return tree
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def preset_config_path(name: str) -> Path:
+    path = resources.files("rlhf") / "configs" / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.name.removesuffix(".yaml") for p in (resources.files("rlhf") / "configs").iterdir()
+                           if p.name.endswith(".yaml"))
+        raise ConfigError(f"unknown preset '{name}'; available: {', '.join(available)}")
+    return Path(str(path))
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return tree
+
+
+def load_config(kind: str, files: list[str | Path] = (), overrides: list[str] = ()):
+    """Build a validated config of ``kind`` from YAML files (later ones win) and ``key=value`` overrides."""
+    tree: dict = {}
+    for path in files:
+        tree = deep_merge(tree, read_yaml(path))
+    tree = deep_merge(tree, parse_overrides(list(overrides)))
+    return build_config(STAGE_CONFIGS[kind], tree, kind)
+
+
+def build_config(cls: type[BaseModel], tree: dict, where: str = "config"):
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+            got = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
+            problems.append(f"{field}: {item['msg']}{got}")
+        raise ConfigError(f"invalid {where} config:\n  " + "\n  ".join(problems)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Records, readers for published formats, splits, tokenisation and batching."""

@@ -1,0 +1,169 @@
+"""Tokenisation and batching.
+
+Conventions (each one is a way PPO silently fails when wrong):
+- every SFT target and RM response ends with exactly one EOS, and PAD is never EOS;
+- training batches are right-padded, generation batches left-padded;
+- prompts are rendered with the tokenizer's chat template, so multi-turn history keeps its roles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from rlhf.data.records import Comparison, Conversation, DataError, Demonstration, Prompt
+
+logger = logging.getLogger(__name__)
+
+
+def encode_prompt(tokenizer, conversation: Conversation) -> list[int]:
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_response(tokenizer, text: str) -> list[int]:
+    """Response tokens followed by exactly one EOS."""
+    ids = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    while ids and ids[-1] == tokenizer.eos_token_id:
+        ids.pop()
+    return ids + [tokenizer.eos_token_id]
+
+
+def _fits(length: int, max_length: int, source: str, on_too_long: str) -> bool:
+    if length <= max_length:
+        return True
+    message = f"{source}: prompt + response is {length} tokens, longer than max_length {max_length}"
+    if on_too_long == "error":
+        raise DataError(message)
+    logger.debug("dropping %s", message)
+    return False
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 on response tokens (incl. EOS), 0 on the prompt
+
+
+def encode_demonstrations(tokenizer, demos: list[Demonstration], max_length: int,
+                          on_too_long: str = "skip") -> list[SFTExample]:
+    examples = []
+    for demo in demos:
+        prompt, response = encode_prompt(tokenizer, demo.prompt), encode_response(tokenizer, demo.response)
+        if _fits(len(prompt) + len(response), max_length, demo.source, on_too_long):
+            examples.append(SFTExample(prompt + response, [0] * len(prompt) + [1] * len(response)))
+    _report_dropped("demonstrations", len(demos), len(examples), max_length)
+    return examples
+
+
+@dataclass
+class RankedExample:
+    sequences: list[list[int]]  # K tokenised prompt+response sequences
+    ranks: list[int]
+
+
+def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int,
+                       on_too_long: str = "skip") -> list[RankedExample]:
+    examples = []
+    for comparison in comparisons:
+        prompt = encode_prompt(tokenizer, comparison.prompt)
+        sequences = [prompt + encode_response(tokenizer, text) for text in comparison.responses]
+        if _fits(max(map(len, sequences)), max_length, comparison.source, on_too_long):
+            examples.append(RankedExample(sequences, list(comparison.ranks)))
+    _report_dropped("comparisons", len(comparisons), len(examples), max_length)
+    return examples
+
+
+def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_length: int,
+                   on_too_long: str = "skip") -> list[list[int]]:
+    encoded = []
+    for prompt in prompts:
+        ids = encode_prompt(tokenizer, prompt.prompt)
+        if _fits(len(ids), max_prompt_length, prompt.source, on_too_long):
+            encoded.append(ids)
+    _report_dropped("prompts", len(prompts), len(encoded), max_prompt_length)
+    return encoded
+
+
+def _report_dropped(kind: str, total: int, kept: int, max_length: int) -> None:
+    if kept < total:
+        logger.warning("dropped %d of %d %s longer than %d tokens", total - kept, total, kind, max_length)
+    if kept == 0:
+        raise DataError(f"every one of the {total} {kind} is longer than {max_length} tokens")
+
+
+def pad(sequences: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of ids → (input_ids, attention_mask), both (B, max_len)."""
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def collate_sft(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
+    input_ids, attention_mask = pad([e.input_ids for e in examples], pad_id)
+    loss_mask, _ = pad([e.loss_mask for e in examples], 0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def collate_ranked(examples: list[RankedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """All K responses of all prompts in one flat batch, so each response is forwarded once.
+
+    input_ids/attention_mask: (ΣK, T); ranks/valid/flat_index: (B, K_max), where
+    flat_index[b, k] is the row of response k of prompt b (0 where not valid).
+    """
+    input_ids, attention_mask = pad([seq for e in examples for seq in e.sequences], pad_id)
+    k_max = max(len(e.sequences) for e in examples)
+    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
+    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
+    flat_index = torch.zeros((len(examples), k_max), dtype=torch.long)
+    row = 0
+    for b, example in enumerate(examples):
+        k = len(example.sequences)
+        ranks[b, :k] = torch.tensor(example.ranks)
+        valid[b, :k] = True
+        flat_index[b, :k] = torch.arange(row, row + k)
+        row += k
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks, "valid": valid,
+            "flat_index": flat_index}
+
+
+def pack_text(tokenizer, text: str, block_size: int) -> torch.Tensor:
+    """Pretraining text → (N, block_size) blocks of consecutive tokens (for ptx and perplexity)."""
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    blocks = ids.numel() // block_size
+    if blocks == 0:
+        raise DataError(f"pretraining text has {ids.numel()} tokens, fewer than one block of {block_size}")
+    return ids[: blocks * block_size].view(blocks, block_size)
+
+
+def split_key(user_id: str | None, conversation: Conversation) -> str:
+    """Records are split by user when there is one, else by a hash of the prompt."""
+    if user_id is not None:
+        return f"user:{user_id}"
+    return "prompt:" + hashlib.sha256(repr(conversation).encode()).hexdigest()
+
+
+def assign_split(key: str, seed: int, valid_fraction: float, test_fraction: float) -> str:
+    """Deterministic train/valid/test assignment from a hash of (seed, key)."""
+    u = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / 16**12
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + valid_fraction:
+        return "valid"
+    return "train"
+
+
+def split_records(records: list, seed: int, valid_fraction: float, test_fraction: float) -> dict[str, list]:
+    splits: dict[str, list] = {"train": [], "valid": [], "test": []}
+    for record in records:
+        key = split_key(record.user_id, record.prompt)
+        splits[assign_split(key, seed, valid_fraction, test_fraction)].append(record)
+    return splits

@@ -1,0 +1,212 @@
+"""Losses and advantage estimation as pure functions on tensors.
+
+Shapes: B = batch rows, T = sequence positions, K = responses per prompt, V = vocabulary.
+Masks are 0/1 (or bool) tensors of the same shape as the values they select.
+Nothing here touches a model, a file or a device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum()
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ(values·mask) / Σmask; 0 when the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of the masked entries (Bessel-corrected, as in the 2019 RLHF code)."""
+    mask = mask.to(values.dtype)
+    count = mask.sum()
+    if count < 2:
+        raise ValueError(f"whitening needs at least 2 unmasked values, got {int(count.item())}")
+    mean = masked_mean(values, mask)
+    return ((values - mean) ** 2 * mask).sum() / (count - 1)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean) / std over the masked entries; masked-out entries come back as 0.
+
+    With ``shift_mean=False`` the mean is added back (used for rewards, whose sign matters).
+    """
+    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(values.dtype)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[token] for each position.
+
+    logits (B, T, V) are the predictions *for* tokens (B, T) (already shifted). The same
+    temperature as at sampling time must be used, or the KL to the reference grows too fast.
+    """
+    logits = logits.float() / temperature
+    return torch.gather(logits.log_softmax(-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """H = −Σ_v p_v log p_v per position, (B, T, V) → (B, T)."""
+    logp = (logits.float() / temperature).log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def response_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over the tokens where ``loss_mask`` is 1.
+
+    logits (B, T, V) from a causal LM on input_ids (B, T); loss_mask (B, T) marks the
+    *target* tokens that count (response tokens and their EOS; never prompt or padding).
+    loss = −Σ_t m_t · log p(x_t | x_<t) / Σ_t m_t, with position 0 never a target.
+    """
+    targets_mask = loss_mask[:, 1:].to(torch.float32)
+    logprobs = token_logprobs(logits[:, :-1], input_ids[:, 1:])
+    return -masked_mean(logprobs, targets_mask)
+
+
+def ranking_loss(scores: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """InstructGPT's K-way reward-model loss, all pairs of a prompt in one batch element.
+
+    scores (B, K) are r(x, y_k); ranks (B, K) are integers with 1 = best; valid (B, K) masks
+    padding when prompts have different K. For each prompt b, over ordered pairs with
+    rank_i < rank_j (equal ranks make no pair):
+        loss_b = mean_{(i,j)} −log σ(r_i − r_j)
+    and the loss is the mean of loss_b over prompts that have at least one pair (this is the
+    paper's division by C(K, 2) when there are no ties). Returns (loss, pair accuracy), the
+    accuracy being the share of all pairs with r_i > r_j.
+    """
+    valid = valid.bool()
+    better = ranks.unsqueeze(2) < ranks.unsqueeze(1)  # (B, K, K): i ranked above j
+    pairs = better & valid.unsqueeze(2) & valid.unsqueeze(1)
+    margins = scores.float().unsqueeze(2) - scores.float().unsqueeze(1)
+    pair_losses = -F.logsigmoid(margins) * pairs
+    pairs_per_prompt = pairs.sum((1, 2))
+    has_pairs = pairs_per_prompt > 0
+    if not has_pairs.any():
+        raise ValueError("ranking_loss: no prompt in the batch has two responses of different rank")
+    per_prompt = pair_losses.sum((1, 2))[has_pairs] / pairs_per_prompt[has_pairs]
+    accuracy = ((margins > 0) & pairs).sum() / pairs.sum()
+    return per_prompt.mean(), accuracy
+
+
+def kl_penalized_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards of the InstructGPT bandit episode.
+
+    scores (B,) is the reward-model score; logprobs, ref_logprobs, response_mask are (B, T)
+    over response tokens. kl_t = log π(y_t) − log π_ref(y_t) (so Σ_t kl_t is the sequence
+    log-ratio), reward_t = −β·kl_t, and the score is added at the last real token.
+    Positions outside the mask carry nothing. Returns (rewards, kl), both (B, T).
+    """
+    mask = response_mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    lengths = response_mask.long().sum(1)
+    if (lengths == 0).any():
+        raise ValueError("kl_penalized_rewards: a response has no tokens")
+    last = lengths - 1
+    rewards[torch.arange(rewards.shape[0]), last] += scores.to(rewards.dtype)
+    return rewards, kl
+
+
+def gae_advantages(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded response tokens.
+
+    δ_t = r_t + γ·V_{t+1} − V_t (V past the last real token is 0);
+    A_t = δ_t + γλ·A_{t+1}; returns_t = A_t + V_t. All (B, T); masked positions are 0.
+    """
+    mask = response_mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    advantages = torch.zeros_like(values)
+    next_advantage = torch.zeros_like(values[:, 0])
+    next_value = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value = values[:, t]
+        advantages[:, t] = next_advantage
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_range: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate: mean_t max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = exp(log π − log π_old).
+
+    All inputs (B, T). Returns the loss and stats: clip fraction (share of tokens where the
+    clipped branch is taken) and approx-KL ½·mean((log ρ)²).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), response_mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), response_mask),
+            "approxkl": 0.5 * masked_mean(log_ratio**2, response_mask),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_range: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss ½·mean_t max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²).
+
+    All inputs (B, T). Returns the loss and the share of tokens where clipping bit.
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), response_mask)
+    clipfrac = masked_mean((clipped_error > unclipped_error).float(), response_mask)
+    return loss, clipfrac.detach()
+
+
+def ppo_ptx_loss(policy_loss: torch.Tensor, value_loss: torch.Tensor, ptx_loss: torch.Tensor,
+                 value_coef: float, ptx_coef: float) -> torch.Tensor:
+    """PPO-ptx as one objective: L = L_policy + c_v·L_value + γ_ptx·L_ptx (one backward pass).
+
+    L_ptx is the LM loss (negative mean log-likelihood) on pretraining text, so minimising
+    γ_ptx·L_ptx maximises γ_ptx·E[log π(x_pretrain)] as in the paper's objective.
+    """
+    return policy_loss + value_coef * value_loss + ptx_coef * ptx_loss
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − Var(R − V) / Var(R) over masked entries (1 = perfect value function)."""
+    return 1.0 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
+
+
+def adaptive_kl_coef(kl_coef: float, observed_kl: float, target_kl: float, n_steps: int, horizon: int) -> float:
+    """Ziegler et al.'s controller: β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·n/horizon)."""
+    proportional_error = min(max(observed_kl / target_kl - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + proportional_error * n_steps / horizon)

@@ -1,0 +1,98 @@
+"""Loading causal LMs and scalar-head (reward / value) models as plain Hugging Face classes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from rlhf.models.presets import resolve_model_path
+
+REWARD_BIAS_KEY = "rlhf_reward_bias"
+
+
+def load_tokenizer(name_or_path: str):
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError(
+            f"{name_or_path}: the tokenizer needs a PAD token distinct from EOS "
+            f"(pad={tokenizer.pad_token!r}, eos={tokenizer.eos_token!r}); masking pads that are EOS "
+            "teaches the model never to stop"
+        )
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, dropout: float = 0.0) -> PreTrainedModel:
+    """Any HF causal LM folder, hub id or preset name, in fp32 (autocast handles bf16)."""
+    kwargs = {"attention_dropout": dropout} if dropout else {}
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=torch.float32, **kwargs)
+
+
+def load_scalar_model(name_or_path: str, pad_token_id: int | None = None) -> ScalarModel:
+    """A backbone with a one-output linear head (``AutoModelForSequenceClassification``, 1 label).
+
+    From a causal-LM folder the head is new and initialised N(0, 1/(d_model + 1)) as in the
+    2019 RLHF code; from a reward-model folder it is loaded as trained.
+    """
+    path = resolve_model_path(name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    if getattr(model.config, REWARD_BIAS_KEY, None) is None:
+        head = scalar_head(model)
+        torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(model.config.hidden_size + 1))
+        if head.bias is not None:
+            torch.nn.init.zeros_(head.bias)
+        setattr(model.config, REWARD_BIAS_KEY, 0.0)
+    return ScalarModel(model)
+
+
+def scalar_head(model: PreTrainedModel) -> torch.nn.Linear:
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear):
+            return head
+    raise TypeError(f"{type(model).__name__} has no linear scalar head (score/classifier)")
+
+
+class ScalarModel(torch.nn.Module):
+    """An ``AutoModelForSequenceClassification`` (one label) seen as a per-token value function.
+
+    ``forward`` returns the head at every position, (B, T) → (B, T) float: the value model uses
+    all of them, the reward model reads the last real one (:func:`sequence_scores`). Wrapping it
+    here lets DDP see the forward that is really run. ``hf`` is what ``save_pretrained`` writes.
+    """
+
+    def __init__(self, hf_model: PreTrainedModel):
+        super().__init__()
+        self.hf = hf_model
+
+    @property
+    def reward_bias(self) -> float:
+        return float(getattr(self.hf.config, REWARD_BIAS_KEY, 0.0) or 0.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.hf.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        return scalar_head(self.hf)(hidden).squeeze(-1).float()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real (mask = 1) column of each row, whatever the padding side. (B, T) → (B,)."""
+    columns = attention_mask.shape[1]
+    return columns - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+def sequence_scores(values: torch.Tensor, attention_mask: torch.Tensor, bias: float = 0.0) -> torch.Tensor:
+    """Reward r(x, y): the per-token head output read at the last real token (the EOS), plus the
+    normalisation bias. values, attention_mask (B, T) → (B,)."""
+    return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1) + bias
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 at the first real token (needed with left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,76 @@
+"""SFT → reward model → PPO-ptx into RUN_DIR/{sft,reward,ppo}/, each an HF folder.
+
+A stage whose folder is finished (has ``rlhf.json``) is skipped on re-run; stages write under
+a temporary name and rename when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from rlhf.config import PipelineConfig, dump_config
+from rlhf.data.readers import DataError
+from rlhf.data.synthetic import write_synthetic_data
+from rlhf.train.common import METADATA_FILE, is_finished
+
+logger = logging.getLogger(__name__)
+
+
+def _stage(config, **update):
+    """A stage config with the pipeline's fields filled in, validated again."""
+    return type(config).model_validate({**config.model_dump(), **update})
+
+
+def data_paths(config: PipelineConfig, run_dir: Path) -> dict:
+    data = config.data
+    if data.synthetic:
+        folder = run_dir / "data"
+        paths = write_synthetic_data(folder, seed=config.seed)
+        return {"demonstrations": [paths["demonstrations"]], "comparisons": [paths["comparisons"]],
+                "prompts": [paths["prompts"]], "pretraining": paths["pretraining"]}
+    if not data.demonstrations or not data.comparisons:
+        raise DataError("pipeline: data.demonstrations and data.comparisons are required "
+                        "(or data.synthetic: true for the tiny task)")
+    return {"demonstrations": data.demonstrations, "comparisons": data.comparisons,
+            "prompts": data.prompts or data.comparisons, "pretraining": data.pretraining}
+
+
+def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
+    common = {"seed": config.seed, "skip_invalid": config.data.skip_invalid,
+              "metrics_file": str(run_dir / "metrics.jsonl")}
+    sft_dir, reward_dir = str(run_dir / "sft"), str(run_dir / "reward")
+    ppo_update = {"model": sft_dir, "reward_model": reward_dir, "output_dir": str(run_dir / "ppo"),
+                  "prompts": paths["prompts"], "pretraining": paths["pretraining"], **common}
+    if not paths["pretraining"]:
+        ppo_update["ptx_coef"] = 0.0
+    return {
+        "sft": _stage(config.sft, model=config.model, output_dir=sft_dir, data=paths["demonstrations"], **common),
+        "reward": _stage(config.reward, model=sft_dir, output_dir=reward_dir, data=paths["comparisons"],
+                         normalize_data=paths["demonstrations"], **common),
+        "ppo": _stage(config.ppo, **ppo_update),
+    }
+
+
+def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
+    from rlhf.train.ppo import train_ppo
+    from rlhf.train.reward import train_reward
+    from rlhf.train.sft import train_sft
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = data_paths(config, run_dir)
+    stages = stage_configs(config, run_dir, paths)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    trainers = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}
+    summary = {}
+    for name, stage_config in stages.items():
+        folder = Path(stage_config.output_dir)
+        if is_finished(folder):
+            logger.info("%s: finished earlier in %s, skipping", name, folder)
+            summary[name] = json.loads((folder / METADATA_FILE).read_text())["metrics"]
+            continue
+        summary[name] = trainers[name](stage_config)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

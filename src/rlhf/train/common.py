@@ -1,0 +1,176 @@
+"""What every stage shares: the accelerator, metrics, checkpoint folders written atomically,
+and the optimizer/schedule. Stages are thin loops on top of these."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from pydantic import BaseModel
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from rlhf.config import dump_config
+
+logger = logging.getLogger(__name__)
+METADATA_FILE = "rlhf.json"
+
+
+def cpu_has_fast_bf16() -> bool:
+    if platform.system() != "Linux":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "no"
+
+
+def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerator:
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+    )
+    set_seed(config.seed)
+    if torch.get_num_threads() > 1 and accelerator.num_processes > 1 and not torch.cuda.is_available():
+        # processes on one CPU must share the cores, or they thrash each other
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // accelerator.num_processes))
+    return accelerator
+
+
+class MetricsLog:
+    """Appends ``{"stage", "step", **metrics}`` JSON lines (main process only) and keeps the last row."""
+
+    def __init__(self, path: str | None, stage: str, accelerator: Accelerator):
+        self.path, self.stage, self.accelerator = path, stage, accelerator
+        self.last: dict = {}
+        self.history: list[dict] = []
+
+    def log(self, step: int, metrics: dict) -> None:
+        row = {"stage": self.stage, "step": step,
+               **{k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v) for k, v in metrics.items()}}
+        self.last = row
+        self.history.append(row)
+        if self.path and self.accelerator.is_main_process:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def is_finished(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / METADATA_FILE).exists()
+
+
+@contextmanager
+def staged_output(output_dir: str | Path, accelerator: Accelerator):
+    """Yield a staging folder next to ``output_dir``; rename it into place only on success,
+    so an interrupted stage never leaves a folder that looks finished."""
+    output_dir = Path(output_dir)
+    staging = output_dir.with_name(output_dir.name + ".incomplete")
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    yield staging
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if not (staging / METADATA_FILE).exists():
+            raise RuntimeError(f"{staging}: stage ended without writing {METADATA_FILE}")
+        shutil.rmtree(output_dir, ignore_errors=True)
+        staging.rename(output_dir)
+    accelerator.wait_for_everyone()
+
+
+def save_checkpoint(folder: Path, model, tokenizer, accelerator: Accelerator) -> None:
+    """``save_pretrained`` of the unwrapped model (safetensors) and the tokenizer, main process only."""
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = getattr(unwrapped, "hf", unwrapped)  # ScalarModel → its HF model
+        unwrapped.config.attention_dropout = 0.0
+        unwrapped.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+
+def write_metadata(folder: Path, stage: str, config: BaseModel, data_files: dict[str, str],
+                   metrics: dict, accelerator: Accelerator, started: float) -> None:
+    from rlhf.data.readers import fingerprint
+
+    if not accelerator.is_main_process:
+        return
+    meta = {
+        "stage": stage,
+        "config": json.loads(config.model_dump_json()),
+        "data_fingerprints": {name: fingerprint(path) for name, path in data_files.items() if path},
+        "metrics": metrics,
+        "world_size": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "wall_time_s": round(time.time() - started, 2),
+        "versions": {"torch": torch.__version__, **_library_versions()},
+    }
+    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+    (folder / "config.yaml").write_text(dump_config(config))
+
+
+def _library_versions() -> dict[str, str]:
+    import accelerate
+    import transformers
+
+    return {"transformers": transformers.__version__, "accelerate": accelerate.__version__}
+
+
+def make_optimizer_and_schedule(params, learning_rate: float, total_steps: int, warmup_ratio: float,
+                                min_lr_ratio: float, weight_decay: float = 0.0,
+                                betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8):
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(warmup_ratio * total_steps), num_training_steps=max(total_steps, 1),
+        min_lr_rate=min_lr_ratio,
+    )
+    return optimizer, schedule
+
+
+def add_residual_dropout(model: torch.nn.Module, p: float) -> list:
+    """Dropout on each sublayer's output before it joins the residual stream (GPT's residual
+    dropout), hooked onto the attention and MLP output projections. Returns the hook handles."""
+    if p <= 0:
+        return []
+    handles = []
+    for name, module in model.named_modules():
+        if name.endswith(("self_attn.o_proj", "mlp.down_proj", "attn.c_proj", "mlp.c_proj")):
+            handles.append(module.register_forward_hook(
+                lambda mod, args, out: torch.nn.functional.dropout(out, p, mod.training)))
+    if not handles:
+        logger.warning("residual dropout: no known output projections in %s; only attention dropout applies",
+                       type(model).__name__)
+    return handles
+
+
+class Throughput:
+    """Tokens (or items) per second over a span of work."""
+
+    def __init__(self):
+        self.start, self.count = time.perf_counter(), 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+
+    @property
+    def rate(self) -> float:
+        return self.count / max(time.perf_counter() - self.start, 1e-9)

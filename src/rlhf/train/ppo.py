@@ -1,0 +1,259 @@
+"""Stage 3: PPO-ptx against the reward model.
+
+One step, readable top to bottom in :meth:`PPOTrainer.step`: sample → score → per-token KL
+reward → GAE → clipped policy/value updates mixed with the pretraining loss → record.
+Policy and reference start from SFT, the value model from the (normalised) reward model;
+every model runs with dropout off, so at the first minibatch the ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf.config import PPOConfig
+from rlhf.data.collate import encode_prompts, pack_text, pad, split_records
+from rlhf.data.readers import DataError, read_prompts, read_text
+from rlhf.losses import (
+    adaptive_kl_coef, entropy_from_logits, explained_variance, gae_advantages, kl_penalized_rewards,
+    masked_mean, ppo_policy_loss, ppo_ptx_loss, ppo_value_loss, response_lm_loss, token_logprobs, whiten,
+)
+from rlhf.models import (
+    load_causal_lm, load_scalar_model, load_tokenizer, positions_from_mask, sequence_scores,
+)
+from rlhf.rollout import RolloutBatch, sample_responses
+from rlhf.train.common import MetricsLog, make_accelerator, save_checkpoint, staged_output, write_metadata
+
+
+def response_logprobs(model, input_ids, attention_mask, response_ids, temperature: float):
+    """log π(y_t | x, y_<t) for each response token, and the logits behind them.
+
+    input_ids/attention_mask (B, P + R) hold prompt + response; response_ids (B, R).
+    Only the last R + 1 positions go through the LM head (the prompt's logits are never needed).
+    """
+    response_length = response_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=positions_from_mask(attention_mask), logits_to_keep=response_length + 1).logits
+    logits = logits[:, :-1]
+    return token_logprobs(logits, response_ids, temperature), logits
+
+
+def response_values(value_model, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
+    """V(x, y_<t) for each response token t, read at the position before it: (B, R)."""
+    values = value_model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=positions_from_mask(attention_mask))
+    return values[:, prompt_length - 1:-1]
+
+
+def freeze(model):
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class PPOTrainer:
+    def __init__(self, config: PPOConfig):
+        if not config.prompts:
+            raise DataError("ppo: no prompt files given (set prompts=[FILE, ...])")
+        if not config.reward_model:
+            raise DataError("ppo: no reward model given (set reward_model=FOLDER)")
+        self.config = config
+        self.accelerator = accelerator = make_accelerator(config)
+        self.tokenizer = tokenizer = load_tokenizer(config.model)
+        prompts = [p for path in config.prompts for p in read_prompts(path, config.skip_invalid)]
+        splits = split_records(prompts, config.seed, config.valid_fraction, config.test_fraction)
+        self.train_prompts = encode_prompts(tokenizer, splits["train"], config.max_prompt_length, config.on_too_long)
+        self.valid_prompts = encode_prompts(tokenizer, splits["valid"], config.max_prompt_length, "skip") \
+            if splits["valid"] else []
+        self.ptx_blocks = None
+        if config.ptx_coef > 0:
+            if not config.pretraining:
+                raise DataError("ppo: ptx_coef > 0 needs a pretraining text file (set pretraining=FILE or ptx_coef=0)")
+            self.ptx_blocks = pack_text(tokenizer, read_text(config.pretraining), config.ptx_block_size)
+
+        policy = load_causal_lm(config.model)
+        self.reference = freeze(load_causal_lm(config.model)).to(accelerator.device)
+        self.reward_model = freeze(load_scalar_model(config.reward_model, tokenizer.pad_token_id)).to(accelerator.device)
+        value = load_scalar_model(config.value_model or config.reward_model, tokenizer.pad_token_id)
+        policy.eval()  # dropout off for the whole run; gradients still flow
+        value.eval()
+        optimizer = torch.optim.AdamW(
+            [{"params": policy.parameters(), "lr": config.learning_rate},
+             {"params": value.parameters(), "lr": config.value_learning_rate}],
+            betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
+        self.policy, self.value, self.optimizer = accelerator.prepare(policy, value, optimizer)
+        self.kl_coef = config.kl_coef
+        # the same prompt order on every process, different sampling noise (DESIGN §19)
+        self.prompt_order = torch.Generator().manual_seed(config.seed)
+        self.sampling = torch.Generator(device=accelerator.device).manual_seed(
+            config.seed + 1000 * accelerator.process_index)
+        self.ptx_order = torch.Generator().manual_seed(config.seed + 1)
+        self._prompt_queue: list[int] = []
+
+    # ---- data -------------------------------------------------------------------------
+    def next_prompts(self, count: int) -> list[list[int]]:
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        chosen = []
+        for _ in range(count * world):
+            if not self._prompt_queue:
+                self._prompt_queue = torch.randperm(len(self.train_prompts), generator=self.prompt_order).tolist()
+            chosen.append(self._prompt_queue.pop())
+        return [self.train_prompts[i] for i in chosen[rank::world]]
+
+    def next_ptx_batch(self) -> torch.Tensor:
+        index = torch.randint(len(self.ptx_blocks), (self.config.ptx_batch_size,), generator=self.ptx_order)
+        return self.ptx_blocks[index].to(self.accelerator.device)
+
+    # ---- rollout ----------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[int]], policy=None) -> RolloutBatch:
+        """Sample responses and compute everything the update needs, each exactly once."""
+        config, tokenizer, device = self.config, self.tokenizer, self.accelerator.device
+        policy = policy or self.accelerator.unwrap_model(self.policy)
+        query_ids, query_mask = (t.to(device) for t in pad(prompts, tokenizer.pad_token_id, side="left"))
+        with self.accelerator.autocast():
+            response_ids, response_mask = sample_responses(
+                policy, query_ids, query_mask, config.max_new_tokens, tokenizer.eos_token_id,
+                tokenizer.pad_token_id, config.temperature, self.sampling)
+            ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
+            logprobs, _ = response_logprobs(policy, ids, mask, response_ids, config.temperature)
+            ref_logprobs, _ = response_logprobs(self.reference, ids, mask, response_ids, config.temperature)
+            values = response_values(self.value, ids, mask, query_ids.shape[1])
+            scores = sequence_scores(self.reward_model(ids, mask, positions_from_mask(mask)), mask,
+                                     self.reward_model.reward_bias)
+        ended_with_eos = ((response_ids == tokenizer.eos_token_id) & response_mask.bool()).any(1)
+        if config.no_eos_score is not None:
+            scores = torch.where(ended_with_eos, scores, torch.full_like(scores, config.no_eos_score))
+        response_mask = response_mask.float()
+        return RolloutBatch(query_ids, query_mask, response_ids, response_mask, logprobs * response_mask,
+                            ref_logprobs * response_mask, values * response_mask, scores, ended_with_eos)
+
+    # ---- one PPO step -----------------------------------------------------------------
+    def step(self, prompts: list[list[int]]) -> dict[str, float]:
+        config, accelerator = self.config, self.accelerator
+        started = time.perf_counter()
+        batch = self.rollout(prompts)
+        rollout_time = time.perf_counter() - started
+
+        batch.rewards, kl = kl_penalized_rewards(batch.scores, batch.logprobs, batch.ref_logprobs,
+                                                 batch.response_mask, self.kl_coef)
+        if config.whiten_rewards:
+            batch.rewards = whiten(batch.rewards, batch.response_mask, shift_mean=False)
+        advantages, batch.returns = gae_advantages(batch.rewards, batch.values, batch.response_mask,
+                                                   config.gamma, config.lam)
+        batch.advantages = whiten(advantages, batch.response_mask)
+
+        stats: dict[str, list[float]] = {}
+        minibatch_size = len(prompts) // config.num_minibatches
+        for _ in range(config.ppo_epochs):
+            order = torch.randperm(len(prompts), generator=self.prompt_order)
+            for start in range(0, len(prompts), minibatch_size):
+                for name, value in self.train_minibatch(batch.select(order[start:start + minibatch_size])).items():
+                    stats.setdefault(name, []).append(value)
+
+        sequence_kl = kl.sum(1)
+        observed_kl = accelerator.reduce(sequence_kl.mean().detach(), "mean").item()
+        metrics = {
+            "objective/scores": accelerator.reduce(batch.scores.mean(), "mean").item(),
+            "objective/kl": observed_kl,
+            "objective/kl_coef": self.kl_coef,
+            "objective/non_score_reward": (-self.kl_coef * sequence_kl).mean().item(),
+            "objective/rlhf_reward": (batch.scores - self.kl_coef * sequence_kl).mean().item(),
+            "ppo/val/var_explained": explained_variance(batch.values, batch.returns, batch.response_mask).item(),
+            "ppo/returns/mean": masked_mean(batch.returns, batch.response_mask).item(),
+            "rollout/response_length": batch.response_mask.sum(1).mean().item(),
+            "rollout/eos_fraction": batch.ended_with_eos.float().mean().item(),
+            **{name: sum(values) / len(values) for name, values in stats.items()},
+        }
+        if config.adaptive_kl:
+            self.kl_coef = adaptive_kl_coef(self.kl_coef, observed_kl, config.target_kl,
+                                            len(prompts) * accelerator.num_processes, config.kl_horizon)
+        elapsed = time.perf_counter() - started
+        metrics["time/episodes_per_s"] = len(prompts) * accelerator.num_processes / elapsed
+        metrics["time/rollout_fraction"] = rollout_time / elapsed
+        return metrics
+
+    def train_minibatch(self, mb: RolloutBatch) -> dict[str, float]:
+        config, accelerator = self.config, self.accelerator
+        ids, mask = mb.full_sequence()
+        with accelerator.autocast():
+            logprobs, logits = response_logprobs(self.policy, ids, mask, mb.response_ids, config.temperature)
+            values = response_values(self.value, ids, mask, mb.query_ids.shape[1])
+            ptx_loss = torch.zeros((), device=ids.device)
+            if self.ptx_blocks is not None:
+                ptx_ids = self.next_ptx_batch()
+                ptx_logits = self.policy(input_ids=ptx_ids).logits
+                ptx_loss = response_lm_loss(ptx_logits, ptx_ids, torch.ones_like(ptx_ids))
+        policy_loss, policy_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask,
+                                                    config.clip_range)
+        value_loss, value_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mb.response_mask,
+                                                    config.value_clip_range)
+        loss = ppo_ptx_loss(policy_loss, value_loss, ptx_loss, config.value_coef, config.ptx_coef)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(list(self.policy.parameters()) + list(self.value.parameters()),
+                                    config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(logits.detach(), config.temperature), mb.response_mask)
+        return {
+            "ppo/loss/policy": policy_loss.item(), "ppo/loss/value": value_loss.item(),
+            "ppo/loss/ptx": ptx_loss.item(), "ppo/loss/total": loss.item(),
+            "ppo/policy/clipfrac": policy_stats["clipfrac"].item(),
+            "ppo/policy/approxkl": policy_stats["approxkl"].item(),
+            "ppo/policy/entropy": entropy.item(), "ppo/val/clipfrac": value_clipfrac.item(),
+        }
+
+    # ---- evaluation -------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, prompts: list[list[int]], batch_size: int) -> dict[str, float]:
+        """Fresh samples from the policy and from the SFT reference on the same prompts:
+        mean RM scores, win rate of policy over SFT (ties count half) and KL(policy ‖ SFT)."""
+        policy_scores, sft_scores, kls = [], [], []
+        policy = self.accelerator.unwrap_model(self.policy)
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            ours = self.rollout(chunk, policy)
+            theirs = self.rollout(chunk, self.reference)
+            policy_scores.append(ours.scores)
+            sft_scores.append(theirs.scores)
+            kls.append((ours.logprobs - ours.ref_logprobs).sum(1))
+        ours, theirs = torch.cat(policy_scores), torch.cat(sft_scores)
+        wins = (ours > theirs).float() + 0.5 * (ours == theirs).float()
+        return {"eval/score_policy": ours.mean().item(), "eval/score_sft": theirs.mean().item(),
+                "eval/win_rate_vs_sft": wins.mean().item(), "eval/kl_to_sft": torch.cat(kls).mean().item(),
+                "eval/prompts": float(len(prompts))}
+
+    def train(self) -> dict:
+        config, accelerator = self.config, self.accelerator
+        started = time.time()
+        log = MetricsLog(config.metrics_file, "ppo", accelerator)
+        per_process = config.rollout_batch_size // accelerator.num_processes
+        steps = math.ceil(config.total_episodes / config.rollout_batch_size)
+        eval_prompts = (self.valid_prompts or self.train_prompts)[:64]
+        with staged_output(config.output_dir, accelerator) as staging:
+            before = self.evaluate(eval_prompts, per_process)
+            progress = tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_local_main_process)
+            for step in progress:
+                metrics = self.step(self.next_prompts(per_process))
+                metrics["episodes"] = step * config.rollout_batch_size
+                log.log(step, metrics)
+                progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
+            after = self.evaluate(eval_prompts, per_process)
+            log.log(steps, after)
+            summary = {**after, "eval/score_policy_before": before["eval/score_policy"], "steps": steps,
+                       "episodes": steps * config.rollout_batch_size,
+                       "episodes_per_s": steps * config.rollout_batch_size / (time.time() - started)}
+            save_checkpoint(staging, self.policy, self.tokenizer, accelerator)
+            files = {f"prompts[{i}]": p for i, p in enumerate(config.prompts)}
+            if config.pretraining:
+                files["pretraining"] = config.pretraining
+            write_metadata(staging, "ppo", config, files, summary, accelerator, started)
+        return summary
+
+
+def train_ppo(config: PPOConfig) -> dict:
+    return PPOTrainer(config).train()
