@@ -24,8 +24,8 @@ class StageConfig(BaseModel):
     model: str = Field("tiny", description="input model: preset name, HF folder or hub id")
     output_dir: str = Field("runs/stage", description="where the finished HF folder is written")
     seed: int = 0
-    mixed_precision: Literal["auto", "bf16", "no"] = Field(
-        "auto", description="auto = bf16 autocast where the hardware has fast bf16")
+    mixed_precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto = bf16 autocast where the hardware has fast bf16, else fp32")
     max_length: int = Field(512, gt=8, description="longest prompt + response in tokens")
     on_too_long: Literal["skip", "error"] = "skip"
     skip_invalid: bool = Field(False, description="log and drop malformed records instead of stopping")

@@ -38,24 +38,26 @@ def fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _open_text(path: Path):
+def _open_binary(path: Path):
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(``file:line``, object) for each non-blank line."""
+    """(``file:line``, object) for each non-blank line; lines are decoded one by one so that a
+    bad byte is reported on its own line."""
     path = Path(path)
-    handle = _open_text(path)
-    with handle:
-        line_no = 0
+    with _open_binary(path) as handle:
         try:
-            for line_no, line in enumerate(handle, start=1):
+            for line_no, raw in enumerate(handle, start=1):
+                where = f"{path}:{line_no}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataError(f"{where}: not valid UTF-8 (byte {error.start}: {error.reason})") from None
                 if not line.strip():
                     continue
-                where = f"{path}:{line_no}"
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as error:
@@ -63,8 +65,6 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
                 if not isinstance(obj, dict):
                     raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
                 yield where, obj
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path}:{line_no + 1}: not valid UTF-8 ({error.reason})") from None
         except (OSError, EOFError) as error:  # e.g. a truncated or fake .gz
             raise DataError(f"{path}: unreadable ({error})") from None
 
@@ -234,8 +234,8 @@ def read_prompts(path: str | Path, skip_invalid: bool = False) -> list[Prompt]:
 def read_text(path: str | Path) -> str:
     path = Path(path)
     try:
-        with _open_text(path) as handle:
-            text = handle.read()
+        with _open_binary(path) as handle:
+            text = handle.read().decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not valid UTF-8 at byte {error.start}") from None
     if not text.strip():

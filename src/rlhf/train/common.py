@@ -35,6 +35,9 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_mixed_precision(setting: str) -> str:
+    """Our setting → accelerate's (``fp32`` is accelerate's ``no``)."""
+    if setting == "fp32":
+        return "no"
     if setting != "auto":
         return setting
     if torch.cuda.is_available():

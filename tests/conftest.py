@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def preset_cache(tmp_path_factory):
+    """Presets are materialised into a per-session cache unless RLHF_CACHE is set already."""
+    if "RLHF_CACHE" not in os.environ:
+        os.environ["RLHF_CACHE"] = str(tmp_path_factory.mktemp("rlhf-cache"))
+    yield Path(os.environ["RLHF_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def tiny_path(preset_cache):
+    from rlhf.models.presets import resolve_model_path
+
+    return resolve_model_path("tiny")
+
+
+def shared_file(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"shared data file {path} is not present")
+    return path

@@ -1,0 +1,53 @@
+import pytest
+
+from rlhf.cli import main
+from rlhf.config import ConfigError, PPOConfig, load_config, parse_overrides, preset_config_path
+
+
+def test_paper_defaults():
+    ppo = PPOConfig()
+    assert (ppo.kl_coef, ppo.ptx_coef, ppo.clip_range, ppo.gamma, ppo.lam, ppo.value_coef) == (
+        0.02, 27.8, 0.2, 1.0, 0.95, 0.1)
+    sft = load_config("sft")
+    assert (sft.epochs, sft.dropout, sft.min_lr_ratio) == (16, 0.2, 0.1)
+    assert load_config("reward").learning_rate == 9e-6
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("model: tiny\nppo:\n  kl_coef: 0.05\n  total_episodes: 64\n")
+    config = load_config("pipeline", [path], ["ppo.kl_coef=0.1", "sft.data=[a.jsonl, b.jsonl]"])
+    assert config.ppo.kl_coef == 0.1 and config.ppo.total_episodes == 64
+    assert config.sft.data == ["a.jsonl", "b.jsonl"]
+
+
+def test_wrong_field_is_reported_by_name():
+    with pytest.raises(ConfigError, match=r"ppo\.kl_coeff: Extra inputs are not permitted"):
+        load_config("pipeline", [], ["ppo.kl_coeff=0.1"])
+    with pytest.raises(ConfigError, match=r"learning_rate: Input should be a valid number.*'fast'"):
+        load_config("sft", [], ["learning_rate=fast"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_impossible_ppo_combinations_are_rejected():
+    with pytest.raises(ConfigError, match="divisible by num_minibatches"):
+        load_config("ppo", [], ["rollout_batch_size=10", "num_minibatches=3"])
+    with pytest.raises(ConfigError, match="at least 2 episodes"):
+        load_config("ppo", [], ["rollout_batch_size=4", "num_minibatches=4"])
+
+
+def test_presets_are_packaged_and_valid():
+    config = load_config("pipeline", [preset_config_path("tiny")])
+    assert config.data.synthetic and config.model == "tiny"
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        preset_config_path("nope")
+
+
+def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
+    code = main(["sft", "epochz=3"])
+    assert code == 2
+    assert "epochz: Extra inputs are not permitted" in capsys.readouterr().err
+    assert main(["sft", f"data=[{tmp_path}/missing.jsonl]", f"output_dir={tmp_path}/out"]) == 2
+    assert "missing.jsonl: file does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.incomplete").exists()

@@ -1,0 +1,174 @@
+"""Readers, splits and collation, on fixtures and on real lines of the shared files."""
+
+import gzip
+import itertools
+import json
+
+import pytest
+import torch
+
+from conftest import shared_file
+from rlhf.data.collate import (
+    collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, encode_response, pad, split_records,
+)
+from rlhf.data.readers import (
+    DataError, read_comparisons, read_demonstrations, read_prompts, read_text, split_hh_dialogue,
+)
+from rlhf.data.records import Comparison, Demonstration, Prompt
+from rlhf.models import load_tokenizer
+
+
+def write_lines(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_hh_dialogue_split_on_a_real_line():
+    path = shared_file("hh-rlhf-harmless/pairs.jsonl.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        first = json.loads(next(handle))
+    comparison = read_comparisons(path, skip_invalid=True)[0]
+    assert comparison.ranks == [1, 2]
+    # the first line is a 3-turn dialogue: user, assistant, user, assistant, user before the last reply
+    assert [m["role"] for m in comparison.prompt] == ["user", "assistant", "user", "assistant", "user"]
+    assert comparison.prompt[0]["content"] == "what are some pranks with a pen i can do?"
+    assert first["chosen"].endswith(comparison.responses[0])
+    assert first["rejected"].endswith(comparison.responses[1])
+    assert comparison.responses[0] != comparison.responses[1]
+
+
+def test_hh_file_reports_its_three_mismatched_and_two_empty_lines(caplog):
+    path = shared_file("hh-rlhf-harmless/pairs.jsonl.gz")
+    with pytest.raises(DataError, match=r"pairs\.jsonl\.gz:\d+: "):
+        read_comparisons(path)
+    comparisons = read_comparisons(path, skip_invalid=True)
+    assert len(comparisons) == 1812 - 5
+    assert "skipped 5 invalid record(s)" in caplog.text
+
+
+def test_self_instruct_with_and_without_input():
+    demos = read_demonstrations(shared_file("self-instruct/seed_tasks.jsonl"))
+    assert len(demos) >= 175
+    without_input = demos[0]
+    assert without_input.prompt == [{"role": "user", "content":
+                                     "Is there anything I can eat for a breakfast that doesn't include eggs, yet "
+                                     "includes protein, and has roughly 700-1000 calories?"}]
+    with_input = demos[1]
+    assert with_input.prompt[0]["content"] == "What is the relation between the given pairs?\n\nNight : Day :: Right : Left"
+    assert with_input.response.startswith("The relation between the given pairs")
+
+
+def test_multi_turn_hh_prompt_keeps_roles():
+    dialogue = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: like this"
+    prompt, reply = split_hh_dialogue(dialogue, "f:1", "chosen")
+    assert prompt == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                      {"role": "user", "content": "how?"}]
+    assert reply == "like this"
+
+
+def test_canonical_shapes(tmp_path):
+    path = write_lines(tmp_path / "c.jsonl", [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": [{"role": "user", "content": "q"}], "responses": [
+            {"text": "x", "rank": 2}, {"text": "y", "rank": 1}, {"text": "z", "rank": 2}]},
+    ])
+    first, second = read_comparisons(path)
+    assert (first.responses, first.ranks) == (["a", "b"], [1, 2])
+    assert (second.responses, second.ranks) == (["x", "y", "z"], [2, 1, 2])
+    demos = read_demonstrations(write_lines(tmp_path / "d.jsonl", [
+        {"prompt": "p", "completion": "c"},
+        {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
+        {"instruction": "i", "input": "", "output": "o"},
+    ]))
+    assert [(d.prompt[-1]["content"], d.response) for d in demos] == [("p", "c"), ("u", "a"), ("i", "o")]
+    assert read_prompts(write_lines(tmp_path / "p.jsonl", [{"prompt": "hello", "user_id": "u1"}]))[0].user_id == "u1"
+
+
+BAD_INPUTS = {
+    "malformed JSON": ('{"prompt": "a", "chosen": ', r"c\.jsonl:2: malformed JSON"),
+    "missing field": ({"prompt": "a", "chosen": "b"}, r"c\.jsonl:2: missing field 'rejected'"),
+    "empty response": ({"prompt": "a", "chosen": " ", "rejected": "b"}, r"c\.jsonl:2: field 'chosen' is empty"),
+    "empty prompt": ({"prompt": "", "chosen": "a", "rejected": "b"}, r"c\.jsonl:2: field 'prompt' is empty"),
+    "one response": ({"prompt": "a", "responses": [{"text": "x", "rank": 1}]},
+                     r"c\.jsonl:2: field 'responses' needs at least 2"),
+    "rank not integer": ({"prompt": "a", "responses": [{"text": "x", "rank": "1"}, {"text": "y", "rank": 2}]},
+                         r"c\.jsonl:2: field 'responses\[0\]\.rank' must be an integer"),
+    "all ties": ({"prompt": "a", "responses": [{"text": "x", "rank": 1}, {"text": "y", "rank": 1}]},
+                 r"c\.jsonl:2: .*all ranks equal"),
+    "not an object": ('[1, 2]', r"c\.jsonl:2: expected a JSON object"),
+    "unknown shape": ({"question": "a"}, r"c\.jsonl:2: not a comparison"),
+    "hh without assistant": ({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: b"},
+                             r"c\.jsonl:2: field 'chosen' has no"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_comparison_lines_name_file_line_and_field(tmp_path, case):
+    bad, message = BAD_INPUTS[case]
+    path = write_lines(tmp_path / "c.jsonl", [{"prompt": "ok", "chosen": "a", "rejected": "b"}, bad])
+    with pytest.raises(DataError, match=message):
+        read_comparisons(path)
+
+
+def test_missing_and_non_utf8_files(tmp_path):
+    with pytest.raises(DataError, match="nope.jsonl: file does not exist"):
+        read_demonstrations(tmp_path / "nope.jsonl")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"prompt": "ok", "response": "fine"}\n{"prompt": "caf\xe9", "response": "x"}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl:2: not valid UTF-8"):
+        read_demonstrations(latin1)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(DataError, match="empty"):
+        read_text(empty)
+
+
+def test_sequences_longer_than_max_length_error_or_skip(tiny_path):
+    tokenizer = load_tokenizer(tiny_path)
+    demos = [Demonstration([{"role": "user", "content": "hi"}], "x" * 100, source="d.jsonl:7"),
+             Demonstration([{"role": "user", "content": "hi"}], "ok", source="d.jsonl:8")]
+    with pytest.raises(DataError, match=r"d\.jsonl:7: prompt \+ response is \d+ tokens, longer than max_length 50"):
+        encode_demonstrations(tokenizer, demos, 50, on_too_long="error")
+    assert len(encode_demonstrations(tokenizer, demos, 50, on_too_long="skip")) == 1
+
+
+def test_sft_masks_prompt_and_ends_response_with_one_eos(tiny_path):
+    tokenizer = load_tokenizer(tiny_path)
+    [example] = encode_demonstrations(tokenizer, [Demonstration([{"role": "user", "content": "hi"}], "yo")], 64)
+    prompt_text = tokenizer.decode([t for t, m in zip(example.input_ids, example.loss_mask) if m == 0])
+    assert prompt_text == "<|user|>hi\n<|assistant|>"
+    response = [t for t, m in zip(example.input_ids, example.loss_mask) if m == 1]
+    assert response == tokenizer("yo")["input_ids"] + [tokenizer.eos_token_id]
+    assert encode_response(tokenizer, "yo" + tokenizer.eos_token).count(tokenizer.eos_token_id) == 1
+    batch = collate_sft([example, example], tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(example.input_ids))
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_collate_ranked_lays_out_every_response_once(tiny_path):
+    tokenizer = load_tokenizer(tiny_path)
+    comparisons = [Comparison([{"role": "user", "content": "a"}], ["x", "yy"], [1, 2]),
+                   Comparison([{"role": "user", "content": "b"}], ["p", "q", "r"], [2, 1, 3])]
+    batch = collate_ranked(encode_comparisons(tokenizer, comparisons, 64), tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 5  # K forwards, not K·(K−1)
+    assert batch["flat_index"].tolist() == [[0, 1, 0], [2, 3, 4]]
+    assert batch["valid"].tolist() == [[True, True, False], [True, True, True]]
+    assert batch["ranks"].tolist() == [[1, 2, 0], [2, 1, 3]]
+
+
+def test_pad_left_and_right():
+    ids, mask = pad([[1, 2, 3], [4]], pad_id=0, side="left")
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad([[1, 2, 3], [4]], pad_id=0, side="right")
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_split_is_deterministic_and_by_user():
+    prompts = [Prompt([{"role": "user", "content": f"q{i}"}], user_id=f"u{i % 7}") for i in range(200)]
+    first = split_records(prompts, seed=3, valid_fraction=0.3, test_fraction=0.2)
+    second = split_records(prompts, seed=3, valid_fraction=0.3, test_fraction=0.2)
+    assert {k: [p.prompt for p in v] for k, v in first.items()} == {k: [p.prompt for p in v] for k, v in second.items()}
+    users = {name: {p.user_id for p in split} for name, split in first.items()}
+    for a, b in itertools.combinations(users, 2):
+        assert not users[a] & users[b], f"a user is in both {a} and {b}"
+    assert sum(map(len, first.values())) == 200

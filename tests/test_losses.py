@@ -1,0 +1,173 @@
+"""Every loss and advantage function against values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rlhf.losses import (
+    adaptive_kl_coef, entropy_from_logits, explained_variance, gae_advantages, kl_penalized_rewards, masked_mean,
+    ppo_policy_loss, ppo_ptx_loss, ppo_value_loss, ranking_loss, response_lm_loss, token_logprobs, whiten,
+)
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def test_response_lm_loss_counts_only_masked_targets():
+    # V = 2; logits chosen so p(token 1) = σ(ln 3) = 0.75 at every position
+    logits = torch.tensor([[[0.0, math.log(3)]] * 4])
+    input_ids = torch.tensor([[0, 1, 0, 1]])
+    # prompt = positions 0-1, response = positions 2-3 → targets 0 and 1 at positions 2, 3
+    loss_mask = torch.tensor([[0, 0, 1, 1]])
+    expected = -(math.log(0.25) + math.log(0.75)) / 2
+    assert response_lm_loss(logits, input_ids, loss_mask).item() == pytest.approx(expected, rel=1e-6)
+    # padding after the response changes nothing
+    padded = response_lm_loss(torch.cat([logits, logits[:, :1]], 1), torch.tensor([[0, 1, 0, 1, 5 % 2]]),
+                              torch.tensor([[0, 0, 1, 1, 0]]))
+    assert padded.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_token_logprobs_divides_by_temperature():
+    logits = torch.tensor([[[2.0, 0.0]]])
+    at_t2 = token_logprobs(logits, torch.tensor([[0]]), temperature=2.0).item()
+    assert at_t2 == pytest.approx(-softplus(-1.0), rel=1e-6)  # log σ(2/2)
+
+
+def test_entropy_of_uniform_is_log_v():
+    assert entropy_from_logits(torch.zeros(1, 1, 8)).item() == pytest.approx(math.log(8), rel=1e-6)
+
+
+def test_ranking_loss_k2():
+    loss, accuracy = ranking_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[1, 2]]), torch.tensor([[True, True]]))
+    assert loss.item() == pytest.approx(softplus(-1.0), rel=1e-6)
+    assert accuracy.item() == 1.0
+
+
+def test_ranking_loss_k3_is_mean_over_three_pairs():
+    loss, accuracy = ranking_loss(torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[1, 2, 3]]), torch.ones(1, 3))
+    expected = (softplus(-1.0) + softplus(-2.0) + softplus(-1.0)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert accuracy.item() == 1.0
+
+
+def test_ranking_loss_k4_with_tie_makes_five_pairs():
+    # ranks 1, 2, 2, 3: the tie (responses 1 and 2) makes no pair → 5 of the 6 pairs remain
+    scores = torch.tensor([[0.0, 1.0, -1.0, 0.5]])
+    loss, accuracy = ranking_loss(scores, torch.tensor([[1, 2, 2, 3]]), torch.ones(1, 4))
+    margins = [0 - 1, 0 + 1, 0 - 0.5, 1 - 0.5, -1 - 0.5]  # (0,1) (0,2) (0,3) (1,3) (2,3)
+    assert loss.item() == pytest.approx(sum(softplus(-m) for m in margins) / 5, rel=1e-6)
+    assert accuracy.item() == pytest.approx(2 / 5)
+
+
+def test_ranking_loss_averages_prompts_with_different_k():
+    scores = torch.tensor([[1.0, 0.0, 9.0], [2.0, 1.0, 0.0]])
+    ranks = torch.tensor([[1, 2, 0], [1, 2, 3]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    loss, _ = ranking_loss(scores, ranks, valid)
+    first = softplus(-1.0)
+    second = (softplus(-1.0) + softplus(-2.0) + softplus(-1.0)) / 3
+    assert loss.item() == pytest.approx((first + second) / 2, rel=1e-6)
+
+
+def test_ranking_loss_all_ties_is_an_error():
+    with pytest.raises(ValueError, match="no prompt"):
+        ranking_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[1, 1]]), torch.ones(1, 2))
+
+
+def test_kl_penalty_per_token_and_score_at_last_real_token():
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
+    ref_logprobs = torch.tensor([[-1.5, -2.0, -9.0], [-2.0, -1.0, -0.5]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    rewards, kl = kl_penalized_rewards(torch.tensor([3.0, -1.0]), logprobs, ref_logprobs, mask, kl_coef=0.1)
+    assert torch.allclose(kl, torch.tensor([[0.5, 0.0, 0.0], [1.0, 0.0, -0.5]]))
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 3.0, 0.0], [-0.1, 0.0, 0.05 - 1.0]]))
+    # Σ_t kl_t is the sequence log-ratio log π(y) − log π_ref(y)
+    assert kl.sum(1).tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_gae_three_tokens():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7]])
+    advantages, returns = gae_advantages(rewards, values, torch.ones(1, 3), gamma=1.0, lam=0.95)
+    # δ2 = 1 − 0.7 = 0.3; δ1 = 0.7 − 0.6 = 0.1; δ0 = 0.6 − 0.5 = 0.1
+    a2 = 0.3
+    a1 = 0.1 + 0.95 * a2
+    a0 = 0.1 + 0.95 * a1
+    assert advantages[0].tolist() == pytest.approx([a0, a1, a2])
+    assert returns[0].tolist() == pytest.approx([a0 + 0.5, a1 + 0.6, a2 + 0.7])
+
+
+def test_gae_ignores_padding_after_the_response():
+    rewards = torch.tensor([[0.0, 1.0, 5.0]])
+    values = torch.tensor([[0.5, 0.6, 9.0]])
+    advantages, returns = gae_advantages(rewards, values, torch.tensor([[1, 1, 0]]), gamma=1.0, lam=0.5)
+    a1 = 1.0 - 0.6
+    a0 = (0.6 - 0.5) + 0.5 * a1
+    assert advantages[0].tolist() == pytest.approx([a0, a1, 0.0])
+    assert returns[0, 2].item() == 0.0
+
+
+def test_whiten_uses_only_masked_entries():
+    values = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    out = whiten(values, torch.tensor([[1, 1, 1, 0]]))
+    assert out[0].tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)  # mean 2, unbiased var 1
+    kept = whiten(values, torch.tensor([[1, 1, 1, 0]]), shift_mean=False)
+    assert kept[0].tolist() == pytest.approx([1.0, 2.0, 3.0, 0.0], abs=1e-6)
+
+
+def test_whiten_needs_two_values():
+    with pytest.raises(ValueError, match="at least 2"):
+        whiten(torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 0]]))
+
+
+def test_policy_loss_clips_the_ratio():
+    logprobs = torch.tensor([[math.log(1.5), math.log(1.5), 0.0]])
+    old = torch.zeros(1, 3)
+    advantages = torch.tensor([[1.0, -1.0, 2.0]])
+    loss, stats = ppo_policy_loss(logprobs, old, advantages, torch.tensor([[1, 1, 0]]), clip_range=0.2)
+    # A = +1: max(−1.5, −1.2) = −1.2 (clipped); A = −1: max(1.5, 1.2) = 1.5 (not clipped)
+    assert loss.item() == pytest.approx((-1.2 + 1.5) / 2, rel=1e-6)
+    assert stats["clipfrac"].item() == pytest.approx(0.5)
+    assert stats["approxkl"].item() == pytest.approx(0.5 * math.log(1.5) ** 2, rel=1e-6)
+
+
+def test_policy_loss_at_ratio_one_is_minus_mean_advantage():
+    advantages = torch.tensor([[0.3, -0.1]])
+    loss, stats = ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), advantages, torch.ones(1, 2))
+    assert loss.item() == pytest.approx(-0.1, rel=1e-6)
+    assert stats["clipfrac"].item() == 0.0 and stats["approxkl"].item() == 0.0
+
+
+def test_value_loss_clips_around_old_values():
+    values = torch.tensor([[1.0, 0.9]])
+    old_values = torch.tensor([[0.5, 0.5]])
+    returns = torch.tensor([[0.0, 1.0]])
+    loss, clipfrac = ppo_value_loss(values, old_values, returns, torch.ones(1, 2), clip_range=0.2)
+    # token 0: unclipped (1 − 0)² = 1, clipped (0.7 − 0)² = 0.49 → 1
+    # token 1: unclipped (0.9 − 1)² = 0.01, clipped (0.7 − 1)² = 0.09 → 0.09 (clipping bites)
+    assert loss.item() == pytest.approx(0.5 * (1.0 + 0.09) / 2, rel=1e-6)
+    assert clipfrac.item() == pytest.approx(0.5)
+
+
+def test_ptx_mix_is_one_objective_with_gamma_weight():
+    ptx_param = torch.tensor(2.0, requires_grad=True)
+    loss = ppo_ptx_loss(torch.tensor(1.0), torch.tensor(2.0), ptx_param * 1.5, value_coef=0.1, ptx_coef=27.8)
+    assert loss.item() == pytest.approx(1.0 + 0.2 + 27.8 * 3.0)
+    loss.backward()
+    assert ptx_param.grad.item() == pytest.approx(27.8 * 1.5)
+
+
+def test_masked_mean_and_explained_variance():
+    assert masked_mean(torch.tensor([1.0, 5.0, 3.0]), torch.tensor([1, 0, 1])).item() == 2.0
+    returns = torch.tensor([[1.0, 2.0, 3.0]])
+    assert explained_variance(returns, returns, torch.ones(1, 3)).item() == pytest.approx(1.0)
+    assert explained_variance(torch.full((1, 3), 2.0), returns, torch.ones(1, 3)).item() == pytest.approx(0.0)
+
+
+def test_adaptive_kl_coef_moves_towards_target_and_is_clipped():
+    assert adaptive_kl_coef(0.1, observed_kl=12.0, target_kl=6.0, n_steps=100, horizon=1000) == \
+        pytest.approx(0.1 * (1 + 0.2 * 0.1))
+    assert adaptive_kl_coef(0.1, observed_kl=5.4, target_kl=6.0, n_steps=100, horizon=1000) == \
+        pytest.approx(0.1 * (1 - 0.1 * 0.1))

@@ -1,0 +1,124 @@
+"""Scalar heads, padding invariance, the K-forward RM loss, sampling and dropout."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhf.data.collate import collate_ranked, encode_comparisons, pad
+from rlhf.data.records import Comparison
+from rlhf.losses import ranking_loss
+from rlhf.models import (
+    last_token_index, load_causal_lm, load_scalar_model, load_tokenizer, positions_from_mask, sequence_scores,
+)
+from rlhf.rollout import sample_responses
+from rlhf.train.common import add_residual_dropout
+from rlhf.train.reward import ranked_scores
+
+
+def test_scalar_head_init_and_last_token_read(tiny_path):
+    tokenizer = load_tokenizer(tiny_path)
+    model = load_scalar_model(tiny_path, tokenizer.pad_token_id).eval()
+    head = model.hf.score.weight
+    assert head.shape == (1, 256)
+    assert head.std().item() == pytest.approx(1 / math.sqrt(257), rel=0.15)
+    ids, mask = pad([[5, 6, 7, 8], [5, 6]], tokenizer.pad_token_id, side="right")
+    assert last_token_index(mask).tolist() == [3, 1]
+    with torch.no_grad():
+        values = model(ids, mask)
+        alone = model(torch.tensor([[5, 6]]), torch.ones(1, 2, dtype=torch.long))
+        scores = sequence_scores(values, mask, bias=0.5)
+    assert scores[1].item() == pytest.approx(alone[0, 1].item() + 0.5, abs=1e-5)  # read at the real end, not pad
+
+
+def test_left_padding_does_not_change_real_logits(tiny_path):
+    model = load_causal_lm(tiny_path).eval()
+    ids, mask = pad([[10, 11, 12, 13], [20, 21]], pad_id=258, side="left")
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+        alone = model(input_ids=torch.tensor([[20, 21]])).logits
+    assert torch.allclose(batched[1, 2:], alone[0], atol=1e-5)
+
+
+def test_k_forwards_equal_naive_all_pairs(tiny_path):
+    tokenizer = load_tokenizer(tiny_path)
+    model = load_scalar_model(tiny_path, tokenizer.pad_token_id).eval()
+    torch.nn.init.normal_(model.hf.score.weight, std=0.5)  # make scores spread out
+    comparisons = [Comparison([{"role": "user", "content": "a"}], ["x", "yy", "zzz", "w"], [1, 2, 2, 3]),
+                   Comparison([{"role": "user", "content": "bb"}], ["p", "qqqq"], [2, 1])]
+    batch = collate_ranked(encode_comparisons(tokenizer, comparisons, 64), tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss, _ = ranking_loss(ranked_scores(model, batch), batch["ranks"], batch["valid"])
+        naive_per_prompt = []
+        for example in encode_comparisons(tokenizer, comparisons, 64):
+            pair_losses = []
+            for i, j in ((i, j) for i in range(len(example.ranks)) for j in range(len(example.ranks))):
+                if example.ranks[i] < example.ranks[j]:  # forward each pair on its own
+                    ids, mask = pad([example.sequences[i], example.sequences[j]], tokenizer.pad_token_id)
+                    better, worse = sequence_scores(model(ids, mask), mask)
+                    pair_losses.append(-torch.nn.functional.logsigmoid(better - worse))
+            naive_per_prompt.append(torch.stack(pair_losses).mean())
+    assert loss.item() == pytest.approx(torch.stack(naive_per_prompt).mean().item(), abs=1e-5)
+
+
+def test_greedy_sampling_matches_hf_generate(tiny_path):
+    model = load_causal_lm(tiny_path).eval()
+    tokenizer = load_tokenizer(tiny_path)
+    ids, mask = pad([[60, 61, 62, 63, 64], [70, 71]], tokenizer.pad_token_id, side="left")
+    ours, ours_mask = sample_responses(model, ids, mask, 12, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id, temperature=0.0)
+    theirs = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)[:, ids.shape[1]:]
+    assert ours.tolist() == theirs.tolist()
+    assert ours_mask.shape == ours.shape
+
+
+def test_sampling_stops_at_eos_and_masks_after_it(tiny_path):
+    model = load_causal_lm(tiny_path).eval()
+    tokenizer = load_tokenizer(tiny_path)
+    eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    calls = []
+
+    def force_eos_in_row_0_at_step_2(module, args, output):
+        calls.append(1)
+        if len(calls) == 3:  # prefill, step 1, step 2 → the third new token of row 0 is EOS
+            output = output.clone()
+            output[0, -1] = -1e4
+            output[0, -1, eos] = 1e4
+        return output
+
+    model.lm_head.register_forward_hook(force_eos_in_row_0_at_step_2)
+    ids, mask = pad([[60, 61], [70]], pad_id, side="left")
+    tokens, response_mask = sample_responses(model, ids, mask, 6, eos, pad_id, temperature=0.0)
+    assert tokens.shape == (2, 6)
+    assert tokens[0, 2].item() == eos and tokens[0, 3:].tolist() == [pad_id] * 3
+    assert response_mask[0].tolist() == [1, 1, 1, 0, 0, 0]  # up to and including the EOS
+    assert response_mask[1].tolist() == [1] * 6 and eos not in tokens[1].tolist()
+
+
+def test_gumbel_sampling_follows_the_distribution(tiny_path):
+    from rlhf.rollout import gumbel_sample
+
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).repeat(20000, 1)
+    counts = torch.bincount(gumbel_sample(logits, 1.0, torch.Generator().manual_seed(0)), minlength=3) / 20000
+    assert counts.tolist() == pytest.approx([0.7, 0.2, 0.1], abs=0.015)
+
+
+def test_residual_dropout_active_in_train_only(tiny_path):
+    model = load_causal_lm(tiny_path, dropout=0.2)
+    handles = add_residual_dropout(model, 0.2)
+    assert len(handles) == 2 * model.config.num_hidden_layers
+    ids = torch.tensor([[1, 2, 3, 4]])
+    model.train()
+    assert not torch.allclose(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    model.eval()
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_checkpoint_reloads_with_plain_transformers(tiny_path, tmp_path):
+    model = load_causal_lm(tiny_path)
+    model.save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.allclose(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)

@@ -1,0 +1,155 @@
+"""The whole tiny pipeline on the synthetic task, and what its checkpoints promise."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf.config import load_config, preset_config_path
+from rlhf.data.collate import collate_sft, encode_demonstrations
+from rlhf.data.readers import read_demonstrations
+from rlhf.models import load_scalar_model, load_tokenizer, sequence_scores
+from rlhf.pipeline import run_pipeline
+from rlhf.train.common import is_finished, staged_output
+from rlhf.train.ppo import PPOTrainer
+
+REQUIRED_PPO_METRICS = {
+    "objective/scores", "objective/kl", "objective/kl_coef", "ppo/loss/policy", "ppo/loss/value", "ppo/loss/ptx",
+    "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/policy/entropy", "ppo/val/var_explained",
+    "time/episodes_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, preset_cache):
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    started = time.time()
+    summary = run_pipeline(load_config("pipeline", [preset_config_path("tiny")]), run_dir)
+    return run_dir, summary, time.time() - started
+
+
+def test_reward_model_learns_the_synthetic_preference(tiny_run):
+    _, summary, _ = tiny_run
+    assert summary["reward"]["valid/accuracy"] >= 0.9
+    assert summary["reward"]["valid_prompts"] >= 40
+
+
+def test_ppo_raises_the_score_with_bounded_kl(tiny_run):
+    _, summary, _ = tiny_run
+    ppo = summary["ppo"]
+    assert ppo["eval/score_policy"] > ppo["eval/score_sft"] + 3.0
+    assert ppo["eval/win_rate_vs_sft"] >= 0.75
+    assert 0.0 < ppo["eval/kl_to_sft"] < 40.0
+
+
+def test_whole_tiny_pipeline_is_fast(tiny_run):
+    assert tiny_run[2] < 300
+
+
+def test_checkpoints_load_with_plain_transformers(tiny_run):
+    run_dir, _, _ = tiny_run
+    ids = torch.tensor([[1, 2, 3, 4]])
+    for stage in ("sft", "ppo"):
+        model = AutoModelForCausalLM.from_pretrained(run_dir / stage)
+        assert model(input_ids=ids).logits.shape == (1, 4, model.config.vocab_size)
+        assert model.config.attention_dropout == 0.0
+        assert (run_dir / stage / "model.safetensors").exists()
+        AutoTokenizer.from_pretrained(run_dir / stage)
+    reward = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward")
+    assert reward.config.num_labels == 1
+    assert reward(input_ids=ids).logits.shape == (1, 1)
+    for stage in ("sft", "reward", "ppo"):
+        meta = json.loads((run_dir / stage / "rlhf.json").read_text())
+        assert meta["stage"] == stage and meta["data_fingerprints"] and meta["metrics"]
+
+
+def test_metrics_file_has_the_ppo_names(tiny_run):
+    run_dir, _, _ = tiny_run
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    ppo_rows = [r for r in rows if r["stage"] == "ppo" and "objective/scores" in r]
+    assert len(ppo_rows) == 16
+    assert REQUIRED_PPO_METRICS <= set(ppo_rows[0])
+    assert {r["stage"] for r in rows} == {"sft", "reward", "ppo"}
+    assert (run_dir / "config.yaml").exists()
+
+
+def test_reward_is_normalised_on_demonstrations(tiny_run):
+    run_dir, _, _ = tiny_run
+    tokenizer = load_tokenizer(str(run_dir / "reward"))
+    model = load_scalar_model(str(run_dir / "reward"), tokenizer.pad_token_id).eval()
+    demos = read_demonstrations(run_dir / "data" / "demonstrations.jsonl")
+    batch = collate_sft(encode_demonstrations(tokenizer, demos, 128), tokenizer.pad_token_id)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = sequence_scores(model(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"],
+                                 model.reward_bias)
+    assert model.reward_bias != 0.0
+    assert abs(scores.mean().item()) < 0.05 * scores.std().item()
+
+
+def test_first_ppo_minibatch_has_ratio_one_and_zero_kl(tiny_run, tmp_path):
+    run_dir, _, _ = tiny_run
+    config = load_config("ppo", [], [
+        f"model={run_dir / 'sft'}", f"reward_model={run_dir / 'reward'}", f"prompts=[{run_dir / 'data/prompts.jsonl'}]",
+        f"pretraining={run_dir / 'data/pretraining.txt'}", "rollout_batch_size=8", "num_minibatches=1",
+        "max_new_tokens=16", "max_prompt_length=64", "max_length=128", "ptx_block_size=32", "ptx_batch_size=2",
+        f"output_dir={tmp_path / 'ppo'}"])
+    trainer = PPOTrainer(config)
+    metrics = trainer.step(trainer.next_prompts(8))
+    assert metrics["ppo/policy/approxkl"] == 0.0
+    assert metrics["ppo/policy/clipfrac"] == 0.0
+    assert metrics["objective/kl"] == 0.0  # policy == reference before the first update
+    assert metrics["ppo/loss/ptx"] > 0.0
+    second = trainer.step(trainer.next_prompts(8))
+    assert second["objective/kl"] != 0.0  # the update moved the policy
+
+
+def test_rerun_skips_finished_stages(tiny_run):
+    run_dir, summary, _ = tiny_run
+    lines_before = (run_dir / "metrics.jsonl").read_text()
+    started = time.time()
+    again = run_pipeline(load_config("pipeline", [preset_config_path("tiny")]), run_dir)
+    assert time.time() - started < 15
+    assert again["ppo"]["eval/score_policy"] == summary["ppo"]["eval/score_policy"]
+    assert (run_dir / "metrics.jsonl").read_text() == lines_before
+
+
+def test_interrupted_stage_never_looks_finished(tmp_path):
+    output = tmp_path / "stage"
+    with pytest.raises(RuntimeError, match="boom"):
+        with staged_output(output, Accelerator(cpu=True)) as staging:
+            (staging / "model.safetensors").write_text("half")
+            raise RuntimeError("boom")
+    assert not output.exists() and not is_finished(output)
+
+
+def test_generate_cli_samples_from_a_stage(tiny_run):
+    run_dir, _, _ = tiny_run
+    result = subprocess.run([sys.executable, "-m", "rlhf.cli", "generate", "--model", str(run_dir / "ppo"),
+                             "--prompt", "Say words about snow 3.", "--max-new-tokens", "40"],
+                            capture_output=True, text=True, check=True)
+    response = result.stdout.split("### response\n")[1].strip()
+    assert "good" in response.split()
+
+
+def test_two_processes_train_sft(tiny_run, tmp_path, tiny_path):
+    run_dir, _, _ = tiny_run
+    output = tmp_path / "sft2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         "-m", "rlhf.cli", "sft", f"model={tiny_path}", f"data=[{run_dir / 'data/demonstrations.jsonl'}]",
+         f"output_dir={output}", "epochs=1", "max_steps=4", "batch_size=4", "max_length=128",
+         "mixed_precision=fp32"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((output / "rlhf.json").read_text())
+    assert meta["world_size"] == 2
+    assert meta["metrics"]["steps"] == 4
+    AutoModelForCausalLM.from_pretrained(output)
