@@ -9,7 +9,7 @@ import torch
 
 from conftest import shared_file
 from rlhf.data.collate import (
-    collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, encode_response, pad, split_records,
+    LengthGroupedBatches, collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, encode_response, pad, split_records,
 )
 from rlhf.data.readers import (
     DataError, read_comparisons, read_demonstrations, read_prompts, read_text, split_hh_dialogue,
@@ -141,7 +141,9 @@ def test_sft_masks_prompt_and_ends_response_with_one_eos(tiny_path):
     assert response == tokenizer("yo")["input_ids"] + [tokenizer.eos_token_id]
     assert encode_response(tokenizer, "yo" + tokenizer.eos_token).count(tokenizer.eos_token_id) == 1
     batch = collate_sft([example, example], tokenizer.pad_token_id)
-    assert batch["input_ids"].shape == (2, len(example.input_ids))
+    assert batch["input_ids"].shape == (2, 32)  # padded up to a multiple of 32
+    assert batch["attention_mask"][0].sum() == len(example.input_ids)
+    assert batch["loss_mask"][0, len(example.input_ids):].sum() == 0
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
 
 
@@ -172,3 +174,18 @@ def test_split_is_deterministic_and_by_user():
     for a, b in itertools.combinations(users, 2):
         assert not users[a] & users[b], f"a user is in both {a} and {b}"
     assert sum(map(len, first.values())) == 200
+
+
+def test_length_grouped_batches_cover_everything_once_and_reduce_padding():
+    lengths = [int(x) for x in torch.randint(5, 300, (1000,), generator=torch.Generator().manual_seed(1))]
+    sampler = LengthGroupedBatches(lengths, batch_size=8, seed=0, group_batches=16)
+    first, second = list(sampler), list(sampler)
+    assert len(first) == len(sampler) == 125
+    assert sorted(i for batch in first for i in batch) == list(range(1000))
+    assert first != second  # a new order each epoch
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    random_batches = [list(range(i, i + 8)) for i in range(0, 1000, 8)]
+    assert padded(first) < 0.7 * padded(random_batches)

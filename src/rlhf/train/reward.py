@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from rlhf.config import RewardConfig
 from rlhf.data.collate import (
-    collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, split_records,
+    LengthGroupedBatches, collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, split_records,
 )
 from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.losses import ranking_loss
@@ -78,8 +78,8 @@ def train_reward(config: RewardConfig) -> dict:
 
     model = load_scalar_model(config.model, tokenizer.pad_token_id)
     collate = lambda batch: collate_ranked(batch, tokenizer.pad_token_id)  # noqa: E731
-    train_loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
-                              generator=torch.Generator().manual_seed(config.seed))
+    batches = LengthGroupedBatches([max(map(len, e.sequences)) for e in train], config.batch_size, config.seed)
+    train_loader = DataLoader(train, batch_sampler=batches, collate_fn=collate)
     valid_loader = DataLoader(valid, batch_size=config.batch_size, collate_fn=collate) if valid else None
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps / accelerator.num_processes)
     total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rlhf.config import SFTConfig
-from rlhf.data.collate import collate_sft, encode_demonstrations, split_records
+from rlhf.data.collate import LengthGroupedBatches, collate_sft, encode_demonstrations, split_records
 from rlhf.data.readers import DataError, read_demonstrations
 from rlhf.losses import response_lm_loss
 from rlhf.models import load_causal_lm, load_tokenizer
@@ -54,8 +54,8 @@ def train_sft(config: SFTConfig) -> dict:
     model.config.use_cache = False
     add_residual_dropout(model, config.dropout)
     collate = lambda batch: collate_sft(batch, tokenizer.pad_token_id)  # noqa: E731
-    train_loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
-                              generator=torch.Generator().manual_seed(config.seed))
+    batches = LengthGroupedBatches([len(e.input_ids) for e in train], config.batch_size, config.seed)
+    train_loader = DataLoader(train, batch_sampler=batches, collate_fn=collate)
     valid_loader = DataLoader(valid, batch_size=config.batch_size, collate_fn=collate) if valid else None
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps / accelerator.num_processes)
     total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
