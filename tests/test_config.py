@@ -51,3 +51,19 @@ def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
     assert main(["sft", f"data=[{tmp_path}/missing.jsonl]", f"output_dir={tmp_path}/out"]) == 2
     assert "missing.jsonl: file does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.incomplete").exists()
+
+
+def test_demo_and_long_configs_validate_and_point_at_the_shared_data(monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the configs are written for `make demo`, run from the project root
+    demo = load_config("pipeline", [preset_config_path("smollm2-demo")])
+    full = load_config("pipeline", [preset_config_path("smollm2-demo"), root / "examples/smollm2-full.yaml"])
+    assert demo.model == full.model == "smollm2-135m"
+    assert demo.compare_without_ptx and demo.ppo.ptx_coef == 27.8
+    assert full.reward.max_examples is None and full.ppo.total_episodes > demo.ppo.total_episodes
+    if not Path("../shared/data").exists():
+        pytest.skip("../shared/data is not beside the project")
+    for path in demo.data.demonstrations + demo.data.comparisons + [demo.data.pretraining]:
+        assert Path(path).exists(), path

@@ -32,6 +32,8 @@ class StageConfig(BaseModel):
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     metrics_file: str | None = Field(None, description="JSONL file the stage appends metrics to")
+    max_examples: int | None = Field(
+        None, ge=1, description="train on only the first N training records after the split (time budgets)")
 
 
 class SFTConfig(StageConfig):
@@ -96,6 +98,9 @@ class PPOConfig(StageConfig):
     ptx_coef: float = Field(27.8, ge=0, description="γ of PPO-ptx (paper: 27.8); 0 disables the mix")
     ptx_batch_size: int = Field(8, ge=1, description="pretraining blocks per minibatch")
     ptx_block_size: int = Field(128, ge=8)
+    eval_prompts: int = Field(64, ge=1, description="held-out prompts for the final PPO-vs-SFT comparison")
+    ptx_held_out_fraction: float = Field(
+        0.1, ge=0, lt=1, description="the end of the pretraining text never trained on (alignment-tax perplexity)")
 
     @model_validator(mode="after")
     def _check(self) -> PPOConfig:
@@ -121,6 +126,17 @@ class DataPaths(BaseModel):
     skip_invalid: bool = False
 
 
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of the report's responses; 0 = greedy")
+    perplexity_tokens: int = Field(16384, ge=1, description="held-out pretraining tokens scored per model")
+    perplexity_block_size: int = Field(256, ge=8)
+    report_prompts: int = Field(8, ge=0, description="prompts shown side by side in report.md")
+
+
 class PipelineConfig(BaseModel):
     """SFT → RM → PPO into RUN_DIR/{sft,reward,ppo}. The pipeline fills each stage's
     model, output_dir and data from the fields here."""
@@ -129,10 +145,14 @@ class PipelineConfig(BaseModel):
 
     model: str = "tiny"
     seed: int = 0
+    valid_fraction: float = Field(0.1, ge=0, lt=1, description="the same split for every stage")
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    compare_without_ptx: bool = Field(False, description="also train PPO with ptx_coef=0 into RUN_DIR/ppo-noptx")
     data: DataPaths = Field(default_factory=DataPaths)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 STAGE_CONFIGS: dict[str, type[BaseModel]] = {

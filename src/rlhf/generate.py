@@ -22,7 +22,8 @@ def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, tem
     for start in range(0, len(prompts), batch_size):
         chunk = [encode_prompt(tokenizer, as_conversation(p)) for p in prompts[start:start + batch_size]]
         ids, mask = pad(chunk, tokenizer.pad_token_id, side="left")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             response_ids, response_mask = sample_responses(model, ids, mask, max_new_tokens, tokenizer.eos_token_id,
                                                            tokenizer.pad_token_id, temperature, generator)
         for row, row_mask in zip(response_ids, response_mask):

@@ -39,18 +39,23 @@ def data_paths(config: PipelineConfig, run_dir: Path) -> dict:
 
 def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
     common = {"seed": config.seed, "skip_invalid": config.data.skip_invalid,
+              "valid_fraction": config.valid_fraction, "test_fraction": config.test_fraction,
               "metrics_file": str(run_dir / "metrics.jsonl")}
     sft_dir, reward_dir = str(run_dir / "sft"), str(run_dir / "reward")
     ppo_update = {"model": sft_dir, "reward_model": reward_dir, "output_dir": str(run_dir / "ppo"),
                   "prompts": paths["prompts"], "pretraining": paths["pretraining"], **common}
     if not paths["pretraining"]:
         ppo_update["ptx_coef"] = 0.0
-    return {
+    stages = {
         "sft": _stage(config.sft, model=config.model, output_dir=sft_dir, data=paths["demonstrations"], **common),
         "reward": _stage(config.reward, model=sft_dir, output_dir=reward_dir, data=paths["comparisons"],
                          normalize_data=paths["demonstrations"], **common),
         "ppo": _stage(config.ppo, **ppo_update),
     }
+    if config.compare_without_ptx:
+        stages["ppo-noptx"] = _stage(config.ppo, **{**ppo_update, "output_dir": str(run_dir / "ppo-noptx"),
+                                                   "ptx_coef": 0.0})
+    return stages
 
 
 def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
@@ -63,7 +68,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
     paths = data_paths(config, run_dir)
     stages = stage_configs(config, run_dir, paths)
     (run_dir / "config.yaml").write_text(dump_config(config))
-    trainers = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}
+    trainers = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo, "ppo-noptx": train_ppo}
     summary = {}
     for name, stage_config in stages.items():
         folder = Path(stage_config.output_dir)
@@ -73,4 +78,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
             continue
         summary[name] = trainers[name](stage_config)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if config.eval.enabled:
+        from rlhf.eval.run import evaluate_run
+
+        summary["eval"] = evaluate_run(run_dir, config, paths)
     return summary

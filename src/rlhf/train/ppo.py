@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from rlhf.config import PPOConfig
 from rlhf.data.collate import encode_prompts, pack_text, pad, split_records
 from rlhf.data.readers import DataError, read_prompts, read_text
+from rlhf.eval.perplexity import split_text
 from rlhf.losses import (
     adaptive_kl_coef, entropy_from_logits, explained_variance, gae_advantages, kl_penalized_rewards,
     masked_mean, ppo_policy_loss, ppo_ptx_loss, ppo_value_loss, response_lm_loss, token_logprobs, whiten,
@@ -65,14 +66,16 @@ class PPOTrainer:
         self.tokenizer = tokenizer = load_tokenizer(config.model)
         prompts = [p for path in config.prompts for p in read_prompts(path, config.skip_invalid)]
         splits = split_records(prompts, config.seed, config.valid_fraction, config.test_fraction)
-        self.train_prompts = encode_prompts(tokenizer, splits["train"], config.max_prompt_length, config.on_too_long)
+        self.train_prompts = encode_prompts(tokenizer, splits["train"][:config.max_examples],
+                                            config.max_prompt_length, config.on_too_long)
         self.valid_prompts = encode_prompts(tokenizer, splits["valid"], config.max_prompt_length, "skip") \
             if splits["valid"] else []
         self.ptx_blocks = None
         if config.ptx_coef > 0:
             if not config.pretraining:
                 raise DataError("ppo: ptx_coef > 0 needs a pretraining text file (set pretraining=FILE or ptx_coef=0)")
-            self.ptx_blocks = pack_text(tokenizer, read_text(config.pretraining), config.ptx_block_size)
+            train_text, _ = split_text(read_text(config.pretraining), config.ptx_held_out_fraction)
+            self.ptx_blocks = pack_text(tokenizer, train_text, config.ptx_block_size)
 
         policy = load_causal_lm(config.model)
         self.reference = freeze(load_causal_lm(config.model)).to(accelerator.device)
@@ -233,9 +236,8 @@ class PPOTrainer:
         log = MetricsLog(config.metrics_file, "ppo", accelerator)
         per_process = config.rollout_batch_size // accelerator.num_processes
         steps = math.ceil(config.total_episodes / config.rollout_batch_size)
-        eval_prompts = (self.valid_prompts or self.train_prompts)[:64]
+        eval_prompts = (self.valid_prompts or self.train_prompts)[:config.eval_prompts]
         with staged_output(config.output_dir, accelerator) as staging:
-            before = self.evaluate(eval_prompts, per_process)
             progress = tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_local_main_process)
             for step in progress:
                 metrics = self.step(self.next_prompts(per_process))
@@ -244,7 +246,7 @@ class PPOTrainer:
                 progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
             after = self.evaluate(eval_prompts, per_process)
             log.log(steps, after)
-            summary = {**after, "eval/score_policy_before": before["eval/score_policy"], "steps": steps,
+            summary = {**after, "steps": steps,
                        "episodes": steps * config.rollout_batch_size,
                        "episodes_per_s": steps * config.rollout_batch_size / (time.time() - started)}
             save_checkpoint(staging, self.policy, self.tokenizer, accelerator)

@@ -72,7 +72,8 @@ def train_reward(config: RewardConfig) -> dict:
     tokenizer = load_tokenizer(config.model)
     comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
     splits = split_records(comparisons, config.seed, config.valid_fraction, config.test_fraction)
-    train = encode_comparisons(tokenizer, splits["train"], config.max_length, config.on_too_long)
+    train = encode_comparisons(tokenizer, splits["train"][:config.max_examples], config.max_length,
+                               config.on_too_long)
     valid = encode_comparisons(tokenizer, splits["valid"], config.max_length, config.on_too_long) \
         if splits["valid"] else []
 

@@ -44,7 +44,8 @@ def train_sft(config: SFTConfig) -> dict:
     tokenizer = load_tokenizer(config.model)
     demos = [d for path in config.data for d in read_demonstrations(path, config.skip_invalid)]
     splits = split_records(demos, config.seed, config.valid_fraction, config.test_fraction)
-    train = encode_demonstrations(tokenizer, splits["train"], config.max_length, config.on_too_long)
+    train = encode_demonstrations(tokenizer, splits["train"][:config.max_examples], config.max_length,
+                                  config.on_too_long)
     valid = encode_demonstrations(tokenizer, splits["valid"], config.max_length, config.on_too_long) \
         if splits["valid"] else []
     # length-sorted validation batches waste no padding; training order stays shuffled

@@ -1,0 +1,32 @@
+"""Perplexity on held-out pretraining text: exp of the mean next-token loss over fixed blocks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhf.losses import response_lm_loss
+
+
+def split_text(text: str, held_out_fraction: float) -> tuple[str, str]:
+    """(training part, held-out part): the last ``held_out_fraction`` of the text, cut at a line break."""
+    if not 0 <= held_out_fraction < 1:
+        raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
+    cut = int(len(text) * (1 - held_out_fraction))
+    newline = text.rfind("\n", 0, cut)
+    cut = newline + 1 if newline > 0 else cut
+    return text[:cut], text[cut:]
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch_size: int = 8, autocast=None) -> float:
+    """exp(mean over blocks of the per-token negative log-likelihood); blocks (N, L) of token ids."""
+    model.eval()
+    losses = []
+    for start in range(0, blocks.shape[0], batch_size):
+        ids = blocks[start:start + batch_size]
+        with autocast() if autocast else torch.enable_grad():
+            logits = model(input_ids=ids).logits
+        losses.append(response_lm_loss(logits, ids, torch.ones_like(ids)).item() * ids.shape[0])
+    return math.exp(sum(losses) / blocks.shape[0])

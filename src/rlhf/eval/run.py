@@ -1,0 +1,105 @@
+"""Evaluate a finished run folder: base, SFT, PPO (and PPO without ptx) side by side.
+
+Numbers: reward-model accuracy on held-out comparisons; PPO vs SFT score, win rate and KL (from
+the PPO stage's held-out evaluation); perplexity on held-out pretraining text (the alignment
+tax); refusal rate on harmful prompts and answer rate on ordinary ones. Writes
+``RUN_DIR/eval.json`` and ``RUN_DIR/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rlhf.config import EvalConfig, PipelineConfig
+from rlhf.data.collate import collate_ranked, encode_comparisons, pack_text, split_records
+from rlhf.data.readers import read_comparisons, read_text
+from rlhf.eval.perplexity import perplexity, split_text
+from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
+from rlhf.eval.report import write_report
+from rlhf.generate import generate
+from rlhf.losses import ranking_loss
+from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer
+from rlhf.train.common import METADATA_FILE, resolve_mixed_precision
+from rlhf.train.reward import ranked_scores
+
+logger = logging.getLogger(__name__)
+
+
+def _autocast():
+    enabled = resolve_mixed_precision("auto") == "bf16"
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def policies_of(run_dir: Path, base_model: str) -> dict[str, str]:
+    found = {"base": base_model}
+    for name in ("sft", "ppo", "ppo-noptx"):
+        if (run_dir / name / METADATA_FILE).exists():
+            found[name] = str(run_dir / name)
+    return found
+
+
+@torch.no_grad()
+def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
+    tokenizer = load_tokenizer(str(run_dir / "reward"))
+    model = load_scalar_model(str(run_dir / "reward"), tokenizer.pad_token_id).eval()
+    examples = encode_comparisons(tokenizer, comparisons, max_length, "skip")
+    loader = DataLoader(examples, batch_size=batch_size, collate_fn=lambda b: collate_ranked(b, tokenizer.pad_token_id))
+    correct = pairs = 0
+    for batch in loader:
+        with _autocast():
+            scores = ranked_scores(model, batch)
+        _, accuracy = ranking_loss(scores, batch["ranks"], batch["valid"])
+        n = int(((batch["ranks"].unsqueeze(2) < batch["ranks"].unsqueeze(1))
+                 & batch["valid"].unsqueeze(2) & batch["valid"].unsqueeze(1)).sum())
+        correct += accuracy.item() * n
+        pairs += n
+    return {"accuracy": correct / max(pairs, 1), "pairs": pairs}
+
+
+def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> dict:
+    run_dir, eval_config = Path(run_dir), config.eval
+    started = time.time()
+    results: dict = {"policies": {}, "samples": {}}
+
+    comparisons = [c for p in paths["comparisons"] for c in read_comparisons(p, config.data.skip_invalid)]
+    held_out = split_records(comparisons, config.seed, config.valid_fraction, config.test_fraction)
+    test_comparisons = held_out["test"] or held_out["valid"]
+    results["reward"] = {**reward_accuracy(run_dir, test_comparisons, config.reward.max_length),
+                         "split": "test" if held_out["test"] else "valid"}
+    ppo_meta = json.loads((run_dir / "ppo" / METADATA_FILE).read_text())["metrics"]
+    results["ppo_vs_sft"] = {k.removeprefix("eval/"): v for k, v in ppo_meta.items() if k.startswith("eval/")}
+    if (run_dir / "ppo-noptx" / METADATA_FILE).exists():
+        noptx = json.loads((run_dir / "ppo-noptx" / METADATA_FILE).read_text())["metrics"]
+        results["ppo_noptx_vs_sft"] = {k.removeprefix("eval/"): v for k, v in noptx.items() if k.startswith("eval/")}
+
+    held_out_blocks = None
+    if paths.get("pretraining"):
+        _, held_out_text = split_text(read_text(paths["pretraining"]), config.ppo.ptx_held_out_fraction)
+        tokenizer = load_tokenizer(str(run_dir / "sft"))
+        held_out_blocks = pack_text(tokenizer, held_out_text, eval_config.perplexity_block_size)
+        held_out_blocks = held_out_blocks[: max(1, eval_config.perplexity_tokens // eval_config.perplexity_block_size)]
+
+    prompts = HARMFUL_PROMPTS + ORDINARY_PROMPTS
+    for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
+        model = load_causal_lm(path).eval()
+        tokenizer = load_tokenizer(path)
+        responses = generate(path, prompts, eval_config.max_new_tokens, eval_config.temperature,
+                             seed=config.seed, model=model, tokenizer=tokenizer)
+        harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):]
+        metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary)}
+        if held_out_blocks is not None:
+            metrics["held_out_perplexity"] = perplexity(model, held_out_blocks, autocast=_autocast)
+        results["policies"][name] = metrics
+        results["samples"][name] = dict(zip(prompts, responses))
+        del model
+    results["eval_wall_time_s"] = round(time.time() - started, 1)
+    (run_dir / "eval.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
+    return results
