@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/rlhf pipeline --preset tiny --run-dir runs/demo
+	$(BIN)/rlhf pipeline --preset smollm2-demo --run-dir runs/demo
 
 tiny: $(STAMP)
 	$(BIN)/rlhf pipeline --preset tiny --run-dir runs/tiny

@@ -190,6 +190,14 @@ def assign_split(key: str, seed: int, valid_fraction: float, test_fraction: floa
     return "train"
 
 
+def sample_records(records: list, limit: int | None, seed: int) -> list:
+    """A seeded random subset of at most ``limit`` records, in their original order (all when None)."""
+    if limit is None or limit >= len(records):
+        return records
+    keep = sorted(torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+    return [records[i] for i in keep]
+
+
 def split_records(records: list, seed: int, valid_fraction: float, test_fraction: float) -> dict[str, list]:
     splits: dict[str, list] = {"train": [], "valid": [], "test": []}
     for record in records:

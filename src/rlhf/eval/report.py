@@ -45,14 +45,16 @@ def write_report(run_dir: Path, results: dict, prompts_shown: int = 6) -> Path:
         noptx = results["ppo_noptx_vs_sft"]
         lines.append(f"- PPO without ptx vs SFT: mean score {noptx['score_policy']:+.3f}, win rate "
                      f"{noptx['win_rate_vs_sft']:.3f}, KL {noptx['kl_to_sft']:.2f} nats")
-    lines += ["", "| model | harmful prompts refused | ordinary prompts answered | held-out perplexity |",
-              "| --- | --- | --- | --- |"]
+    lines += ["", "| model | harmful prompts refused | ordinary prompts answered | RM score, harmful prompts | "
+              "RM score, ordinary prompts | held-out perplexity |", "| --- | --- | --- | --- | --- | --- |"]
     for name in names:
         m = policies[name]
         lines.append(f"| {name} | {m['harmful_refused']:.2f} | {m['ordinary_answered']:.2f} | "
+                     f"{_fmt(m.get('rm_score_harmful'), 3)} | {_fmt(m.get('rm_score_ordinary'), 3)} | "
                      f"{_fmt(m.get('held_out_perplexity'), 2)} |")
     lines += ["", f"Refusals are detected by phrase (`rlhf.eval.refusal`) over {len(HARMFUL_PROMPTS)} harmful "
-              f"and {len(ORDINARY_PROMPTS)} ordinary prompts; perplexity is on the held-out end of the "
+              f"and {len(ORDINARY_PROMPTS)} ordinary prompts; RM scores are the run's normalised reward model "
+              "(demonstrations score 0 on average; higher = preferred); perplexity is on the held-out end of the "
               "pretraining text (the alignment tax: lower is better).", ""]
 
     shown = [n for n in ("base", "sft", "ppo") if n in names]

@@ -18,14 +18,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rlhf.config import EvalConfig, PipelineConfig
-from rlhf.data.collate import collate_ranked, encode_comparisons, pack_text, split_records
+from rlhf.data.collate import (
+    PAD_MULTIPLE, collate_ranked, encode_comparisons, encode_prompt, encode_response, pack_text, pad, split_records,
+)
+from rlhf.data.records import as_conversation
 from rlhf.data.readers import read_comparisons, read_text
 from rlhf.eval.perplexity import perplexity, split_text
 from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
 from rlhf.eval.report import write_report
 from rlhf.generate import generate
 from rlhf.losses import ranking_loss
-from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer
+from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.train.common import METADATA_FILE, resolve_mixed_precision
 from rlhf.train.reward import ranked_scores
 
@@ -61,6 +64,21 @@ def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_siz
         correct += accuracy.item() * n
         pairs += n
     return {"accuracy": correct / max(pairs, 1), "pairs": pairs}
+
+
+@torch.no_grad()
+def reward_scores(reward_dir: Path, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[float]:
+    """The run's reward model (normalised) on each (prompt, response)."""
+    tokenizer = load_tokenizer(str(reward_dir))
+    model = load_scalar_model(str(reward_dir), tokenizer.pad_token_id).eval()
+    sequences = [encode_prompt(tokenizer, as_conversation(p)) + encode_response(tokenizer, r or " ")
+                 for p, r in zip(prompts, responses)]
+    scores = []
+    for start in range(0, len(sequences), batch_size):
+        ids, mask = pad(sequences[start:start + batch_size], tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE)
+        with _autocast():
+            scores += sequence_scores(model(ids, mask), mask, model.reward_bias).tolist()
+    return scores
 
 
 def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> dict:
@@ -99,6 +117,10 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         results["policies"][name] = metrics
         results["samples"][name] = dict(zip(prompts, responses))
         del model
+    for name, samples in results["samples"].items():
+        scores = reward_scores(run_dir / "reward", prompts, [samples[p] for p in prompts])
+        results["policies"][name]["rm_score_harmful"] = sum(scores[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
+        results["policies"][name]["rm_score_ordinary"] = sum(scores[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
     results["eval_wall_time_s"] = round(time.time() - started, 1)
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf.config import PPOConfig
-from rlhf.data.collate import encode_prompts, pack_text, pad, split_records
+from rlhf.data.collate import encode_prompts, pack_text, pad, sample_records, split_records
 from rlhf.data.readers import DataError, read_prompts, read_text
 from rlhf.eval.perplexity import split_text
 from rlhf.losses import (
@@ -66,7 +66,7 @@ class PPOTrainer:
         self.tokenizer = tokenizer = load_tokenizer(config.model)
         prompts = [p for path in config.prompts for p in read_prompts(path, config.skip_invalid)]
         splits = split_records(prompts, config.seed, config.valid_fraction, config.test_fraction)
-        self.train_prompts = encode_prompts(tokenizer, splits["train"][:config.max_examples],
+        self.train_prompts = encode_prompts(tokenizer, sample_records(splits["train"], config.max_examples, config.seed),
                                             config.max_prompt_length, config.on_too_long)
         self.valid_prompts = encode_prompts(tokenizer, splits["valid"], config.max_prompt_length, "skip") \
             if splits["valid"] else []

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from rlhf.config import RewardConfig
 from rlhf.data.collate import (
-    LengthGroupedBatches, collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, split_records,
+    LengthGroupedBatches, collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, sample_records, split_records,
 )
 from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.losses import ranking_loss
@@ -72,7 +72,7 @@ def train_reward(config: RewardConfig) -> dict:
     tokenizer = load_tokenizer(config.model)
     comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
     splits = split_records(comparisons, config.seed, config.valid_fraction, config.test_fraction)
-    train = encode_comparisons(tokenizer, splits["train"][:config.max_examples], config.max_length,
+    train = encode_comparisons(tokenizer, sample_records(splits["train"], config.max_examples, config.seed), config.max_length,
                                config.on_too_long)
     valid = encode_comparisons(tokenizer, splits["valid"], config.max_length, config.on_too_long) \
         if splits["valid"] else []
@@ -142,6 +142,7 @@ def _normalize(model, tokenizer, config: RewardConfig, accelerator) -> float:
     if not config.normalize_data:
         return 0.0
     demos = [d for path in config.normalize_data for d in read_demonstrations(path, config.skip_invalid)]
+    demos = sample_records(demos, config.normalize_max_examples, config.seed)
     examples = encode_demonstrations(tokenizer, demos, config.max_length, "skip")
     loader = accelerator.prepare(DataLoader(
         examples, batch_size=config.batch_size * 2, collate_fn=lambda b: collate_sft(b, tokenizer.pad_token_id)))

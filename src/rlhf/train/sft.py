@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rlhf.config import SFTConfig
-from rlhf.data.collate import LengthGroupedBatches, collate_sft, encode_demonstrations, split_records
+from rlhf.data.collate import LengthGroupedBatches, collate_sft, encode_demonstrations, sample_records, split_records
 from rlhf.data.readers import DataError, read_demonstrations
 from rlhf.losses import response_lm_loss
 from rlhf.models import load_causal_lm, load_tokenizer
@@ -44,7 +44,7 @@ def train_sft(config: SFTConfig) -> dict:
     tokenizer = load_tokenizer(config.model)
     demos = [d for path in config.data for d in read_demonstrations(path, config.skip_invalid)]
     splits = split_records(demos, config.seed, config.valid_fraction, config.test_fraction)
-    train = encode_demonstrations(tokenizer, splits["train"][:config.max_examples], config.max_length,
+    train = encode_demonstrations(tokenizer, sample_records(splits["train"], config.max_examples, config.seed), config.max_length,
                                   config.on_too_long)
     valid = encode_demonstrations(tokenizer, splits["valid"], config.max_length, config.on_too_long) \
         if splits["valid"] else []
