@@ -9,10 +9,22 @@ import torch
 
 from conftest import shared_file
 from rlhf.data.collate import (
-    LengthGroupedBatches, collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, encode_response, pad, split_records,
+    LengthGroupedBatches,
+    collate_ranked,
+    collate_sft,
+    encode_comparisons,
+    encode_demonstrations,
+    encode_response,
+    pad,
+    split_records,
 )
 from rlhf.data.readers import (
-    DataError, read_comparisons, read_demonstrations, read_prompts, read_text, split_hh_dialogue,
+    DataError,
+    read_comparisons,
+    read_demonstrations,
+    read_prompts,
+    read_text,
+    split_hh_dialogue,
 )
 from rlhf.data.records import Comparison, Demonstration, Prompt
 from rlhf.models import load_tokenizer
@@ -54,7 +66,8 @@ def test_self_instruct_with_and_without_input():
                                      "Is there anything I can eat for a breakfast that doesn't include eggs, yet "
                                      "includes protein, and has roughly 700-1000 calories?"}]
     with_input = demos[1]
-    assert with_input.prompt[0]["content"] == "What is the relation between the given pairs?\n\nNight : Day :: Right : Left"
+    assert with_input.prompt[0]["content"] == (
+        "What is the relation between the given pairs?\n\nNight : Day :: Right : Left")
     assert with_input.response.startswith("The relation between the given pairs")
 
 

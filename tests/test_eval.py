@@ -1,7 +1,6 @@
 """Refusal detection, held-out text split, perplexity by hand, and the report builder."""
 
 import json
-import math
 
 import pytest
 import torch

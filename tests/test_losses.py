@@ -6,8 +6,19 @@ import pytest
 import torch
 
 from rlhf.losses import (
-    adaptive_kl_coef, entropy_from_logits, explained_variance, gae_advantages, kl_penalized_rewards, masked_mean,
-    ppo_policy_loss, ppo_ptx_loss, ppo_value_loss, ranking_loss, response_lm_loss, token_logprobs, whiten,
+    adaptive_kl_coef,
+    entropy_from_logits,
+    explained_variance,
+    gae_advantages,
+    kl_penalized_rewards,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_ptx_loss,
+    ppo_value_loss,
+    ranking_loss,
+    response_lm_loss,
+    token_logprobs,
+    whiten,
 )
 
 

@@ -10,7 +10,12 @@ from rlhf.data.collate import collate_ranked, encode_comparisons, pad
 from rlhf.data.records import Comparison
 from rlhf.losses import ranking_loss
 from rlhf.models import (
-    last_token_index, load_causal_lm, load_scalar_model, load_tokenizer, positions_from_mask, sequence_scores,
+    last_token_index,
+    load_causal_lm,
+    load_scalar_model,
+    load_tokenizer,
+    positions_from_mask,
+    sequence_scores,
 )
 from rlhf.rollout import sample_responses
 from rlhf.train.common import add_residual_dropout

@@ -54,7 +54,8 @@ class RewardConfig(StageConfig):
     data: list[str] = Field(default_factory=list, description="comparison files (K ≥ 2 ranked responses)")
     normalize_data: list[str] = Field(
         default_factory=list, description="demonstration files whose mean score is set to 0 after training")
-    normalize_max_examples: int = Field(1024, ge=1, description="a seeded sample of this many demonstrations sets the bias")
+    normalize_max_examples: int = Field(
+        1024, ge=1, description="a seeded sample of this many demonstrations sets the bias")
     epochs: int = Field(1, ge=1, description="paper: 1 (more overfits)")
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1, description="prompts per batch, each with all its K responses (paper: 64)")

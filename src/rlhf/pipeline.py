@@ -78,7 +78,10 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
             continue
         summary[name] = trainers[name](stage_config)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if config.eval.enabled:
+    if config.eval.enabled and (run_dir / "eval.json").exists():
+        logger.info("eval: finished earlier in %s, skipping", run_dir / "eval.json")
+        summary["eval"] = json.loads((run_dir / "eval.json").read_text())
+    elif config.eval.enabled:
         from rlhf.eval.run import evaluate_run
 
         summary["eval"] = evaluate_run(run_dir, config, paths)

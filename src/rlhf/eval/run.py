@@ -17,12 +17,19 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from rlhf.config import EvalConfig, PipelineConfig
+from rlhf.config import PipelineConfig
 from rlhf.data.collate import (
-    PAD_MULTIPLE, collate_ranked, encode_comparisons, encode_prompt, encode_response, pack_text, pad, split_records,
+    PAD_MULTIPLE,
+    collate_ranked,
+    encode_comparisons,
+    encode_prompt,
+    encode_response,
+    pack_text,
+    pad,
+    split_records,
 )
-from rlhf.data.records import as_conversation
 from rlhf.data.readers import read_comparisons, read_text
+from rlhf.data.records import as_conversation
 from rlhf.eval.perplexity import perplexity, split_text
 from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
 from rlhf.eval.report import write_report
@@ -122,6 +129,8 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         results["policies"][name]["rm_score_harmful"] = sum(scores[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
         results["policies"][name]["rm_score_ordinary"] = sum(scores[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
     results["eval_wall_time_s"] = round(time.time() - started, 1)
-    (run_dir / "eval.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
+    staging = run_dir / "eval.json.tmp"  # eval.json last and atomically: its presence means done
+    staging.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    staging.replace(run_dir / "eval.json")
     return results

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from pydantic import BaseModel
+from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf.config import dump_config
@@ -112,7 +113,8 @@ def save_checkpoint(folder: Path, model, tokenizer, accelerator: Accelerator) ->
 
 
 def write_metadata(folder: Path, stage: str, config: BaseModel, data_files: dict[str, str],
-                   metrics: dict, accelerator: Accelerator, started: float) -> None:
+                   metrics: dict, accelerator: Accelerator, started: float,
+                   splits: dict[str, list] | None = None) -> None:
     from rlhf.data.readers import fingerprint
 
     if not accelerator.is_main_process:
@@ -127,8 +129,11 @@ def write_metadata(folder: Path, stage: str, config: BaseModel, data_files: dict
         "wall_time_s": round(time.time() - started, 2),
         "versions": {"torch": torch.__version__, **_library_versions()},
     }
-    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
     (folder / "config.yaml").write_text(dump_config(config))
+    if splits is not None:  # which input records (file:line) went to which split
+        (folder / "splits.json").write_text(json.dumps(
+            {name: sorted({record.source for record in records}) for name, records in splits.items()}, indent=1))
+    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))  # last: its presence marks the stage finished
 
 
 def _library_versions() -> dict[str, str]:
@@ -163,6 +168,80 @@ def add_residual_dropout(model: torch.nn.Module, p: float) -> list:
         logger.warning("residual dropout: no known output projections in %s; only attention dropout applies",
                        type(model).__name__)
     return handles
+
+
+def split_and_encode(config, records: list, encode) -> tuple[list, list, dict[str, list]]:
+    """Split records (same split in every stage), sample the training part, and tokenise both.
+
+    ``encode(records, on_too_long)`` → examples. Returns (train, valid, splits)."""
+    from rlhf.data.collate import sample_records, split_records
+
+    splits = split_records(records, config.seed, config.valid_fraction, config.test_fraction)
+    train = encode(sample_records(splits["train"], config.max_examples, config.seed), config.on_too_long)
+    valid = encode(splits["valid"], config.on_too_long) if splits["valid"] else []
+    return train, valid, splits
+
+
+class SupervisedRun:
+    """The loop SFT and the reward model share: length-grouped batches, AdamW with cosine decay
+    to ``min_lr_ratio`` after warm-up, gradient accumulation and clipping, all through accelerate.
+
+    ``steps(loss_fn)`` runs the epochs and yields after every optimizer step; ``loss_fn(batch)``
+    returns (loss, metrics) and runs under autocast.
+    """
+
+    def __init__(self, config, accelerator: Accelerator, model, train: list, valid: list, collate, lengths: list[int]):
+        from torch.utils.data import DataLoader
+
+        from rlhf.data.collate import LengthGroupedBatches
+
+        self.config, self.accelerator = config, accelerator
+        train_loader = DataLoader(train, batch_sampler=LengthGroupedBatches(lengths, config.batch_size, config.seed),
+                                  collate_fn=collate)
+        valid_loader = DataLoader(valid, batch_size=config.batch_size, collate_fn=collate) if valid else None
+        steps_per_epoch = -(-len(train_loader) // (config.grad_accum_steps * accelerator.num_processes))
+        self.total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
+        optimizer, schedule = make_optimizer_and_schedule(
+            model.parameters(), config.learning_rate, self.total_steps, config.warmup_ratio, config.min_lr_ratio,
+            config.weight_decay)
+        self.model, self.optimizer, self.train_loader, self.schedule = accelerator.prepare(
+            model, optimizer, train_loader, schedule)
+        self.valid_loader = accelerator.prepare(valid_loader) if valid_loader is not None else None
+        self.step, self.epoch = 0, 0
+        self.throughput = Throughput()
+
+    def steps(self, loss_fn, desc: str, count_items):
+        """Yield (loss, metrics) after each optimizer step; ``count_items(batch)`` feeds the throughput."""
+        accelerator, model = self.accelerator, self.model
+        progress = tqdm(total=self.total_steps, desc=desc, disable=not accelerator.is_local_main_process)
+        model.train()
+        for self.epoch in range(1, self.config.epochs + 1):
+            for batch in self.train_loader:
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss, metrics = loss_fn(batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+                    self.optimizer.step()
+                    self.schedule.step()
+                    self.optimizer.zero_grad()
+                self.throughput.add(count_items(batch) * accelerator.num_processes)
+                if accelerator.sync_gradients:
+                    self.step += 1
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss.item():.3f}")
+                    yield loss.item(), metrics
+                if self.step >= self.total_steps:
+                    break
+            yield None, {"end_of_epoch": self.epoch}
+            if self.step >= self.total_steps:
+                break
+        progress.close()
+
+    @property
+    def learning_rate(self) -> float:
+        return self.schedule.get_last_lr()[0]
 
 
 class Throughput:

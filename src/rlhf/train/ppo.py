@@ -19,11 +19,25 @@ from rlhf.data.collate import encode_prompts, pack_text, pad, sample_records, sp
 from rlhf.data.readers import DataError, read_prompts, read_text
 from rlhf.eval.perplexity import split_text
 from rlhf.losses import (
-    adaptive_kl_coef, entropy_from_logits, explained_variance, gae_advantages, kl_penalized_rewards,
-    masked_mean, ppo_policy_loss, ppo_ptx_loss, ppo_value_loss, response_lm_loss, token_logprobs, whiten,
+    adaptive_kl_coef,
+    entropy_from_logits,
+    explained_variance,
+    gae_advantages,
+    kl_penalized_rewards,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_ptx_loss,
+    ppo_value_loss,
+    response_lm_loss,
+    token_logprobs,
+    whiten,
 )
 from rlhf.models import (
-    load_causal_lm, load_scalar_model, load_tokenizer, positions_from_mask, sequence_scores,
+    load_causal_lm,
+    load_scalar_model,
+    load_tokenizer,
+    positions_from_mask,
+    sequence_scores,
 )
 from rlhf.rollout import RolloutBatch, sample_responses
 from rlhf.train.common import MetricsLog, make_accelerator, save_checkpoint, staged_output, write_metadata
@@ -65,9 +79,9 @@ class PPOTrainer:
         self.accelerator = accelerator = make_accelerator(config)
         self.tokenizer = tokenizer = load_tokenizer(config.model)
         prompts = [p for path in config.prompts for p in read_prompts(path, config.skip_invalid)]
-        splits = split_records(prompts, config.seed, config.valid_fraction, config.test_fraction)
-        self.train_prompts = encode_prompts(tokenizer, sample_records(splits["train"], config.max_examples, config.seed),
-                                            config.max_prompt_length, config.on_too_long)
+        self.splits = splits = split_records(prompts, config.seed, config.valid_fraction, config.test_fraction)
+        train_records = sample_records(splits["train"], config.max_examples, config.seed)
+        self.train_prompts = encode_prompts(tokenizer, train_records, config.max_prompt_length, config.on_too_long)
         self.valid_prompts = encode_prompts(tokenizer, splits["valid"], config.max_prompt_length, "skip") \
             if splits["valid"] else []
         self.ptx_blocks = None
@@ -79,7 +93,8 @@ class PPOTrainer:
 
         policy = load_causal_lm(config.model)
         self.reference = freeze(load_causal_lm(config.model)).to(accelerator.device)
-        self.reward_model = freeze(load_scalar_model(config.reward_model, tokenizer.pad_token_id)).to(accelerator.device)
+        reward_model = load_scalar_model(config.reward_model, tokenizer.pad_token_id)
+        self.reward_model = freeze(reward_model).to(accelerator.device)
         value = load_scalar_model(config.value_model or config.reward_model, tokenizer.pad_token_id)
         policy.eval()  # dropout off for the whole run; gradients still flow
         value.eval()
@@ -253,7 +268,7 @@ class PPOTrainer:
             files = {f"prompts[{i}]": p for i, p in enumerate(config.prompts)}
             if config.pretraining:
                 files["pretraining"] = config.pretraining
-            write_metadata(staging, "ppo", config, files, summary, accelerator, started)
+            write_metadata(staging, "ppo", config, files, summary, accelerator, started, self.splits)
         return summary
 
 

@@ -4,22 +4,29 @@ After training a bias is stored so the demonstrations score mean 0."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from rlhf.config import RewardConfig
 from rlhf.data.collate import (
-    LengthGroupedBatches, collate_ranked, collate_sft, encode_comparisons, encode_demonstrations, sample_records, split_records,
+    collate_ranked,
+    collate_sft,
+    encode_comparisons,
+    encode_demonstrations,
+    sample_records,
 )
 from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.losses import ranking_loss
 from rlhf.models import REWARD_BIAS_KEY, load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.train.common import (
-    MetricsLog, Throughput, make_accelerator, make_optimizer_and_schedule, save_checkpoint, staged_output,
+    MetricsLog,
+    SupervisedRun,
+    make_accelerator,
+    save_checkpoint,
+    split_and_encode,
+    staged_output,
     write_metadata,
 )
 
@@ -71,69 +78,35 @@ def train_reward(config: RewardConfig) -> dict:
     accelerator = make_accelerator(config, config.grad_accum_steps)
     tokenizer = load_tokenizer(config.model)
     comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
-    splits = split_records(comparisons, config.seed, config.valid_fraction, config.test_fraction)
-    train = encode_comparisons(tokenizer, sample_records(splits["train"], config.max_examples, config.seed), config.max_length,
-                               config.on_too_long)
-    valid = encode_comparisons(tokenizer, splits["valid"], config.max_length, config.on_too_long) \
-        if splits["valid"] else []
-
+    train, valid, splits = split_and_encode(
+        config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
+                                                                             on_too_long))
     model = load_scalar_model(config.model, tokenizer.pad_token_id)
-    collate = lambda batch: collate_ranked(batch, tokenizer.pad_token_id)  # noqa: E731
-    batches = LengthGroupedBatches([max(map(len, e.sequences)) for e in train], config.batch_size, config.seed)
-    train_loader = DataLoader(train, batch_sampler=batches, collate_fn=collate)
-    valid_loader = DataLoader(valid, batch_size=config.batch_size, collate_fn=collate) if valid else None
-    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps / accelerator.num_processes)
-    total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
-    optimizer, schedule = make_optimizer_and_schedule(
-        model.parameters(), config.learning_rate, total_steps, config.warmup_ratio, config.min_lr_ratio,
-        config.weight_decay)
-    model, optimizer, train_loader, schedule = accelerator.prepare(model, optimizer, train_loader, schedule)
-    if valid_loader is not None:
-        valid_loader = accelerator.prepare(valid_loader)
-
+    run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
+                        [max(map(len, e.sequences)) for e in train])
     log = MetricsLog(config.metrics_file, "reward", accelerator)
-    throughput = Throughput()
-    step = 0
-    progress = tqdm(total=total_steps, desc="reward", disable=not accelerator.is_local_main_process)
-    with staged_output(config.output_dir, accelerator) as staging:
-        model.train()
-        for epoch in range(1, config.epochs + 1):
-            for batch in train_loader:
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        scores = ranked_scores(model, batch)
-                    loss, accuracy = ranking_loss(scores, batch["ranks"], batch["valid"])
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    schedule.step()
-                    optimizer.zero_grad()
-                throughput.add(int(batch["ranks"].shape[0]) * accelerator.num_processes)
-                if accelerator.sync_gradients:
-                    step += 1
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy.item():.2f}")
-                    log.log(step, {"reward/loss": loss.item(), "reward/accuracy": accuracy.item(),
-                                   "reward/lr": schedule.get_last_lr()[0], "reward/prompts_per_s": throughput.rate})
-                if step >= total_steps:
-                    break
-            if step >= total_steps:
-                break
-        progress.close()
 
-        metrics = {"steps": step, "train_prompts": len(train), "valid_prompts": len(valid),
-                   "prompts_per_s": throughput.rate, "train/loss": log.last.get("reward/loss")}
-        if valid_loader is not None:
-            evaluation = evaluate_rankings(model, valid_loader, accelerator)
+    def loss_fn(batch):
+        loss, accuracy = ranking_loss(ranked_scores(run.model, batch), batch["ranks"], batch["valid"])
+        return loss, {"reward/accuracy": accuracy.item()}
+
+    with staged_output(config.output_dir, accelerator) as staging:
+        for loss, metrics in run.steps(loss_fn, "reward", lambda batch: int(batch["ranks"].shape[0])):
+            if loss is not None:
+                log.log(run.step, {"reward/loss": loss, **metrics, "reward/lr": run.learning_rate,
+                                   "reward/prompts_per_s": run.throughput.rate})
+        metrics = {"steps": run.step, "train_prompts": len(train), "valid_prompts": len(valid),
+                   "prompts_per_s": run.throughput.rate, "train/loss": log.last.get("reward/loss")}
+        if run.valid_loader is not None:
+            evaluation = evaluate_rankings(run.model, run.valid_loader, accelerator)
             metrics.update({"valid/accuracy": evaluation["accuracy"], "valid/loss": evaluation["loss"]})
-        metrics["bias"] = _normalize(model, tokenizer, config, accelerator)
-        log.log(step, {f"reward/{k}": v for k, v in metrics.items() if isinstance(v, float)})
-        save_checkpoint(staging, model, tokenizer, accelerator)
+        metrics["bias"] = _normalize(run.model, tokenizer, config, accelerator)
+        log.log(run.step, {f"reward/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        save_checkpoint(staging, run.model, tokenizer, accelerator)
         write_metadata(staging, "reward", config,
                        {**{f"data[{i}]": p for i, p in enumerate(config.data)},
                         **{f"normalize_data[{i}]": p for i, p in enumerate(config.normalize_data)}},
-                       metrics, accelerator, started)
+                       metrics, accelerator, started, splits)
     return metrics
 
 
