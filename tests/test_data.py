@@ -202,3 +202,22 @@ def test_length_grouped_batches_cover_everything_once_and_reduce_padding():
 
     random_batches = [list(range(i, i + 8)) for i in range(0, 1000, 8)]
     assert padded(first) < 0.7 * padded(random_batches)
+
+
+def test_truncate_keeps_the_end_of_the_prompt_and_the_final_eos():
+    from rlhf.data.collate import truncate_pair
+
+    prompt, response = list(range(10)), [20, 21, 22, 99]
+    assert truncate_pair(prompt, response, 20) == (prompt, response)  # fits: unchanged
+    assert truncate_pair(prompt, response, 8) == ([6, 7, 8, 9], [20, 21, 22, 99])
+    long_response = list(range(20, 40)) + [99]
+    short_prompt, cut = truncate_pair(prompt, long_response, 12)
+    assert short_prompt == [7, 8, 9] and len(cut) == 9 and cut[-1] == 99 and cut[:3] == [20, 21, 22]
+
+
+def test_on_too_long_truncate_keeps_the_record(tiny_path, caplog):
+    tokenizer = load_tokenizer(tiny_path)
+    demos = [Demonstration([{"role": "user", "content": "hello there"}], "x" * 100, source="d.jsonl:3")]
+    [example] = encode_demonstrations(tokenizer, demos, 50, on_too_long="truncate")
+    assert len(example.input_ids) == 50 and example.input_ids[-1] == tokenizer.eos_token_id
+    assert "truncating d.jsonl:3" in caplog.text

@@ -5,6 +5,7 @@
     rlhf ppo      [--config FILE] [key=value ...]
     rlhf pipeline [--config FILE | --preset NAME] --run-dir DIR [section.key=value ...]
     rlhf generate --model DIR --prompt TEXT
+    rlhf data     curate|stats|convert FILE [...]
     rlhf config   STAGE            # print a stage's defaults as YAML, ready to edit
 """
 
@@ -15,6 +16,7 @@ import logging
 import sys
 
 from rlhf.config import STAGE_CONFIGS, ConfigError, dump_config, load_config, preset_config_path
+from rlhf.data.formats import FORMATS
 from rlhf.data.records import DataError
 
 
@@ -43,13 +45,76 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     generate.add_argument("--seed", type=int, default=0)
+    _add_data_commands(commands)
     show = commands.add_parser("config", help="print a stage's default config as YAML")
     show.add_argument("stage", choices=sorted(STAGE_CONFIGS))
     return parser
 
 
+def _add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="curate, inspect and convert data files")
+    actions = data.add_subparsers(dest="action", required=True)
+    for name, text in (("curate", "dedupe by prefix, cap per user, split by user, scrub PII"),
+                       ("stats", "counts, lengths, K, users, duplicates and PII hits as a table"),
+                       ("convert", "write any supported file as canonical JSONL")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("file", help="JSONL(.gz), JSON, CSV, TSV, Parquet, a datasets folder, or hf:NAME[:SPLIT]")
+        action.add_argument("--kind", default="auto", choices=["auto", "comparisons", "demonstrations", "prompts"])
+        action.add_argument("--format", default="auto", choices=["auto", *FORMATS])
+        for field in ("prompt", "response", "chosen", "rejected", "responses", "messages", "user_id"):
+            action.add_argument(f"--{field.replace('_', '-')}-field", metavar="COLUMN",
+                                help=f"the column that holds '{field}'")
+        action.add_argument("--skip-invalid", action="store_true", help="log and drop bad records")
+    curate = actions.choices["curate"]
+    curate.add_argument("--output", required=True, help="folder for train/valid/test.jsonl and the report")
+    curate.add_argument("--prefix-chars", type=int, default=64, help="shared prefix that marks a near-duplicate")
+    curate.add_argument("--max-per-user", type=int, default=200, help="paper: 200")
+    curate.add_argument("--valid-fraction", type=float, default=0.1)
+    curate.add_argument("--test-fraction", type=float, default=0.1)
+    curate.add_argument("--seed", type=int, default=0)
+    curate.add_argument("--no-scrub", action="store_true", help="keep PII as it is")
+    actions.choices["stats"].add_argument("--tokenizer", help="count tokens with this model's tokenizer")
+    actions.choices["stats"].add_argument("--no-pii", action="store_true", help="skip the PII scan")
+    convert = actions.choices["convert"]
+    convert.add_argument("--output", required=True, help="canonical JSONL file")
+    convert.add_argument("--pairs", action="store_true", help="expand K-way rankings into chosen/rejected pairs")
+
+
+def run_data(args: argparse.Namespace) -> None:
+    import json
+
+    from rlhf.data.curate import comparison_pairs, curate, read_any, to_canonical, write_curated
+    from rlhf.data.formats import FieldMap
+    from rlhf.data.readers import write_jsonl
+
+    field_map = FieldMap(**{f: getattr(args, f"{f}_field") for f in
+                            ("prompt", "response", "chosen", "rejected", "responses", "messages", "user_id")})
+    kind, records = read_any(args.file, args.kind, args.format, field_map, args.skip_invalid)
+    if args.action == "curate":
+        splits, report = curate(records, args.prefix_chars, args.max_per_user, args.seed, args.valid_fraction,
+                                args.test_fraction, scrub_pii=not args.no_scrub)
+        folder = write_curated(args.output, splits, report)
+        print(f"{args.file}: {len(records)} {kind} → {folder}")
+        print(json.dumps({k: v for k, v in report.__dict__.items() if k != "prefix_examples"}, indent=1))
+        for dropped, kept in report.prefix_examples:
+            print(f"  dropped {dropped} (shares its prefix with {kept})")
+    elif args.action == "stats":
+        from rlhf.data.stats import data_stats, print_stats
+        from rlhf.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        print_stats(args.file, data_stats(kind, records, tokenizer, pii=not args.no_pii))
+    else:
+        rows = [pair for r in records for pair in comparison_pairs(r)] if args.pairs and kind == "comparisons" \
+            else [to_canonical(r) for r in records]
+        write_jsonl(args.output, rows)
+        print(f"{args.file}: {len(records)} {kind} → {len(rows)} rows in {args.output}")
+
+
 def run(args: argparse.Namespace) -> None:
-    if args.command == "config":
+    if args.command == "data":
+        run_data(args)
+    elif args.command == "config":
         print(dump_config(STAGE_CONFIGS[args.stage]()), end="")
     elif args.command == "generate":
         from rlhf.generate import generate

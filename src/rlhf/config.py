@@ -27,7 +27,8 @@ class StageConfig(BaseModel):
     mixed_precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto = bf16 autocast where the hardware has fast bf16, else fp32")
     max_length: int = Field(512, gt=8, description="longest prompt + response in tokens")
-    on_too_long: Literal["skip", "error"] = "skip"
+    on_too_long: Literal["skip", "truncate", "error"] = Field(
+        "skip", description="a record longer than max_length: drop it, truncate it (with a warning) or stop")
     skip_invalid: bool = Field(False, description="log and drop malformed records instead of stopping")
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)

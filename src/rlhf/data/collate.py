@@ -33,13 +33,31 @@ def encode_response(tokenizer, text: str) -> list[int]:
 
 
 def _fits(length: int, max_length: int, source: str, on_too_long: str) -> bool:
+    """True when the sequence fits, or is to be truncated; False to skip it; raises for "error"."""
     if length <= max_length:
         return True
     message = f"{source}: prompt + response is {length} tokens, longer than max_length {max_length}"
     if on_too_long == "error":
         raise DataError(message)
+    if on_too_long == "truncate":
+        logger.warning("truncating %s", message)
+        return True
     logger.debug("dropping %s", message)
     return False
+
+
+def truncate_pair(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Fit prompt + response into ``max_length``: the prompt loses tokens from its start (the most recent
+    turns matter most) but keeps at least a quarter of the budget; the response then loses tokens from
+    its end, keeping its final EOS."""
+    if len(prompt) + len(response) <= max_length:
+        return prompt, response
+    prompt_budget = max(max_length - len(response), max_length // 4)
+    prompt = prompt[-prompt_budget:]
+    response_budget = max_length - len(prompt)
+    if len(response) > response_budget:
+        response = response[:response_budget - 1] + response[-1:]
+    return prompt, response
 
 
 @dataclass
@@ -54,6 +72,7 @@ def encode_demonstrations(tokenizer, demos: list[Demonstration], max_length: int
     for demo in demos:
         prompt, response = encode_prompt(tokenizer, demo.prompt), encode_response(tokenizer, demo.response)
         if _fits(len(prompt) + len(response), max_length, demo.source, on_too_long):
+            prompt, response = truncate_pair(prompt, response, max_length)
             examples.append(SFTExample(prompt + response, [0] * len(prompt) + [1] * len(response)))
     _report_dropped("demonstrations", len(demos), len(examples), max_length)
     return examples
@@ -70,8 +89,9 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int
     examples = []
     for comparison in comparisons:
         prompt = encode_prompt(tokenizer, comparison.prompt)
-        sequences = [prompt + encode_response(tokenizer, text) for text in comparison.responses]
-        if _fits(max(map(len, sequences)), max_length, comparison.source, on_too_long):
+        responses = [encode_response(tokenizer, text) for text in comparison.responses]
+        if _fits(len(prompt) + max(map(len, responses)), max_length, comparison.source, on_too_long):
+            sequences = [sum(truncate_pair(prompt, response, max_length), []) for response in responses]
             examples.append(RankedExample(sequences, list(comparison.ranks)))
     _report_dropped("comparisons", len(comparisons), len(examples), max_length)
     return examples
@@ -83,7 +103,7 @@ def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_length: int,
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt.prompt)
         if _fits(len(ids), max_prompt_length, prompt.source, on_too_long):
-            encoded.append(ids)
+            encoded.append(ids[-max_prompt_length:])
     _report_dropped("prompts", len(prompts), len(encoded), max_prompt_length)
     return encoded
 

@@ -1,6 +1,7 @@
 """Readers for the shapes in which RLHF data is published, each record checked on the way in.
 
-Supported line shapes (JSONL, optionally gzipped), detected from each record's fields:
+Rows come from any format in :mod:`rlhf.data.formats` (JSONL, JSON, CSV/TSV, Parquet, datasets);
+their shape is detected from each record's fields:
 
 - demonstrations: ``prompt/response`` (or ``completion``), chat ``messages`` (last assistant
   turn = response), Alpaca ``instruction/input/output``, self-instruct ``instruction/instances``,
@@ -15,13 +16,13 @@ Every problem raises :class:`DataError` naming ``file:line`` and the field.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from rlhf.data.formats import FieldMap, iter_rows, read_text_file
 from rlhf.data.records import Comparison, Conversation, DataError, Demonstration, Prompt, as_conversation
 
 logger = logging.getLogger(__name__)
@@ -36,37 +37,6 @@ def fingerprint(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def _open_binary(path: Path):
-    if not path.exists():
-        raise DataError(f"{path}: file does not exist")
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(``file:line``, object) for each non-blank line; lines are decoded one by one so that a
-    bad byte is reported on its own line."""
-    path = Path(path)
-    with _open_binary(path) as handle:
-        try:
-            for line_no, raw in enumerate(handle, start=1):
-                where = f"{path}:{line_no}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    raise DataError(f"{where}: not valid UTF-8 (byte {error.start}: {error.reason})") from None
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                yield where, obj
-        except (OSError, EOFError) as error:  # e.g. a truncated or fake .gz
-            raise DataError(f"{path}: unreadable ({error})") from None
 
 
 def _text(obj: dict, key: str, where: str) -> str:
@@ -194,10 +164,10 @@ def parse_prompt(obj: dict, where: str) -> Prompt:
     return Prompt(demo.prompt, demo.user_id, where)
 
 
-def _read(path: str | Path, parse: Callable, skip_invalid: bool) -> list:
-    """Parse every line; with ``skip_invalid`` a bad record is logged (file:line: reason) and dropped."""
+def _read(path: str | Path, parse: Callable, skip_invalid: bool, format: str, field_map: FieldMap | None) -> list:
+    """Parse every row; with ``skip_invalid`` a bad record is logged (file:line: reason) and dropped."""
     records, skipped = [], 0
-    lines = iter_jsonl(path)
+    lines = iter_rows(path, format, field_map)
     while True:
         try:
             where, obj = next(lines)
@@ -219,25 +189,26 @@ def _read(path: str | Path, parse: Callable, skip_invalid: bool) -> list:
     return records
 
 
-def read_demonstrations(path: str | Path, skip_invalid: bool = False) -> list[Demonstration]:
-    return _read(path, parse_demonstrations, skip_invalid)
+def read_demonstrations(path: str | Path, skip_invalid: bool = False, format: str = "auto",
+                        field_map: FieldMap | None = None) -> list[Demonstration]:
+    return _read(path, parse_demonstrations, skip_invalid, format, field_map)
 
 
-def read_comparisons(path: str | Path, skip_invalid: bool = False) -> list[Comparison]:
-    return _read(path, parse_comparison, skip_invalid)
+def read_comparisons(path: str | Path, skip_invalid: bool = False, format: str = "auto",
+                     field_map: FieldMap | None = None) -> list[Comparison]:
+    return _read(path, parse_comparison, skip_invalid, format, field_map)
 
 
-def read_prompts(path: str | Path, skip_invalid: bool = False) -> list[Prompt]:
-    return _read(path, parse_prompt, skip_invalid)
+def read_prompts(path: str | Path, skip_invalid: bool = False, format: str = "auto",
+                 field_map: FieldMap | None = None) -> list[Prompt]:
+    return _read(path, parse_prompt, skip_invalid, format, field_map)
 
 
 def read_text(path: str | Path) -> str:
     path = Path(path)
-    try:
-        with _open_binary(path) as handle:
-            text = handle.read().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not valid UTF-8 at byte {error.start}") from None
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    text = read_text_file(path)
     if not text.strip():
         raise DataError(f"{path}: pretraining text file is empty")
     return text

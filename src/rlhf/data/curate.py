@@ -1,0 +1,166 @@
+"""The paper's data curation (Ouyang et al. 2022, §3.2 and App. A), in its order:
+
+1. drop prompts that share a long common prefix with an earlier one (near-duplicates);
+2. cap the number of prompts per user (paper: 200);
+3. split train / valid / test by user, so no user is in two splits;
+4. scrub PII from prompts, replacing it with typed placeholders.
+
+Outputs are canonical JSONL, written to a staging folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rlhf.data.collate import split_records
+from rlhf.data.records import Comparison, Conversation, DataError, Demonstration
+
+
+def prompt_text(conversation: Conversation) -> str:
+    return "\n".join(message["content"] for message in conversation)
+
+
+def normalise_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def drop_shared_prefixes(records: list, prefix_chars: int) -> tuple[list, list[tuple[str, str]]]:
+    """Keep the first record of each group of prompts sharing their first ``prefix_chars`` characters
+    (after lower-casing and collapsing whitespace; shorter prompts must match exactly).
+    Returns (kept, [(dropped source, source of the earlier prompt it duplicates)])."""
+    first_seen: dict[str, str] = {}
+    kept, dropped = [], []
+    for record in records:
+        key = normalise_text(prompt_text(record.prompt))[:prefix_chars]
+        if key in first_seen:
+            dropped.append((record.source, first_seen[key]))
+            continue
+        first_seen[key] = record.source
+        kept.append(record)
+    return kept, dropped
+
+
+def cap_per_user(records: list, max_per_user: int) -> tuple[list, int]:
+    """Keep each user's first ``max_per_user`` records (records without a user are not capped)."""
+    seen: Counter = Counter()
+    kept = []
+    for record in records:
+        if record.user_id is not None:
+            seen[record.user_id] += 1
+            if seen[record.user_id] > max_per_user:
+                continue
+        kept.append(record)
+    return kept, len(records) - len(kept)
+
+
+def scrub_prompt(record, counts: Counter):
+    from rlhf.data.pii import scrub
+
+    return replace(record, prompt=[{**m, "content": scrub(m["content"], counts)} for m in record.prompt])
+
+
+def to_canonical(record) -> dict:
+    """A record as the canonical JSON object the readers accept back."""
+    prompt = record.prompt[0]["content"] if len(record.prompt) == 1 and record.prompt[0]["role"] == "user" \
+        else record.prompt
+    row: dict = {"prompt": prompt}
+    if isinstance(record, Demonstration):
+        row["response"] = record.response
+    elif isinstance(record, Comparison):
+        row["responses"] = [{"text": text, "rank": rank} for text, rank in zip(record.responses, record.ranks)]
+        if record.metadata:
+            row["metadata"] = record.metadata
+    if record.user_id is not None:
+        row["user_id"] = record.user_id
+    return row
+
+
+def comparison_pairs(comparison: Comparison) -> list[dict]:
+    """K-way ranking → every ordered ``prompt/chosen/rejected`` pair (ties make none), for consumers
+    that only take pairs; the project's own reward model keeps rankings grouped."""
+    pairs = []
+    for i, (better, rank_better) in enumerate(zip(comparison.responses, comparison.ranks)):
+        for j, (worse, rank_worse) in enumerate(zip(comparison.responses, comparison.ranks)):
+            if rank_better < rank_worse:
+                row = {"prompt": to_canonical(comparison)["prompt"], "chosen": better, "rejected": worse}
+                if comparison.user_id is not None:
+                    row["user_id"] = comparison.user_id
+                pairs.append(row)
+    return pairs
+
+
+@dataclass
+class CurationReport:
+    input_records: int
+    dropped_shared_prefix: int
+    dropped_over_user_cap: int
+    split_sizes: dict[str, int]
+    users_per_split: dict[str, int]
+    pii_replaced: dict[str, int]
+    prefix_examples: list[tuple[str, str]] = field(default_factory=list)
+
+
+def curate(records: list, prefix_chars: int = 64, max_per_user: int = 200, seed: int = 0,
+           valid_fraction: float = 0.1, test_fraction: float = 0.1,
+           scrub_pii: bool = True) -> tuple[dict[str, list], CurationReport]:
+    if prefix_chars < 1 or max_per_user < 1:
+        raise ValueError("prefix_chars and max_per_user must be ≥ 1")
+    kept, dropped = drop_shared_prefixes(records, prefix_chars)
+    kept, over_cap = cap_per_user(kept, max_per_user)
+    splits = split_records(kept, seed, valid_fraction, test_fraction)
+    counts: Counter = Counter()
+    if scrub_pii:
+        splits = {name: [scrub_prompt(r, counts) for r in split] for name, split in splits.items()}
+    report = CurationReport(
+        input_records=len(records), dropped_shared_prefix=len(dropped), dropped_over_user_cap=over_cap,
+        split_sizes={name: len(split) for name, split in splits.items()},
+        users_per_split={name: len({r.user_id for r in split if r.user_id is not None})
+                         for name, split in splits.items()},
+        pii_replaced=dict(counts), prefix_examples=dropped[:5])
+    return splits, report
+
+
+def write_curated(output_dir: str | Path, splits: dict[str, list], report: CurationReport) -> Path:
+    """OUTPUT/{train,valid,test}.jsonl and curation_report.json, renamed into place when complete."""
+    output_dir = Path(output_dir)
+    staging = output_dir.with_name(output_dir.name + ".incomplete")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, split in splits.items():
+        with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+            for record in split:
+                handle.write(json.dumps(to_canonical(record), ensure_ascii=False) + "\n")
+    (staging / "curation_report.json").write_text(json.dumps(report.__dict__, indent=2, ensure_ascii=False))
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    staging.rename(output_dir)
+    return output_dir
+
+
+def detect_kind(row: dict) -> str:
+    if "responses" in row or ("chosen" in row and "rejected" in row):
+        return "comparisons"
+    if any(key in row for key in ("response", "completion", "messages", "output", "instances", "chosen")):
+        return "demonstrations"
+    return "prompts"
+
+
+def read_any(path: str | Path, kind: str = "auto", format: str = "auto", field_map=None,
+             skip_invalid: bool = False) -> tuple[str, list]:
+    """Read records of ``kind`` (comparisons, demonstrations or prompts); ``auto`` decides from the
+    fields of the first row."""
+    from rlhf.data.formats import iter_rows
+    from rlhf.data.readers import read_comparisons, read_demonstrations, read_prompts
+
+    if kind == "auto":
+        first = next(iter_rows(path, format, field_map), None)
+        if first is None:
+            raise DataError(f"{path}: no records")
+        kind = detect_kind(first[1])
+    readers = {"comparisons": read_comparisons, "demonstrations": read_demonstrations, "prompts": read_prompts}
+    return kind, readers[kind](path, skip_invalid=skip_invalid, format=format, field_map=field_map)
