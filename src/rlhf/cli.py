@@ -6,6 +6,7 @@
     rlhf pipeline [--config FILE | --preset NAME] --run-dir DIR [section.key=value ...]
     rlhf generate --model DIR --prompt TEXT
     rlhf data     curate|stats|convert FILE [...]
+    rlhf eval     benchmarks|winrate|paper-samples [...]
     rlhf config   STAGE            # print a stage's defaults as YAML, ready to edit
 """
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     generate.add_argument("--seed", type=int, default=0)
     _add_data_commands(commands)
+    _add_eval_commands(commands)
     show = commands.add_parser("config", help="print a stage's default config as YAML")
     show.add_argument("stage", choices=sorted(STAGE_CONFIGS))
     return parser
@@ -78,6 +80,61 @@ def _add_data_commands(commands) -> None:
     convert = actions.choices["convert"]
     convert.add_argument("--output", required=True, help="canonical JSONL file")
     convert.add_argument("--pairs", action="store_true", help="expand K-way rankings into chosen/rejected pairs")
+
+
+def _add_eval_commands(commands) -> None:
+    evaluation = commands.add_parser("eval", help="benchmarks, win rates, the paper's own samples")
+    actions = evaluation.add_subparsers(dest="action", required=True)
+    bench = actions.add_parser("benchmarks", help="TruthfulQA MC1/MC2, CrowS-Pairs, Winogender by log-likelihood")
+    bench.add_argument("--model", action="append", required=True, help="repeatable: models side by side")
+    bench.add_argument("--data-dir", default="../shared/data")
+    bench.add_argument("--limit", type=int, help="first N items of each benchmark")
+    wins = actions.add_parser("winrate", help="win rate of a policy over a baseline under a reward-model judge")
+    wins.add_argument("--policy", required=True)
+    wins.add_argument("--baseline", required=True)
+    wins.add_argument("--judge", required=True, help="reward-model folder")
+    wins.add_argument("--prompts", required=True, help="prompt file (any supported format)")
+    wins.add_argument("--limit", type=int, default=64)
+    wins.add_argument("--max-new-tokens", type=int, default=96)
+    wins.add_argument("--temperature", type=float, default=0.7)
+    wins.add_argument("--seed", type=int, default=0)
+    samples = actions.add_parser("paper-samples", help="truthfulness and toxicity of the paper's released samples")
+    samples.add_argument("--data-dir", default="../shared/data")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from rlhf.eval.run import _autocast
+
+    if args.action == "paper-samples":
+        from pathlib import Path
+
+        from rlhf.eval.paper_samples import markdown_table, paper_sample_tables
+
+        print(markdown_table(paper_sample_tables(Path(args.data_dir) / "instructgpt-samples")))
+    elif args.action == "benchmarks":
+        from rlhf.eval.benchmarks import run_benchmarks
+        from rlhf.models import load_causal_lm, load_tokenizer
+
+        results = {name: run_benchmarks(load_causal_lm(name), load_tokenizer(name), args.data_dir, args.limit,
+                                        autocast=_autocast) for name in args.model}
+        metrics = list(next(iter(results.values())))
+        print("| metric | " + " | ".join(args.model) + " |\n| --- |" + " --- |" * len(args.model))
+        for metric in metrics:
+            print(f"| {metric} | " + " | ".join(f"{results[m][metric]:.3f}" for m in args.model) + " |")
+    else:
+        from pathlib import Path
+
+        from rlhf.data.readers import read_prompts
+        from rlhf.eval.run import reward_scores
+        from rlhf.eval.winrate import win_rate
+        from rlhf.generate import generate
+
+        texts = [p.prompt[-1]["content"] for p in read_prompts(args.prompts)][:args.limit]
+        ours = generate(args.policy, texts, args.max_new_tokens, args.temperature, args.seed)
+        theirs = generate(args.baseline, texts, args.max_new_tokens, args.temperature, args.seed)
+        result = win_rate(reward_scores(Path(args.judge), texts, ours), reward_scores(Path(args.judge), texts, theirs))
+        print(f"win rate of {args.policy} over {args.baseline} on {result['n']} prompts (judge {args.judge}): "
+              f"{result['win_rate']:.3f} [{result['low']:.3f}, {result['high']:.3f}] (95% bootstrap)")
 
 
 def run_data(args: argparse.Namespace) -> None:
@@ -114,6 +171,8 @@ def run_data(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.command == "data":
         run_data(args)
+    elif args.command == "eval":
+        run_eval(args)
     elif args.command == "config":
         print(dump_config(STAGE_CONFIGS[args.stage]()), end="")
     elif args.command == "generate":

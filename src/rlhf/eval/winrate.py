@@ -1,0 +1,34 @@
+"""Win rates with bootstrap confidence intervals, ties counted as half a win."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+
+def outcomes(policy_scores: list[float], baseline_scores: list[float]) -> np.ndarray:
+    """1 where the policy's score is higher, ½ on a tie, 0 where it is lower."""
+    policy, baseline = np.asarray(policy_scores, float), np.asarray(baseline_scores, float)
+    if policy.shape != baseline.shape or policy.size == 0:
+        raise ValueError(f"need two equally long, non-empty score lists, got {policy.size} and {baseline.size}")
+    return (policy > baseline) + 0.5 * (policy == baseline)
+
+
+def win_rate(policy_scores: list[float], baseline_scores: list[float], n_boot: int = 2000,
+             confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean outcome and a percentile-bootstrap interval over prompts."""
+    wins = outcomes(policy_scores, baseline_scores)
+    rng = np.random.default_rng(seed)
+    resampled = wins[rng.integers(0, wins.size, size=(n_boot, wins.size))].mean(1)
+    alpha = (1 - confidence) / 2
+    return {"win_rate": float(wins.mean()), "low": float(np.quantile(resampled, alpha)),
+            "high": float(np.quantile(resampled, 1 - alpha)), "n": int(wins.size)}
+
+
+def win_rate_by_category(policy_scores, baseline_scores, categories: list[str], **options) -> dict[str, dict]:
+    groups = defaultdict(list)
+    for index, category in enumerate(categories):
+        groups[category].append(index)
+    return {category: win_rate([policy_scores[i] for i in index], [baseline_scores[i] for i in index], **options)
+            for category, index in sorted(groups.items())}
