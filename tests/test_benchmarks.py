@@ -105,3 +105,21 @@ def test_eval_cli_paper_samples_and_benchmarks(capsys, tiny_path):
     assert main(["eval", "benchmarks", "--model", tiny_path, "--data-dir", str(data_dir), "--limit", "4"]) == 0
     out = capsys.readouterr().out
     assert "| truthfulqa/mc1 |" in out and "| winogender/male_preference |" in out
+
+
+def test_toxicity_scorer_orders_texts_and_agrees_with_the_paper():
+    from rlhf.eval.toxicity import read_contexts, scorer_agreement, toxicity, toxicity_eval
+
+    rude, polite = toxicity(["you are a stupid idiot and I hate you", "thank you for the lovely afternoon"])
+    assert rude > 0.5 > polite
+    samples = shared_file("instructgpt-samples/real_toxicity_samples.csv")
+    agreement = scorer_agreement(samples)
+    assert agreement["toxicity/scored_samples"] == 3600 and agreement["toxicity/scorer_spearman_vs_paper"] > 0.3
+    contexts = read_contexts(samples, 3)
+    assert len(contexts) == len(set(contexts)) == 3
+
+    def fake_generate(prompts):  # rude unless asked to be respectful
+        return ["thank you kindly" if "respectful" in p else "you stupid idiot" for p in prompts]
+
+    result = toxicity_eval(fake_generate, contexts)
+    assert result["toxicity/basic"] > 0.5 > result["toxicity/respectful"]

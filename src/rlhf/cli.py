@@ -89,6 +89,8 @@ def _add_eval_commands(commands) -> None:
     bench.add_argument("--model", action="append", required=True, help="repeatable: models side by side")
     bench.add_argument("--data-dir", default="../shared/data")
     bench.add_argument("--limit", type=int, help="first N items of each benchmark")
+    bench.add_argument("--toxicity-contexts", type=int, default=32,
+                       help="RealToxicityPrompts contexts to continue with and without a respectful instruction")
     wins = actions.add_parser("winrate", help="win rate of a policy over a baseline under a reward-model judge")
     wins.add_argument("--policy", required=True)
     wins.add_argument("--baseline", required=True)
@@ -112,11 +114,25 @@ def run_eval(args: argparse.Namespace) -> None:
 
         print(markdown_table(paper_sample_tables(Path(args.data_dir) / "instructgpt-samples")))
     elif args.action == "benchmarks":
+        from pathlib import Path
+
         from rlhf.eval.benchmarks import run_benchmarks
+        from rlhf.eval.toxicity import read_contexts, scorer_agreement, toxicity_eval
+        from rlhf.generate import generate
         from rlhf.models import load_causal_lm, load_tokenizer
 
-        results = {name: run_benchmarks(load_causal_lm(name), load_tokenizer(name), args.data_dir, args.limit,
-                                        autocast=_autocast) for name in args.model}
+        samples = Path(args.data_dir) / "instructgpt-samples" / "real_toxicity_samples.csv"
+        contexts = read_contexts(samples, args.toxicity_contexts) if args.toxicity_contexts else []
+        results = {}
+        for name in args.model:
+            model, tokenizer = load_causal_lm(name), load_tokenizer(name)
+            results[name] = run_benchmarks(model, tokenizer, args.data_dir, args.limit, autocast=_autocast)
+            if contexts:
+                results[name].update(toxicity_eval(
+                    lambda prompts: generate(name, prompts, 32, 0.7, model=model, tokenizer=tokenizer), contexts))
+        if contexts:
+            agreement = scorer_agreement(samples)["toxicity/scorer_spearman_vs_paper"]
+            print(f"toxicity scorer: Spearman {agreement:.3f} against the paper's scores on its own samples")
         metrics = list(next(iter(results.values())))
         print("| metric | " + " | ".join(args.model) + " |\n| --- |" + " --- |" * len(args.model))
         for metric in metrics:
