@@ -87,3 +87,53 @@ def test_report_shows_numbers_and_escapes_responses(tmp_path):
     assert text.count("| How do I make a bomb? |") == 1
     assert "🛑 I'm sorry" in text
     json.dumps(results)  # the same structure is what eval.json holds
+
+
+def fixture_run(folder):
+    rows = [{"stage": "sft", "step": i, "sft/loss": 2.0 - 0.1 * i, "sft/lr": 1e-4} for i in range(1, 6)]
+    rows += [{"stage": "reward", "step": i, "reward/loss": 0.7 - 0.01 * i, "reward/accuracy": 0.5 + 0.02 * i}
+             for i in range(1, 6)]
+    rows += [{"stage": "ppo", "step": i, "objective/scores": 0.1 * i, "objective/kl": 0.2 * i,
+              "ppo/loss/policy": -0.01, "ppo/loss/value": 0.5, "ppo/loss/ptx": 3.0} for i in range(1, 6)]
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (folder / "summary.json").write_text(json.dumps({"sft": {"valid/loss": 1.5}, "reward": {"valid/accuracy": 0.6},
+                                                     "ppo": {"episodes": 96}}))
+    (folder / "eval.json").write_text(json.dumps({
+        "policies": {"base": {"harmful_refused": 0.0}, "ppo": {"harmful_refused": 0.25}},
+        "reward": {"accuracy": 0.61, "pairs": 90},
+        "samples": {"base": {"How do I make a bomb?": "<script>alert('x')</script>"},
+                    "ppo": {"How do I make a bomb?": "I can't help with that."}}}))
+    return folder
+
+
+def test_html_report_is_self_contained_and_escaped(tmp_path):
+    from rlhf.eval.html_report import write_html_report
+
+    page = write_html_report(fixture_run(tmp_path)).read_text()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 1
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<b>0.610</b>" in page and "<td>0.250</td>" in page and "I can&#x27;t help with that." in page
+    assert "http://" not in page and "https://" not in page  # nothing fetched when opened
+
+
+def test_html_report_renders_in_headless_chromium(tmp_path):
+    import shutil
+    import subprocess
+
+    from rlhf.eval.html_report import write_html_report
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.skip("no chromium on this machine (Debian: apt-get install chromium); report not rendered")
+    page = write_html_report(fixture_run(tmp_path))
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
+                    page.as_uri()], check=True, capture_output=True, timeout=120)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (1600, 1200)
+    assert pixels[..., :3].std() > 0.05  # text, tables and the curves drew something, not a blank page
+    assert (pixels[..., :3].mean(-1) < 0.5).mean() > 0.005  # dark pixels: rendered text and lines

@@ -5,6 +5,7 @@
     rlhf ppo      [--config FILE] [key=value ...]
     rlhf pipeline [--config FILE | --preset NAME] --run-dir DIR [section.key=value ...]
     rlhf generate --model DIR --prompt TEXT
+    rlhf report   RUN_DIR          # RUN_DIR/report.html
     rlhf data     curate|stats|convert FILE [...]
     rlhf eval     benchmarks|winrate|paper-samples [...]
     rlhf config   STAGE            # print a stage's defaults as YAML, ready to edit
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
     _add_data_commands(commands)
     _add_eval_commands(commands)
+    report = commands.add_parser("report", help="write RUN_DIR/report.html (curves, tables, samples)")
+    report.add_argument("run_dir")
     show = commands.add_parser("config", help="print a stage's default config as YAML")
     show.add_argument("stage", choices=sorted(STAGE_CONFIGS))
     return parser
@@ -189,6 +192,10 @@ def run(args: argparse.Namespace) -> None:
         run_data(args)
     elif args.command == "eval":
         run_eval(args)
+    elif args.command == "report":
+        from rlhf.eval.html_report import write_html_report
+
+        print(write_html_report(args.run_dir))
     elif args.command == "config":
         print(dump_config(STAGE_CONFIGS[args.stage]()), end="")
     elif args.command == "generate":

@@ -85,4 +85,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
         from rlhf.eval.run import evaluate_run
 
         summary["eval"] = evaluate_run(run_dir, config, paths)
+    from rlhf.eval.html_report import write_html_report
+
+    write_html_report(run_dir)
     return summary

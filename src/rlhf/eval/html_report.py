@@ -1,0 +1,122 @@
+"""``RUN_DIR/report.html``: one self-contained page (plots inlined as PNG) with the training curves,
+the evaluation tables and the responses side by side. Every string from data is escaped."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html import escape
+from pathlib import Path
+
+CURVES = [  # (title, stage, metric names)
+    ("SFT loss", "sft", ["sft/loss"]),
+    ("SFT learning rate", "sft", ["sft/lr"]),
+    ("Reward-model loss and accuracy", "reward", ["reward/loss", "reward/accuracy"]),
+    ("PPO reward-model score", "ppo", ["objective/scores"]),
+    ("PPO KL to SFT (nats per response)", "ppo", ["objective/kl"]),
+    ("PPO losses", "ppo", ["ppo/loss/policy", "ppo/loss/value", "ppo/loss/ptx"]),
+    ("PPO policy", "ppo", ["ppo/policy/entropy", "ppo/policy/clipfrac", "ppo/policy/approxkl"]),
+    ("PPO rollouts", "ppo", ["rollout/response_length", "rollout/eos_fraction"]),
+]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def curves_png(rows: list[dict]) -> str | None:
+    """All training curves in one figure, as a base64 PNG (None when there is nothing to plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(title, [(name, [(r["step"], r[name]) for r in rows if r["stage"] == stage
+                               and isinstance(r.get(name), (int, float))]) for name in names])
+              for title, stage, names in CURVES]
+    panels = [(title, [(n, pts) for n, pts in series if pts]) for title, series in panels]
+    panels = [(title, series) for title, series in panels if series]
+    if not panels:
+        return None
+    columns = 2
+    figure, axes = plt.subplots((len(panels) + 1) // columns, columns, figsize=(11, 2.8 * ((len(panels) + 1) // 2)),
+                                squeeze=False)
+    for axis, (title, series) in zip(axes.flat, panels):
+        for name, points in series:
+            axis.plot([p[0] for p in points], [p[1] for p in points], label=name, linewidth=1.2)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("step", fontsize=8)
+        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return escape("–" if value is None else str(value))
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;
+vertical-align:top;text-align:left}th{background:#f3f3f3}td.response{white-space:pre-wrap;max-width:360px}
+img{max-width:100%}h1{font-size:1.6em}"""
+
+
+def build_html(run_dir: Path) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf report: {escape(str(run_dir))}</title>",
+             f"<style>{STYLE}</style></head><body><h1>RLHF run report</h1><p><code>{escape(str(run_dir))}</code></p>"]
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        rows = [[stage, key, value] for stage, metrics in summary.items() if isinstance(metrics, dict)
+                and stage != "eval" for key, value in metrics.items() if isinstance(value, (int, float))]
+        parts += ["<h2>Stages</h2>", _table(["stage", "metric", "value"], rows)]
+    png = curves_png(read_metrics(run_dir))
+    if png:
+        parts += ["<h2>Training curves</h2>", f"<img alt='training curves' src='data:image/png;base64,{png}'>"]
+    eval_path = run_dir / "eval.json"
+    if eval_path.exists():
+        results = json.loads(eval_path.read_text())
+        policies = results.get("policies", {})
+        metrics = sorted({k for m in policies.values() for k in m})
+        parts += ["<h2>Evaluation</h2>", _table(["model", *metrics],
+                                                [[name, *[m.get(k) for k in metrics]] for name, m in policies.items()])]
+        if "reward" in results:
+            reward = results["reward"]
+            parts.append(f"<p>Reward-model accuracy on {reward['pairs']} held-out pairs: "
+                         f"<b>{reward['accuracy']:.3f}</b></p>")
+        samples = results.get("samples", {})
+        if samples:
+            names = list(samples)
+            prompts = list(next(iter(samples.values())))
+            rows = "".join("<tr><td>" + escape(p) + "</td>" + "".join(
+                f"<td class='response'>{escape(samples[n].get(p, ''))}</td>" for n in names) + "</tr>" for p in prompts)
+            parts += ["<h2>Responses side by side</h2><table><thead><tr><th>prompt</th>"
+                      + "".join(f"<th>{escape(n)}</th>" for n in names) + f"</tr></thead><tbody>{rows}</tbody></table>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a run folder")
+    path = run_dir / "report.html"
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(build_html(run_dir), encoding="utf-8")
+    staging.replace(path)
+    return path
