@@ -123,3 +123,21 @@ def test_toxicity_scorer_orders_texts_and_agrees_with_the_paper():
 
     result = toxicity_eval(fake_generate, contexts)
     assert result["toxicity/basic"] > 0.5 > result["toxicity/respectful"]
+
+
+def test_winrate_from_human_labels_with_categories(tmp_path, capsys):
+    import json
+
+    from rlhf.cli import main
+
+    labels = tmp_path / "labels.jsonl"
+    rows = [{"winner": "policy", "category": "qa"}, {"winner": "tie", "category": "qa"},
+            {"winner": "baseline", "category": "brainstorm"}, {"winner": "policy", "category": "brainstorm"}]
+    labels.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["eval", "winrate", "--labels", str(labels)]) == 0
+    out = capsys.readouterr().out
+    assert "win rate over 4 prompts (human labels" in out and ": 0.625 [" in out
+    assert "qa: 0.750" in out and "brainstorm: 0.500" in out
+    labels.write_text(json.dumps({"winner": "me"}))
+    assert main(["eval", "winrate", "--labels", str(labels)]) == 2
+    assert "labels.jsonl:1: field 'winner' must be one of policy, baseline, tie" in capsys.readouterr().err

@@ -92,13 +92,16 @@ def _add_eval_commands(commands) -> None:
     bench.add_argument("--model", action="append", required=True, help="repeatable: models side by side")
     bench.add_argument("--data-dir", default="../shared/data")
     bench.add_argument("--limit", type=int, help="first N items of each benchmark")
+    bench.add_argument("--pretraining", help="text file: perplexity on its held-out end (the alignment tax)")
     bench.add_argument("--toxicity-contexts", type=int, default=32,
                        help="RealToxicityPrompts contexts to continue with and without a respectful instruction")
-    wins = actions.add_parser("winrate", help="win rate of a policy over a baseline under a reward-model judge")
-    wins.add_argument("--policy", required=True)
-    wins.add_argument("--baseline", required=True)
-    wins.add_argument("--judge", required=True, help="reward-model folder")
-    wins.add_argument("--prompts", required=True, help="prompt file (any supported format)")
+    wins = actions.add_parser("winrate", help="win rate of a policy over a baseline, judged by a reward model "
+                                              "or by human labels")
+    wins.add_argument("--policy", help="policy model (with --judge)")
+    wins.add_argument("--baseline", help="baseline model (with --judge)")
+    wins.add_argument("--judge", help="reward-model folder: the run's own, or a held-out one")
+    wins.add_argument("--prompts", help="prompt file (any supported format; a 'category' field gives a breakdown)")
+    wins.add_argument("--labels", help="human labels instead of a judge: JSONL of {winner: policy|baseline|tie}")
     wins.add_argument("--limit", type=int, default=64)
     wins.add_argument("--max-new-tokens", type=int, default=96)
     wins.add_argument("--temperature", type=float, default=0.7)
@@ -120,6 +123,7 @@ def run_eval(args: argparse.Namespace) -> None:
         from pathlib import Path
 
         from rlhf.eval.benchmarks import run_benchmarks
+        from rlhf.eval.perplexity import held_out_perplexity
         from rlhf.eval.toxicity import read_contexts, scorer_agreement, toxicity_eval
         from rlhf.generate import generate
         from rlhf.models import load_causal_lm, load_tokenizer
@@ -130,6 +134,8 @@ def run_eval(args: argparse.Namespace) -> None:
         for name in args.model:
             model, tokenizer = load_causal_lm(name), load_tokenizer(name)
             results[name] = run_benchmarks(model, tokenizer, args.data_dir, args.limit, autocast=_autocast)
+            if args.pretraining:
+                results[name]["held_out_perplexity"] = held_out_perplexity(model, tokenizer, args.pretraining)
             if contexts:
                 results[name].update(toxicity_eval(
                     lambda prompts: generate(name, prompts, 32, 0.7, model=model, tokenizer=tokenizer), contexts))
@@ -145,15 +151,30 @@ def run_eval(args: argparse.Namespace) -> None:
 
         from rlhf.data.readers import read_prompts
         from rlhf.eval.run import reward_scores
-        from rlhf.eval.winrate import win_rate
+        from rlhf.eval.winrate import read_human_labels, win_rate, win_rate_by_category
         from rlhf.generate import generate
 
-        texts = [p.prompt[-1]["content"] for p in read_prompts(args.prompts)][:args.limit]
-        ours = generate(args.policy, texts, args.max_new_tokens, args.temperature, args.seed)
-        theirs = generate(args.baseline, texts, args.max_new_tokens, args.temperature, args.seed)
-        result = win_rate(reward_scores(Path(args.judge), texts, ours), reward_scores(Path(args.judge), texts, theirs))
-        print(f"win rate of {args.policy} over {args.baseline} on {result['n']} prompts (judge {args.judge}): "
-              f"{result['win_rate']:.3f} [{result['low']:.3f}, {result['high']:.3f}] (95% bootstrap)")
+        if args.labels:
+            outcomes, categories = read_human_labels(args.labels)
+            policy_scores, baseline_scores, judge = outcomes, [0.5] * len(outcomes), f"human labels {args.labels}"
+        else:
+            if not (args.policy and args.baseline and args.judge and args.prompts):
+                raise ConfigError("eval winrate needs --policy, --baseline, --judge and --prompts (or --labels)")
+            prompts = read_prompts(args.prompts)[:args.limit]
+            texts = [p.prompt[-1]["content"] for p in prompts]
+            categories = [p.category for p in prompts]
+            ours = generate(args.policy, texts, args.max_new_tokens, args.temperature, args.seed)
+            theirs = generate(args.baseline, texts, args.max_new_tokens, args.temperature, args.seed)
+            policy_scores = reward_scores(Path(args.judge), texts, ours)
+            baseline_scores = reward_scores(Path(args.judge), texts, theirs)
+            judge = f"reward model {args.judge}"
+        result = win_rate(policy_scores, baseline_scores)
+        print(f"win rate over {result['n']} prompts ({judge}): {result['win_rate']:.3f} "
+              f"[{result['low']:.3f}, {result['high']:.3f}] (95% bootstrap, ties count half)")
+        if any(c is not None for c in categories):
+            by = win_rate_by_category(policy_scores, baseline_scores, [c or "(none)" for c in categories])
+            for category, r in by.items():
+                print(f"  {category}: {r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}] n={r['n']}")
 
 
 def run_data(args: argparse.Namespace) -> None:

@@ -77,6 +77,8 @@ def to_canonical(record) -> dict:
             row["metadata"] = record.metadata
     if record.user_id is not None:
         row["user_id"] = record.user_id
+    if getattr(record, "category", None) is not None:
+        row["category"] = record.category
     return row
 
 

@@ -158,10 +158,11 @@ def parse_demonstrations(obj: dict, where: str) -> list[Demonstration]:
 
 
 def parse_prompt(obj: dict, where: str) -> Prompt:
+    category = obj.get("category")
     if "prompt" in obj:
-        return Prompt(_conversation(obj, "prompt", where), obj.get("user_id"), where)
+        return Prompt(_conversation(obj, "prompt", where), obj.get("user_id"), where, category)
     demo = parse_demonstrations(obj, where)[0]
-    return Prompt(demo.prompt, demo.user_id, where)
+    return Prompt(demo.prompt, demo.user_id, where, category)
 
 
 def _read(path: str | Path, parse: Callable, skip_invalid: bool, format: str, field_map: FieldMap | None) -> list:

@@ -38,6 +38,7 @@ class Prompt:
     prompt: Conversation
     user_id: str | None = None
     source: str = ""
+    category: str | None = None  # e.g. the paper's use-case categories, for per-category win rates
 
 
 def as_conversation(prompt: str | Conversation) -> Conversation:

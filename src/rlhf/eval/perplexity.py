@@ -30,3 +30,14 @@ def perplexity(model, blocks: torch.Tensor, batch_size: int = 8, autocast=None) 
             logits = model(input_ids=ids).logits
         losses.append(response_lm_loss(logits, ids, torch.ones_like(ids)).item() * ids.shape[0])
     return math.exp(sum(losses) / blocks.shape[0])
+
+
+def held_out_perplexity(model, tokenizer, text_path, held_out_fraction: float = 0.1, block_size: int = 256,
+                        max_tokens: int = 16384, autocast=None) -> float:
+    """Perplexity on the held-out end of a pretraining text file (the part PPO-ptx never trains on)."""
+    from rlhf.data.collate import pack_text
+    from rlhf.data.readers import read_text
+
+    _, held_out = split_text(read_text(text_path), held_out_fraction)
+    blocks = pack_text(tokenizer, held_out, block_size)[: max(1, max_tokens // block_size)]
+    return perplexity(model, blocks, autocast=autocast)

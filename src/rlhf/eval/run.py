@@ -24,13 +24,12 @@ from rlhf.data.collate import (
     encode_comparisons,
     encode_prompt,
     encode_response,
-    pack_text,
     pad,
     split_records,
 )
-from rlhf.data.readers import read_comparisons, read_text
+from rlhf.data.readers import read_comparisons
 from rlhf.data.records import as_conversation
-from rlhf.eval.perplexity import perplexity, split_text
+from rlhf.eval.perplexity import held_out_perplexity
 from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
 from rlhf.eval.report import write_report
 from rlhf.generate import generate
@@ -104,13 +103,6 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         noptx = json.loads((run_dir / "ppo-noptx" / METADATA_FILE).read_text())["metrics"]
         results["ppo_noptx_vs_sft"] = {k.removeprefix("eval/"): v for k, v in noptx.items() if k.startswith("eval/")}
 
-    held_out_blocks = None
-    if paths.get("pretraining"):
-        _, held_out_text = split_text(read_text(paths["pretraining"]), config.ppo.ptx_held_out_fraction)
-        tokenizer = load_tokenizer(str(run_dir / "sft"))
-        held_out_blocks = pack_text(tokenizer, held_out_text, eval_config.perplexity_block_size)
-        held_out_blocks = held_out_blocks[: max(1, eval_config.perplexity_tokens // eval_config.perplexity_block_size)]
-
     prompts = HARMFUL_PROMPTS + ORDINARY_PROMPTS
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
         model = load_causal_lm(path).eval()
@@ -119,8 +111,10 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
                              seed=config.seed, model=model, tokenizer=tokenizer)
         harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):]
         metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary)}
-        if held_out_blocks is not None:
-            metrics["held_out_perplexity"] = perplexity(model, held_out_blocks, autocast=_autocast)
+        if paths.get("pretraining"):
+            metrics["held_out_perplexity"] = held_out_perplexity(
+                model, tokenizer, paths["pretraining"], config.ppo.ptx_held_out_fraction,
+                eval_config.perplexity_block_size, eval_config.perplexity_tokens, autocast=_autocast)
         results["policies"][name] = metrics
         results["samples"][name] = dict(zip(prompts, responses))
         del model

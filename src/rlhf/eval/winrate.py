@@ -32,3 +32,22 @@ def win_rate_by_category(policy_scores, baseline_scores, categories: list[str], 
         groups[category].append(index)
     return {category: win_rate([policy_scores[i] for i in index], [baseline_scores[i] for i in index], **options)
             for category, index in sorted(groups.items())}
+
+
+def read_human_labels(path) -> tuple[list[float], list[str | None]]:
+    """Human judgements as outcomes: JSONL rows ``{"winner": "policy" | "baseline" | "tie"}``
+    (optionally with ``category``). Returns (outcomes, categories)."""
+    from rlhf.data.formats import iter_rows
+    from rlhf.data.records import DataError
+
+    values = {"policy": 1.0, "tie": 0.5, "baseline": 0.0}
+    results, categories = [], []
+    for where, row in iter_rows(path):
+        winner = row.get("winner")
+        if winner not in values:
+            raise DataError(f"{where}: field 'winner' must be one of policy, baseline, tie; got {winner!r}")
+        results.append(values[winner])
+        categories.append(row.get("category"))
+    if not results:
+        raise DataError(f"{path}: no labels")
+    return results, categories
