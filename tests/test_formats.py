@@ -107,3 +107,11 @@ def test_shared_files_through_every_reader():
     assert (kind, len(pairs)) == ("comparisons", 1807)
     kind, demos = read_any(shared_file("self-instruct/seed_tasks.jsonl"))
     assert kind == "demonstrations" and len(demos) == 175
+
+
+def test_user_id_and_free_metadata_survive_the_round_trip(tmp_path):
+    row = {"prompt": "p", "response": "r", "user_id": "u7", "metadata": {"source": "labeler", "rating": 6}}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    _, [demo] = read_any(tmp_path / "d.jsonl")
+    assert demo.metadata == {"source": "labeler", "rating": 6} and demo.user_id == "u7"
+    assert to_canonical(demo) == row

@@ -73,8 +73,8 @@ def to_canonical(record) -> dict:
         row["response"] = record.response
     elif isinstance(record, Comparison):
         row["responses"] = [{"text": text, "rank": rank} for text, rank in zip(record.responses, record.ranks)]
-        if record.metadata:
-            row["metadata"] = record.metadata
+    if record.metadata:
+        row["metadata"] = record.metadata
     if record.user_id is not None:
         row["user_id"] = record.user_id
     if getattr(record, "category", None) is not None:

@@ -109,7 +109,7 @@ def parse_comparison(obj: dict, where: str) -> Comparison:
             ranks.append(rank)
         if len(set(ranks)) < 2:
             raise DataError(f"{where}: field 'responses' has all ranks equal, so it makes no pair")
-        return Comparison(prompt, texts, ranks, obj.get("user_id"), where, obj.get("metadata") or {})
+        return Comparison(prompt, texts, ranks, obj.get("user_id"), where, _metadata(obj, where))
     if "prompt" in obj:
         prompt = _conversation(obj, "prompt", where)
         return Comparison(prompt, [_text(obj, "chosen", where), _text(obj, "rejected", where)], [1, 2],
@@ -120,8 +120,23 @@ def parse_comparison(obj: dict, where: str) -> Comparison:
                     "or HH 'chosen'/'rejected' dialogues")
 
 
+def _metadata(obj: dict, where: str) -> dict:
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise DataError(f"{where}: field 'metadata' must be an object, got {type(metadata).__name__}")
+    return metadata
+
+
 def parse_demonstrations(obj: dict, where: str) -> list[Demonstration]:
     user_id = obj.get("user_id")
+    demos = _parse_demonstrations(obj, where, user_id)
+    metadata = _metadata(obj, where)
+    for demo in demos:
+        demo.metadata = metadata
+    return demos
+
+
+def _parse_demonstrations(obj: dict, where: str, user_id) -> list[Demonstration]:
     if "instances" in obj:  # self-instruct: one demonstration per instance
         instruction = _text(obj, "instruction", where)
         demos = []
@@ -158,11 +173,11 @@ def parse_demonstrations(obj: dict, where: str) -> list[Demonstration]:
 
 
 def parse_prompt(obj: dict, where: str) -> Prompt:
-    category = obj.get("category")
+    category, metadata = obj.get("category"), _metadata(obj, where)
     if "prompt" in obj:
-        return Prompt(_conversation(obj, "prompt", where), obj.get("user_id"), where, category)
+        return Prompt(_conversation(obj, "prompt", where), obj.get("user_id"), where, category, metadata)
     demo = parse_demonstrations(obj, where)[0]
-    return Prompt(demo.prompt, demo.user_id, where, category)
+    return Prompt(demo.prompt, demo.user_id, where, category, metadata)
 
 
 def _read(path: str | Path, parse: Callable, skip_invalid: bool, format: str, field_map: FieldMap | None) -> list:

@@ -19,6 +19,7 @@ class Demonstration:
     response: str
     user_id: str | None = None
     source: str = ""
+    metadata: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Prompt:
     user_id: str | None = None
     source: str = ""
     category: str | None = None  # e.g. the paper's use-case categories, for per-category win rates
+    metadata: dict = field(default_factory=dict)
 
 
 def as_conversation(prompt: str | Conversation) -> Conversation:
