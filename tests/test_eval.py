@@ -137,3 +137,14 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
     assert pixels.shape[:2] == (1600, 1200)
     assert pixels[..., :3].std() > 0.05  # text, tables and the curves drew something, not a blank page
     assert (pixels[..., :3].mean(-1) < 0.5).mean() > 0.005  # dark pixels: rendered text and lines
+
+
+def test_two_runs_of_one_stage_are_separate_curves():
+    from rlhf.eval.html_report import curve_panels
+
+    rows = [{"stage": "ppo", "run": run, "step": step, "objective/scores": score}
+            for run, offset in (("ppo", 0.0), ("ppo-noptx", 1.0)) for step, score in ((1, offset), (2, offset + 0.5))]
+    [(title, series)] = curve_panels(rows)
+    assert title == "PPO reward-model score"
+    assert series == [("ppo: objective/scores", [(1, 0.0), (2, 0.5)]),
+                      ("ppo-noptx: objective/scores", [(1, 1.0), (2, 1.5)])]

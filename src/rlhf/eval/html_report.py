@@ -26,6 +26,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def curve_panels(rows: list[dict]) -> list[tuple[str, list[tuple[str, list[tuple[int, float]]]]]]:
+    """[(panel title, [(series label, [(step, value)])])], one series per run of a stage and metric."""
+    runs = list(dict.fromkeys((r["stage"], r.get("run", r["stage"])) for r in rows))
+    panels = []
+    for title, stage, names in CURVES:
+        series = []
+        for run in [run for kind, run in runs if kind == stage]:
+            label = f"{run}: " if len([r for k, r in runs if k == stage]) > 1 else ""
+            series += [(label + name, [(r["step"], r[name]) for r in rows if r.get("run", r["stage"]) == run
+                                       and isinstance(r.get(name), (int, float))]) for name in names]
+        panels.append((title, series))
+    panels = [(title, [(n, pts) for n, pts in series if pts]) for title, series in panels]
+    return [(title, series) for title, series in panels if series]
+
+
 def curves_png(rows: list[dict]) -> str | None:
     """All training curves in one figure, as a base64 PNG (None when there is nothing to plot)."""
     import matplotlib
@@ -33,11 +48,7 @@ def curves_png(rows: list[dict]) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(title, [(name, [(r["step"], r[name]) for r in rows if r["stage"] == stage
-                               and isinstance(r.get(name), (int, float))]) for name in names])
-              for title, stage, names in CURVES]
-    panels = [(title, [(n, pts) for n, pts in series if pts]) for title, series in panels]
-    panels = [(title, series) for title, series in panels if series]
+    panels = curve_panels(rows)
     if not panels:
         return None
     columns = 2

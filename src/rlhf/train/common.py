@@ -60,15 +60,17 @@ def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerato
 
 
 class MetricsLog:
-    """Appends ``{"stage", "step", **metrics}`` JSON lines (main process only) and keeps the last row."""
+    """Appends ``{"stage", "run", "step", **metrics}`` JSON lines (main process only) and keeps the last
+    row; ``run`` is the output folder's name, which tells apart two runs of one stage (ppo, ppo-noptx)."""
 
-    def __init__(self, path: str | None, stage: str, accelerator: Accelerator):
+    def __init__(self, path: str | None, stage: str, accelerator: Accelerator, output_dir: str | None = None):
         self.path, self.stage, self.accelerator = path, stage, accelerator
+        self.run = Path(output_dir).name if output_dir else stage
         self.last: dict = {}
         self.history: list[dict] = []
 
     def log(self, step: int, metrics: dict) -> None:
-        row = {"stage": self.stage, "step": step,
+        row = {"stage": self.stage, "run": self.run, "step": step,
                **{k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v) for k, v in metrics.items()}}
         self.last = row
         self.history.append(row)

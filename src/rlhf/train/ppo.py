@@ -248,7 +248,7 @@ class PPOTrainer:
     def train(self) -> dict:
         config, accelerator = self.config, self.accelerator
         started = time.time()
-        log = MetricsLog(config.metrics_file, "ppo", accelerator)
+        log = MetricsLog(config.metrics_file, "ppo", accelerator, config.output_dir)
         per_process = config.rollout_batch_size // accelerator.num_processes
         steps = math.ceil(config.total_episodes / config.rollout_batch_size)
         eval_prompts = (self.valid_prompts or self.train_prompts)[:config.eval_prompts]

@@ -84,7 +84,7 @@ def train_reward(config: RewardConfig) -> dict:
     model = load_scalar_model(config.model, tokenizer.pad_token_id)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
                         [max(map(len, e.sequences)) for e in train])
-    log = MetricsLog(config.metrics_file, "reward", accelerator)
+    log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir)
 
     def loss_fn(batch):
         loss, accuracy = ranking_loss(ranked_scores(run.model, batch), batch["ranks"], batch["valid"])

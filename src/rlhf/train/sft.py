@@ -62,7 +62,7 @@ def train_sft(config: SFTConfig) -> dict:
     add_residual_dropout(model, config.dropout)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_sft(b, tokenizer.pad_token_id),
                         [len(e.input_ids) for e in train])
-    log = MetricsLog(config.metrics_file, "sft", accelerator)
+    log = MetricsLog(config.metrics_file, "sft", accelerator, config.output_dir)
     best = {"valid/loss": math.inf, "epoch": 0}
     with staged_output(config.output_dir, accelerator) as staging:
         for loss, _ in run.steps(lambda batch: (sft_loss(run.model, batch), {}), "sft",
