@@ -35,6 +35,7 @@ def tiny_run(tmp_path_factory, preset_cache):
 
 def test_reward_model_learns_the_synthetic_preference(tiny_run):
     _, summary = tiny_run
+    assert 0 < summary["sft"]["train/loss"] < 1.5 and summary["sft"]["valid/loss"] < 1.0
     assert summary["reward"]["valid/accuracy"] >= 0.9
     assert summary["reward"]["valid_prompts"] >= 40
 

@@ -64,10 +64,12 @@ def train_sft(config: SFTConfig) -> dict:
                         [len(e.input_ids) for e in train])
     log = MetricsLog(config.metrics_file, "sft", accelerator, config.output_dir)
     best = {"valid/loss": math.inf, "epoch": 0}
+    last_loss = None
     with staged_output(config.output_dir, accelerator) as staging:
         for loss, _ in run.steps(lambda batch: (sft_loss(run.model, batch), {}), "sft",
                                  lambda batch: int(batch["attention_mask"].sum())):
             if loss is not None:
+                last_loss = loss
                 log.log(run.step, {"sft/loss": loss, "sft/lr": run.learning_rate,
                                    "sft/tokens_per_s": run.throughput.rate, "epoch": run.epoch})
                 continue
@@ -77,7 +79,7 @@ def train_sft(config: SFTConfig) -> dict:
             if valid_loss is None or valid_loss < best["valid/loss"]:
                 best = {"valid/loss": valid_loss if valid_loss is not None else math.inf, "epoch": run.epoch}
                 save_checkpoint(staging, run.model, tokenizer, accelerator)
-        metrics = {**best, "train/loss": log.last.get("sft/loss"), "steps": run.step,
+        metrics = {**best, "train/loss": last_loss, "steps": run.step,
                    "tokens_per_s": run.throughput.rate, "train_examples": len(train), "valid_examples": len(valid)}
         if run.valid_loader is None:
             metrics["valid/loss"] = None
