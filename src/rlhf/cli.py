@@ -111,7 +111,7 @@ def _add_eval_commands(commands) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from rlhf.eval.run import _autocast
+    from rlhf.train.common import inference_autocast
 
     if args.action == "paper-samples":
         from pathlib import Path
@@ -133,7 +133,7 @@ def run_eval(args: argparse.Namespace) -> None:
         results = {}
         for name in args.model:
             model, tokenizer = load_causal_lm(name), load_tokenizer(name)
-            results[name] = run_benchmarks(model, tokenizer, args.data_dir, args.limit, autocast=_autocast)
+            results[name] = run_benchmarks(model, tokenizer, args.data_dir, args.limit, autocast=inference_autocast)
             if args.pretraining:
                 results[name]["held_out_perplexity"] = held_out_perplexity(model, tokenizer, args.pretraining)
             if contexts:

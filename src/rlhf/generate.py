@@ -8,7 +8,7 @@ from rlhf.data.collate import encode_prompt, pad
 from rlhf.data.records import as_conversation
 from rlhf.models import load_causal_lm, load_tokenizer
 from rlhf.rollout import sample_responses
-from rlhf.train.common import resolve_mixed_precision
+from rlhf.train.common import inference_autocast
 
 
 def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.7,
@@ -16,14 +16,13 @@ def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, tem
     """One response per prompt (rendered with the chat template), in prompt order."""
     tokenizer = tokenizer or load_tokenizer(model_name)
     model = (model or load_causal_lm(model_name)).eval()
-    use_bf16 = resolve_mixed_precision("auto") == "bf16"
     generator = torch.Generator().manual_seed(seed)
     responses = []
     for start in range(0, len(prompts), batch_size):
         chunk = [encode_prompt(tokenizer, as_conversation(p)) for p in prompts[start:start + batch_size]]
         ids, mask = pad(chunk, tokenizer.pad_token_id, side="left")
         ids, mask = ids.to(model.device), mask.to(model.device)
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with inference_autocast():
             response_ids, response_mask = sample_responses(model, ids, mask, max_new_tokens, tokenizer.eos_token_id,
                                                            tokenizer.pad_token_id, temperature, generator)
         for row, row_mask in zip(response_ids, response_mask):

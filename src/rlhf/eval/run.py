@@ -33,17 +33,11 @@ from rlhf.eval.perplexity import held_out_perplexity
 from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
 from rlhf.eval.report import write_report
 from rlhf.generate import generate
-from rlhf.losses import ranking_loss
 from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
-from rlhf.train.common import METADATA_FILE, resolve_mixed_precision
-from rlhf.train.reward import ranked_scores
+from rlhf.train.common import METADATA_FILE, inference_autocast, resolve_mixed_precision
+from rlhf.train.reward import evaluate_rankings
 
 logger = logging.getLogger(__name__)
-
-
-def _autocast():
-    enabled = resolve_mixed_precision("auto") == "bf16"
-    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def policies_of(run_dir: Path, base_model: str) -> dict[str, str]:
@@ -54,22 +48,17 @@ def policies_of(run_dir: Path, base_model: str) -> dict[str, str]:
     return found
 
 
-@torch.no_grad()
 def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
+    """Pair accuracy of the run's reward model on held-out comparisons (the training stage's evaluator)."""
+    from accelerate import Accelerator
+
     tokenizer = load_tokenizer(str(run_dir / "reward"))
-    model = load_scalar_model(str(run_dir / "reward"), tokenizer.pad_token_id).eval()
+    model = load_scalar_model(str(run_dir / "reward"), tokenizer.pad_token_id)
     examples = encode_comparisons(tokenizer, comparisons, max_length, "skip")
     loader = DataLoader(examples, batch_size=batch_size, collate_fn=lambda b: collate_ranked(b, tokenizer.pad_token_id))
-    correct = pairs = 0
-    for batch in loader:
-        with _autocast():
-            scores = ranked_scores(model, batch)
-        _, accuracy = ranking_loss(scores, batch["ranks"], batch["valid"])
-        n = int(((batch["ranks"].unsqueeze(2) < batch["ranks"].unsqueeze(1))
-                 & batch["valid"].unsqueeze(2) & batch["valid"].unsqueeze(1)).sum())
-        correct += accuracy.item() * n
-        pairs += n
-    return {"accuracy": correct / max(pairs, 1), "pairs": pairs}
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"), cpu=not torch.cuda.is_available())
+    evaluation = evaluate_rankings(model, loader, accelerator)
+    return {"accuracy": evaluation["accuracy"], "pairs": evaluation["pairs"]}
 
 
 @torch.no_grad()
@@ -82,7 +71,7 @@ def reward_scores(reward_dir: Path, prompts: list[str], responses: list[str], ba
     scores = []
     for start in range(0, len(sequences), batch_size):
         ids, mask = pad(sequences[start:start + batch_size], tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE)
-        with _autocast():
+        with inference_autocast():
             scores += sequence_scores(model(ids, mask), mask, model.reward_bias).tolist()
     return scores
 
@@ -114,7 +103,7 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         if paths.get("pretraining"):
             metrics["held_out_perplexity"] = held_out_perplexity(
                 model, tokenizer, paths["pretraining"], config.ppo.ptx_held_out_fraction,
-                eval_config.perplexity_block_size, eval_config.perplexity_tokens, autocast=_autocast)
+                eval_config.perplexity_block_size, eval_config.perplexity_tokens, autocast=inference_autocast)
         results["policies"][name] = metrics
         results["samples"][name] = dict(zip(prompts, responses))
         del model

@@ -46,6 +46,12 @@ def resolve_mixed_precision(setting: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "no"
 
 
+def inference_autocast():
+    """bf16 autocast for scoring and sampling outside a training loop, where the hardware has fast bf16."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=resolve_mixed_precision("auto") == "bf16")
+
+
 def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerator:
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),

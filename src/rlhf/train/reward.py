@@ -55,7 +55,8 @@ def evaluate_rankings(model, loader, accelerator) -> dict[str, float]:
         prompts += batch["ranks"].shape[0]
     correct, pairs, loss_sum, prompts = (accelerator.reduce(t, "sum") for t in (correct, pairs, loss_sum, prompts))
     model.train()
-    return {"accuracy": float(correct / pairs.clamp(min=1)), "loss": float(loss_sum / prompts.clamp(min=1))}
+    return {"accuracy": float(correct / pairs.clamp(min=1)), "loss": float(loss_sum / prompts.clamp(min=1)),
+            "pairs": int(pairs)}
 
 
 @torch.no_grad()
