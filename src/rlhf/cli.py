@@ -8,6 +8,7 @@
     rlhf report   RUN_DIR          # RUN_DIR/report.html
     rlhf data     curate|stats|convert FILE [...]
     rlhf eval     benchmarks|winrate|paper-samples [...]
+    rlhf label    serve|add-user|load|export|agreement [...]   # the labeling web app
     rlhf config   STAGE            # print a stage's defaults as YAML, ready to edit
 """
 
@@ -20,6 +21,7 @@ import sys
 from rlhf.config import STAGE_CONFIGS, ConfigError, dump_config, load_config, preset_config_path
 from rlhf.data.formats import FORMATS
 from rlhf.data.records import DataError
+from rlhf.label.cli import add_label_commands, run_label
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
     _add_data_commands(commands)
     _add_eval_commands(commands)
+    add_label_commands(commands)
     report = commands.add_parser("report", help="write RUN_DIR/report.html (curves, tables, samples)")
     report.add_argument("run_dir")
     show = commands.add_parser("config", help="print a stage's default config as YAML")
@@ -213,6 +216,8 @@ def run(args: argparse.Namespace) -> None:
         run_data(args)
     elif args.command == "eval":
         run_eval(args)
+    elif args.command == "label":
+        run_label(args)
     elif args.command == "report":
         from rlhf.eval.html_report import write_html_report
 

@@ -1,0 +1,1 @@
+"""The labeling app: labelers write demonstrations and rank model outputs; exports feed training."""

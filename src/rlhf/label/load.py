@@ -1,0 +1,93 @@
+"""``rlhf label load``: prompts (and responses to rank) → tasks, each assigned to labelers.
+
+Responses come from a file (``{"prompt", "responses": [text | {"text", "model"}, …]}`` per row)
+or are sampled from model checkpoints, K per prompt spread over the models. Each task goes to the
+least-loaded labeler; a fraction ``overlap`` of them to ``replicas`` labelers, for agreement."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from rlhf.data.formats import iter_rows
+from rlhf.data.readers import parse_prompt, read_prompts
+from rlhf.data.records import DataError
+from rlhf.label import db
+
+
+def _response(value, where: str, k: int) -> dict:
+    if isinstance(value, str):
+        value = {"text": value}
+    if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+        raise DataError(f"{where}: field 'responses[{k}]' must be a string or an object with 'text'")
+    if not value["text"].strip():
+        raise DataError(f"{where}: field 'responses[{k}]' is empty")
+    return {"text": value["text"], "model": value.get("model")}
+
+
+def read_ranking_tasks(path: str | Path) -> list[dict]:
+    tasks = []
+    for where, row in iter_rows(path):
+        prompt = parse_prompt(row, where)
+        responses = row.get("responses")
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise DataError(f"{where}: field 'responses' must list at least 2 responses to rank")
+        tasks.append({"kind": "ranking", "prompt": prompt.prompt, "user_id": prompt.user_id,
+                      "category": prompt.category, "source": where,
+                      "responses": [_response(r, where, k) for k, r in enumerate(responses)]})
+    if not tasks:
+        raise DataError(f"{path}: no tasks")
+    return tasks
+
+
+def sample_ranking_tasks(prompts_path: str | Path, models: list[str], k: int, max_new_tokens: int,
+                         temperature: float, seed: int) -> list[dict]:
+    """K responses per prompt, sampled in turn from each model (K = 4 and 2 models → 2 each)."""
+    from rlhf.generate import generate
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    prompts = read_prompts(prompts_path)
+    responses: list[list[dict]] = [[] for _ in prompts]
+    for m, name in enumerate(models):
+        model, tokenizer = load_causal_lm(name), load_tokenizer(name)
+        for sample in range(m, k, len(models)):
+            texts = generate(name, [p.prompt for p in prompts], max_new_tokens, temperature, seed + sample,
+                             model=model, tokenizer=tokenizer)
+            for row, text in zip(responses, texts):
+                row.append({"text": text or "(empty response)", "model": name})
+    return [{"kind": "ranking", "prompt": p.prompt, "user_id": p.user_id, "category": p.category,
+             "source": p.source, "responses": r} for p, r in zip(prompts, responses)]
+
+
+def demonstration_tasks(prompts_path: str | Path) -> list[dict]:
+    return [{"kind": "demonstration", "prompt": p.prompt, "user_id": p.user_id, "category": p.category,
+             "source": p.source} for p in read_prompts(prompts_path)]
+
+
+def assign(num_tasks: int, labeler_ids: list[int], load: dict[int, int], overlap: float, replicas: int,
+           seed: int) -> list[list[int]]:
+    """Labelers for each task: the least loaded first; ``round(overlap · n)`` tasks get ``replicas``."""
+    if not labeler_ids:
+        raise DataError("no labelers: add some first with `rlhf label add-user`")
+    if not 0.0 <= overlap <= 1.0:
+        raise DataError(f"overlap: must be between 0 and 1, got {overlap}")
+    if overlap > 0 and not 2 <= replicas <= len(labeler_ids):
+        raise DataError(f"replicas: overlapping tasks need 2 to {len(labeler_ids)} labelers, got {replicas}")
+    shared = set(random.Random(seed).sample(range(num_tasks), round(overlap * num_tasks)))
+    load = {user: load.get(user, 0) for user in labeler_ids}
+    assignees = []
+    for task in range(num_tasks):
+        chosen = sorted(labeler_ids, key=lambda user: (load[user], user))[:replicas if task in shared else 1]
+        for user in chosen:
+            load[user] += 1
+        assignees.append(chosen)
+    return assignees
+
+
+def load_tasks(connection: sqlite3.Connection, tasks: list[dict], overlap: float = 0.0, replicas: int = 2,
+               seed: int = 0) -> list[list[int]]:
+    labelers = [row["id"] for row in db.labelers(connection)]
+    assignees = assign(len(tasks), labelers, db.assignment_counts(connection), overlap, replicas, seed)
+    db.add_tasks(connection, tasks, assignees)
+    return assignees
