@@ -383,3 +383,20 @@ def test_cli_add_user_load_and_agreement(tmp_path, monkeypatch, capsys):
     # on each shared task: ann-ben 3/3, ann-cy 1/3, ben-cy 1/3 → 5/9
     assert "overall: 55.6" in out and "ann: 66.7 % (12 pairs, 2 tasks)" in out and "cy: 33.3 %" in out
     assert main(["label", "load", "--db", database, "--prompts", str(tasks)]) == 2  # ranking without responses
+
+
+def test_load_samples_k_responses_spread_over_the_models(tmp_path, tiny_path, monkeypatch, capsys):
+    database = str(tmp_path / "labels.db")
+    monkeypatch.setenv("RLHF_LABEL_PASSWORD", PASSWORD)
+    main(["label", "add-user", "--db", database, "ann"])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hello"}\n{"prompt": "name a colour", "category": "brainstorm"}\n')
+    assert main(["label", "load", "--db", database, "--prompts", str(prompts), "--model", "tiny",
+                 "--model", str(tiny_path), "-k", "3", "--max-new-tokens", "8"]) == 0
+    connection = db.connect(database)
+    tasks = db.user_assignments(connection, db.labelers(connection)[0]["id"])
+    connection.close()
+    assert [t["kind"] for t in tasks] == ["ranking", "ranking"] and tasks[1]["category"] == "brainstorm"
+    for task in tasks:  # samples 0 and 2 from the first model, sample 1 from the second
+        assert [r["model"] for r in task["responses"]] == ["tiny", "tiny", str(tiny_path)]
+        assert all(r["text"].strip() for r in task["responses"])
