@@ -8,8 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from rlhf.data.collate import collate_ranked, encode_comparisons, pad
 from rlhf.data.records import Comparison
-from rlhf.losses import ranking_loss
+from rlhf.losses import ranking_loss, response_lm_loss
 from rlhf.models import (
+    ResponseLM,
     last_token_index,
     load_causal_lm,
     load_scalar_model,
@@ -127,3 +128,23 @@ def test_checkpoint_reloads_with_plain_transformers(tiny_path, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     ids = torch.tensor([[1, 2, 3]])
     assert torch.allclose(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+
+
+def test_response_lm_equals_the_full_logits_loss_and_its_gradients(tiny_path):
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_path)
+    input_ids = torch.randint(0, 250, (3, 20))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 15:] = 0  # right padding
+    loss_mask = torch.zeros_like(input_ids)
+    loss_mask[0, 5:] = 1
+    loss_mask[1, 8:15] = 1
+    loss_mask[2, 19:] = 1  # a one-token response
+    full = response_lm_loss(model(input_ids=input_ids, attention_mask=attention_mask).logits, input_ids, loss_mask)
+    full.backward()
+    expected_grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+    model.zero_grad()
+    selective = ResponseLM(model)(input_ids, attention_mask, loss_mask)
+    selective.backward()
+    assert selective.item() == pytest.approx(full.item(), rel=1e-5)
+    torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight.grad, expected_grad, rtol=1e-4, atol=1e-6)

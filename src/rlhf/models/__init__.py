@@ -81,6 +81,26 @@ class ScalarModel(torch.nn.Module):
         return scalar_head(self.hf)(hidden).squeeze(-1).float()
 
 
+class ResponseLM(torch.nn.Module):
+    """A causal LM whose forward is the SFT loss, with the output layer applied only where a
+    response token is predicted: (M, V) logits for the M targets instead of (B, T, V).
+
+    loss = −Σ_t m_t · log p(x_t | x_<t) / Σ_t m_t (as :func:`rlhf.losses.response_lm_loss`), for
+    models whose logits are ``output_embeddings(last_hidden_state)`` (Llama, Qwen, Mistral, GPT-2,
+    SmolLM…). Wrapping the model lets DDP see the forward that is really run; ``hf`` is saved.
+    """
+
+    def __init__(self, hf_model: PreTrainedModel):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = loss_mask[:, 1:].bool()  # position t − 1 predicts token t
+        logits = self.hf.get_output_embeddings()(hidden[:, :-1][targets])  # (M, V)
+        return torch.nn.functional.cross_entropy(logits.float(), input_ids[:, 1:][targets])
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real (mask = 1) column of each row, whatever the padding side. (B, T) → (B,)."""
     columns = attention_mask.shape[1]

@@ -254,16 +254,18 @@ class PPOTrainer:
         eval_prompts = (self.valid_prompts or self.train_prompts)[:config.eval_prompts]
         with staged_output(config.output_dir, accelerator) as staging:
             progress = tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_local_main_process)
+            loop_started = time.time()
             for step in progress:
                 metrics = self.step(self.next_prompts(per_process))
                 metrics["episodes"] = step * config.rollout_batch_size
                 log.log(step, metrics)
                 progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
+            trained = time.time()  # the rate below is training's, without set-up or the evaluation
             after = self.evaluate(eval_prompts, per_process)
             log.log(steps, after)
             summary = {**after, "steps": steps,
                        "episodes": steps * config.rollout_batch_size,
-                       "episodes_per_s": steps * config.rollout_batch_size / (time.time() - started)}
+                       "episodes_per_s": steps * config.rollout_batch_size / (trained - loop_started)}
             save_checkpoint(staging, self.policy, self.tokenizer, accelerator)
             files = {f"prompts[{i}]": p for i, p in enumerate(config.prompts)}
             if config.pretraining:

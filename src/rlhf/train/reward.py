@@ -83,6 +83,8 @@ def train_reward(config: RewardConfig) -> dict:
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
                                                                              on_too_long))
     model = load_scalar_model(config.model, tokenizer.pad_token_id)
+    if config.gradient_checkpointing:
+        model.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
                         [max(map(len, e.sequences)) for e in train])
     log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir)

@@ -10,8 +10,7 @@ import torch
 from rlhf.config import SFTConfig
 from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import DataError, read_demonstrations
-from rlhf.losses import response_lm_loss
-from rlhf.models import load_causal_lm, load_tokenizer
+from rlhf.models import ResponseLM, load_causal_lm, load_tokenizer
 from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
@@ -25,8 +24,8 @@ from rlhf.train.common import (
 
 
 def sft_loss(model, batch: dict) -> torch.Tensor:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return response_lm_loss(logits, batch["input_ids"], batch["loss_mask"])
+    """``model`` is a :class:`ResponseLM` (possibly DDP-wrapped): its forward is the loss."""
+    return model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
 
 
 @torch.no_grad()
@@ -60,6 +59,9 @@ def train_sft(config: SFTConfig) -> dict:
     model = load_causal_lm(config.model, dropout=config.dropout)
     model.config.use_cache = False
     add_residual_dropout(model, config.dropout)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = ResponseLM(model)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_sft(b, tokenizer.pad_token_id),
                         [len(e.input_ids) for e in train])
     log = MetricsLog(config.metrics_file, "sft", accelerator, config.output_dir)

@@ -1,0 +1,190 @@
+"""PPO throughput: this project's `train_ppo` against TRL 1.12's `PPOTrainer` (the last release
+that ships it, in its own virtual environment) and current TRL's critic-free `RLOOTrainer`.
+
+    python benchmarks/ppo.py --model smollm2-135m --episodes 64 --rounds 2
+
+Same policy (also the frozen reference), the same reward model (a scalar head on the same base;
+also the value model's initialisation), the same HH-harmless prompts (only those within
+--max-prompt-length), β = 0.02, temperature 1, responses of up to --response-length tokens stopped
+at EOS, 16 episodes per step, one minibatch, one PPO epoch, bf16 autocast, no ptx (TRL has none).
+Rate = episodes (prompt → response → update) per second of training; model FLOP/s counts, per
+episode token, 2 · N for each of the frozen forwards (reference, reward) and 6 · N for each trained
+model (policy, value), plus 2 · N per sampled token: what the algorithm needs, not what it wastes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+HH = harness.ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl.gz"
+BATCH = 16
+
+
+def write_data(folder: Path, model: str, max_prompt_length: int, count: int) -> None:
+    """Prompts (our JSONL; TRL PPO's token ids; RLOO's conversations) and a reward-model folder."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.data.collate import encode_prompt
+    from rlhf.data.readers import read_prompts, write_jsonl
+    from rlhf.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    prompts = [p for p in read_prompts(HH, skip_invalid=True)
+               if len(encode_prompt(tokenizer, p.prompt)) <= max_prompt_length][:count]
+    write_jsonl(folder / "ours.jsonl", [{"prompt": p.prompt} for p in prompts])
+    write_jsonl(folder / "trl.jsonl", [{"input_ids": encode_prompt(tokenizer, p.prompt)} for p in prompts])
+    write_jsonl(folder / "rloo.jsonl", [{"prompt": p.prompt} for p in prompts])
+    torch.manual_seed(0)
+    reward = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(folder / "reward")
+    tokenizer.save_pretrained(folder / "reward")
+
+
+def _flops_per_episode(n: int, prompt_tokens: float, response_tokens: float) -> float:
+    """Reference + reward forwards (2N each), policy + value trained (6N each) over the whole
+    sequence, and sampling (2N per response token)."""
+    return (2 * 2 + 2 * 6) * n * (prompt_tokens + response_tokens) + 2 * n * response_tokens
+
+
+def _prompt_tokens(path: Path) -> float:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return sum(len(r["input_ids"]) for r in rows) / len(rows)
+
+
+def worker_ours(args) -> dict:
+    from rlhf.config import PPOConfig
+    from rlhf.models import load_causal_lm
+    from rlhf.train.ppo import train_ppo
+
+    data = Path(args.data)
+    metrics_file = data / f"metrics-{time.time_ns()}.jsonl"
+    config = PPOConfig(model=args.model, reward_model=str(data / "reward"), prompts=[str(data / "ours.jsonl")],
+                       total_episodes=args.episodes, rollout_batch_size=BATCH, num_minibatches=1, ppo_epochs=1,
+                       max_new_tokens=args.response_length, max_prompt_length=args.max_prompt_length,
+                       max_length=args.max_prompt_length + args.response_length, kl_coef=0.02, temperature=1.0,
+                       ptx_coef=0.0, valid_fraction=0.0, eval_prompts=2, mixed_precision="bf16",
+                       metrics_file=str(metrics_file), output_dir=tempfile.mkdtemp())
+    summary = train_ppo(config)
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    lengths = [r["rollout/response_length"] for r in rows if "rollout/response_length" in r]
+    response_tokens = sum(lengths) / len(lengths)
+    n = harness.matmul_params(load_causal_lm(args.model))
+    rate = summary["episodes_per_s"]
+    flops = rate * _flops_per_episode(n, _prompt_tokens(data / "trl.jsonl"), response_tokens)
+    return {"rate": rate, "unit": "episodes/s", "model_flops_per_s": flops, "response_tokens": response_tokens}
+
+
+def _clock():
+    from transformers import TrainerCallback
+
+    clock = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *_args, **_kwargs):
+            clock["start"] = time.perf_counter()
+
+        def on_step_end(self, *_args, **_kwargs):
+            clock["end"] = time.perf_counter()
+
+    return clock, Clock()
+
+
+def worker_trl_ppo(args) -> dict:
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    data = Path(args.data)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    reward = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
+    value = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
+    dataset = load_dataset("json", data_files=str(data / "trl.jsonl"), split="train")
+    config = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+                       num_mini_batches=1, num_ppo_epochs=1, total_episodes=args.episodes,
+                       response_length=args.response_length, stop_token="eos", temperature=1.0, kl_coef=0.02,
+                       bf16=True, use_cpu=True, num_sample_generations=0, save_strategy="no", report_to=[],
+                       logging_steps=10_000, seed=0, dataloader_num_workers=0)
+    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=reference,
+                         reward_model=reward, value_model=value, train_dataset=dataset)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    rate = args.episodes / seconds
+    n = harness.matmul_params(policy)  # responses counted at their full length: generously to TRL
+    flops = rate * _flops_per_episode(n, _prompt_tokens(data / "trl.jsonl"), args.response_length)
+    return {"rate": rate, "unit": "episodes/s", "model_flops_per_s": flops}
+
+
+def worker_rloo(args) -> dict:
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RLOOConfig, RLOOTrainer
+
+    data = Path(args.data)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    reward = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
+    reward_tokenizer = AutoTokenizer.from_pretrained(data / "reward")
+    dataset = load_dataset("json", data_files=str(data / "rloo.jsonl"), split="train")
+    config = RLOOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+                        num_generations=2, max_steps=args.episodes // BATCH, max_completion_length=args.response_length,
+                        temperature=1.0, beta=0.02, num_iterations=1, bf16=True, use_cpu=True, save_strategy="no",
+                        report_to=[], logging_steps=10_000, seed=0, dataloader_num_workers=0)
+    trainer = RLOOTrainer(model=policy, reward_funcs=reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer)
+    clock, callback = _clock()
+    trainer.add_callback(callback)
+    trainer.train()
+    rate = args.episodes / (clock["end"] - clock["start"])
+    # reference + reward forwards and the policy trained; no value model
+    n = harness.matmul_params(policy)
+    tokens = _prompt_tokens(data / "trl.jsonl") + args.response_length
+    flops = rate * ((2 * 2 + 6) * n * tokens + 2 * n * args.response_length)
+    return {"rate": rate, "unit": "episodes/s", "model_flops_per_s": flops}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--response-length", type=int, default=64)
+    parser.add_argument("--max-prompt-length", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-rloo", action="store_true", help="leave TRL's RLOOTrainer out")
+    parser.add_argument("--worker", choices=["ours", "trl_ppo", "rloo"])
+    parser.add_argument("--data")
+    args = parser.parse_args()
+    if args.worker:
+        workers = {"ours": worker_ours, "trl_ppo": worker_trl_ppo, "rloo": worker_rloo}
+        harness.report(workers[args.worker](args))
+        return
+    model = harness.resolve_model(args.model)
+    contenders = [("rlhf train_ppo", "ours", "ours"), ("TRL 1.12 PPOTrainer", "trl112", "trl_ppo")]
+    if not args.no_rloo:
+        contenders.append(("TRL RLOOTrainer (k = 2)", "trl", "rloo"))
+    with tempfile.TemporaryDirectory() as folder:
+        write_data(Path(folder), model, args.max_prompt_length, 4 * args.episodes)
+        worker_args = ["--model", model, "--episodes", str(args.episodes), "--response-length",
+                       str(args.response_length), "--max-prompt-length", str(args.max_prompt_length), "--data", folder]
+        peak = harness.measured_bf16_peak()
+        results = harness.alternate(__file__, contenders, worker_args, args.rounds)
+    harness.summarise(f"PPO, {args.model}, {BATCH} episodes per step, {args.episodes} episodes, responses up to "
+                      f"{args.response_length} tokens", results, peak, baseline="TRL 1.12 PPOTrainer")
+
+
+if __name__ == "__main__":
+    main()
