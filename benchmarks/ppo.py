@@ -73,6 +73,7 @@ def worker_ours(args) -> dict:
                        max_new_tokens=args.response_length, max_prompt_length=args.max_prompt_length,
                        max_length=args.max_prompt_length + args.response_length, kl_coef=0.02, temperature=1.0,
                        ptx_coef=0.0, valid_fraction=0.0, eval_prompts=2, mixed_precision="bf16",
+                       gradient_checkpointing=args.checkpointing == "on",
                        metrics_file=str(metrics_file), output_dir=tempfile.mkdtemp())
     summary = train_ppo(config)
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
@@ -116,6 +117,7 @@ def worker_trl_ppo(args) -> dict:
                        num_mini_batches=1, num_ppo_epochs=1, total_episodes=args.episodes,
                        response_length=args.response_length, stop_token="eos", temperature=1.0, kl_coef=0.02,
                        bf16=True, use_cpu=True, num_sample_generations=0, save_strategy="no", report_to=[],
+                       gradient_checkpointing=args.checkpointing != "off",
                        logging_steps=10_000, seed=0, dataloader_num_workers=0)
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=reference,
                          reward_model=reward, value_model=value, train_dataset=dataset)
@@ -143,6 +145,7 @@ def worker_rloo(args) -> dict:
     config = RLOOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
                         num_generations=2, max_steps=args.episodes // BATCH, max_completion_length=args.response_length,
                         temperature=1.0, beta=0.02, num_iterations=1, bf16=True, use_cpu=True, save_strategy="no",
+                        gradient_checkpointing=args.checkpointing != "off",
                         report_to=[], logging_steps=10_000, seed=0, dataloader_num_workers=0)
     trainer = RLOOTrainer(model=policy, reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizer)
@@ -165,6 +168,8 @@ def main() -> None:
     parser.add_argument("--max-prompt-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-rloo", action="store_true", help="leave TRL's RLOOTrainer out")
+    parser.add_argument("--checkpointing", choices=["defaults", "on", "off"], default="defaults",
+                        help="gradient checkpointing: each tool's default (ours off, TRL on), or the same for all")
     parser.add_argument("--worker", choices=["ours", "trl_ppo", "rloo"])
     parser.add_argument("--data")
     args = parser.parse_args()
@@ -179,7 +184,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         write_data(Path(folder), model, args.max_prompt_length, 4 * args.episodes)
         worker_args = ["--model", model, "--episodes", str(args.episodes), "--response-length",
-                       str(args.response_length), "--max-prompt-length", str(args.max_prompt_length), "--data", folder]
+                       str(args.response_length), "--max-prompt-length", str(args.max_prompt_length), "--data", folder,
+                       "--checkpointing", args.checkpointing]
         peak = harness.measured_bf16_peak()
         results = harness.alternate(__file__, contenders, worker_args, args.rounds)
     harness.summarise(f"PPO, {args.model}, {BATCH} episodes per step, {args.episodes} episodes, responses up to "

@@ -108,6 +108,22 @@ def test_first_ppo_minibatch_has_ratio_one_and_zero_kl(tiny_run, tmp_path):
     assert second["objective/kl"] != 0.0  # the update moved the policy
 
 
+def test_ppo_gradient_checkpointing_changes_memory_not_the_update(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    results = []
+    for checkpointing in (False, True):
+        config = load_config("ppo", [], [
+            f"model={run_dir / 'sft'}", f"reward_model={run_dir / 'reward'}",
+            f"prompts=[{run_dir / 'data/prompts.jsonl'}]", "ptx_coef=0", "rollout_batch_size=8",
+            "num_minibatches=2", "max_new_tokens=16", "max_prompt_length=64", "max_length=128",
+            f"gradient_checkpointing={checkpointing}", f"output_dir={tmp_path / str(checkpointing)}"])
+        trainer = PPOTrainer(config)
+        results.append((trainer.step(trainer.next_prompts(8)), trainer.step(trainer.next_prompts(8))))
+    for plain, recomputed in zip(*results):
+        for name in ("ppo/loss/policy", "ppo/loss/value", "objective/kl", "ppo/policy/approxkl"):
+            assert recomputed[name] == pytest.approx(plain[name], rel=1e-3, abs=1e-6), name
+
+
 def test_rerun_skips_finished_stages(tiny_run):
     run_dir, summary = tiny_run
     lines_before = (run_dir / "metrics.jsonl").read_text()

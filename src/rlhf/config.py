@@ -35,6 +35,8 @@ class StageConfig(BaseModel):
     metrics_file: str | None = Field(None, description="JSONL file the stage appends metrics to")
     max_examples: int | None = Field(
         None, ge=1, description="train on only the first N training records after the split (time budgets)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~30 % more compute")
 
 
 class SFTConfig(StageConfig):
@@ -47,8 +49,6 @@ class SFTConfig(StageConfig):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay to this fraction of the peak (paper: 10%)")
     dropout: float = Field(0.2, ge=0, lt=1, description="residual and attention dropout (paper: 0.2)")
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, ~30 % more compute")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
 
@@ -64,8 +64,6 @@ class RewardConfig(StageConfig):
     batch_size: int = Field(8, ge=1, description="prompts per batch, each with all its K responses (paper: 64)")
     grad_accum_steps: int = Field(1, ge=1)
     learning_rate: float = Field(9e-6, gt=0, description="paper: 9e-6")
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, ~30 % more compute")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)

@@ -43,7 +43,8 @@ def read_ranking_tasks(path: str | Path) -> list[dict]:
 
 def sample_ranking_tasks(prompts_path: str | Path, models: list[str], k: int, max_new_tokens: int,
                          temperature: float, seed: int) -> list[dict]:
-    """K responses per prompt, sampled in turn from each model (K = 4 and 2 models → 2 each)."""
+    """K responses per prompt, sampled in turn from each model (K = 4 and 2 models → 2 each),
+    in a shuffled order."""
     from rlhf.generate import generate
     from rlhf.models import load_causal_lm, load_tokenizer
 
@@ -56,6 +57,9 @@ def sample_ranking_tasks(prompts_path: str | Path, models: list[str], k: int, ma
                              model=model, tokenizer=tokenizer)
             for row, text in zip(responses, texts):
                 row.append({"text": text or "(empty response)", "model": name})
+    shuffle = random.Random(seed).shuffle  # no model always in the same place: labelers favour positions
+    for row in responses:
+        shuffle(row)
     return [{"kind": "ranking", "prompt": p.prompt, "user_id": p.user_id, "category": p.category,
              "source": p.source, "responses": r} for p, r in zip(prompts, responses)]
 

@@ -98,6 +98,10 @@ class PPOTrainer:
         value = load_scalar_model(config.value_model or config.reward_model, tokenizer.pad_token_id)
         policy.eval()  # dropout off for the whole run; gradients still flow
         value.eval()
+        if config.gradient_checkpointing:  # HF recomputes only in train mode: train mode with dropout 0
+            for model in (policy, value.hf):
+                model.config.attention_dropout = 0.0
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = torch.optim.AdamW(
             [{"params": policy.parameters(), "lr": config.learning_rate},
              {"params": value.parameters(), "lr": config.value_learning_rate}],
@@ -197,6 +201,9 @@ class PPOTrainer:
     def train_minibatch(self, mb: RolloutBatch) -> dict[str, float]:
         config, accelerator = self.config, self.accelerator
         ids, mask = mb.full_sequence()
+        checkpointing = config.gradient_checkpointing
+        self.policy.train(checkpointing)
+        self.value.train(checkpointing)
         with accelerator.autocast():
             logprobs, logits = response_logprobs(self.policy, ids, mask, mb.response_ids, config.temperature)
             values = response_values(self.value, ids, mask, mb.query_ids.shape[1])
@@ -211,6 +218,8 @@ class PPOTrainer:
                                                     config.value_clip_range)
         loss = ppo_ptx_loss(policy_loss, value_loss, ptx_loss, config.value_coef, config.ptx_coef)
         accelerator.backward(loss)
+        self.policy.eval()
+        self.value.eval()
         accelerator.clip_grad_norm_(list(self.policy.parameters()) + list(self.value.parameters()),
                                     config.max_grad_norm)
         self.optimizer.step()
