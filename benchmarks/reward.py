@@ -8,7 +8,7 @@ per question, ranked by the paper's true + informative scores. This project forw
 prompt's K responses once and takes all K·(K−1)/2 pairs from them; TRL takes pairs, so a K = 4
 ranking becomes 6 pairs (12 forwards). Both get the same comparisons per optimizer step
 (TRL batch = prompts × pairs per prompt). Rate = comparisons (pairs) per second; model FLOP/s =
-6 · N · real tokens forwarded per second (our prompt once per ranking).
+6 · N · real tokens forwarded per second.
 """
 
 from __future__ import annotations
@@ -76,22 +76,21 @@ def worker_ours(args) -> dict:
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     prompts_per_s = [r["reward/prompts_per_s"] for r in rows if "reward/prompts_per_s" in r][-1]
     pairs_per_prompt = args.k * (args.k - 1) // 2
-    tokens_per_prompt = _mean_tokens_per_prompt(Path(args.data) / "ours.jsonl", args.model,
-                                                args.steps * args.prompts_per_step, args.checkpointing != "on")
+    tokens_per_prompt = _mean_tokens_per_prompt(Path(args.data) / "ours.jsonl", args.model, args.steps
+                                                * args.prompts_per_step)
     n = harness.matmul_params(AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=1))
     return {"rate": prompts_per_s * pairs_per_prompt, "unit": "comparisons/s",
             "model_flops_per_s": 6 * n * prompts_per_s * tokens_per_prompt}
 
 
-def _mean_tokens_per_prompt(path: Path, model: str, count: int, shared: bool) -> float:
-    """Real tokens forwarded per ranking: the prompt once (shared) or with each response, and each response."""
+def _mean_tokens_per_prompt(path: Path, model: str, count: int) -> float:
+    """Real tokens forwarded per ranking (each response once, with its prompt)."""
     from rlhf.data.collate import encode_comparisons
     from rlhf.data.readers import read_comparisons
     from rlhf.models import load_tokenizer
 
     examples = encode_comparisons(load_tokenizer(model), read_comparisons(path)[:count], 10**6)
-    return sum(len(e.prompt) * (1 if shared else len(e.responses)) + sum(map(len, e.responses))
-               for e in examples) / len(examples)
+    return sum(sum(map(len, e.sequences)) for e in examples) / len(examples)
 
 
 def worker_trl(args) -> dict:

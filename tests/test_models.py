@@ -47,8 +47,7 @@ def test_left_padding_does_not_change_real_logits(tiny_path):
     assert torch.allclose(batched[1, 2:], alone[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("shared_prompt", [True, False])
-def test_k_forwards_equal_naive_all_pairs(tiny_path, shared_prompt):
+def test_k_forwards_equal_naive_all_pairs(tiny_path):
     tokenizer = load_tokenizer(tiny_path)
     model = load_scalar_model(tiny_path, tokenizer.pad_token_id).eval()
     torch.nn.init.normal_(model.hf.score.weight, std=0.5)  # make scores spread out
@@ -56,7 +55,7 @@ def test_k_forwards_equal_naive_all_pairs(tiny_path, shared_prompt):
                    Comparison([{"role": "user", "content": "bb"}], ["p", "qqqq"], [2, 1])]
     batch = collate_ranked(encode_comparisons(tokenizer, comparisons, 64), tokenizer.pad_token_id)
     with torch.no_grad():
-        loss, _ = ranking_loss(ranked_scores(model, batch, shared_prompt), batch["ranks"], batch["valid"])
+        loss, _ = ranking_loss(ranked_scores(model, batch), batch["ranks"], batch["valid"])
         naive_per_prompt = []
         for example in encode_comparisons(tokenizer, comparisons, 64):
             pair_losses = []
@@ -67,25 +66,6 @@ def test_k_forwards_equal_naive_all_pairs(tiny_path, shared_prompt):
                     pair_losses.append(-torch.nn.functional.logsigmoid(better - worse))
             naive_per_prompt.append(torch.stack(pair_losses).mean())
     assert loss.item() == pytest.approx(torch.stack(naive_per_prompt).mean().item(), abs=1e-5)
-
-
-def test_shared_prompt_forward_has_the_gradients_of_whole_sequences(tiny_path):
-    tokenizer = load_tokenizer(tiny_path)
-    model = load_scalar_model(tiny_path, tokenizer.pad_token_id).eval()
-    comparisons = [Comparison([{"role": "user", "content": "a long prompt to share"}], ["x", "yy", "zzz"], [1, 2, 3]),
-                   Comparison([{"role": "user", "content": "bb"}], ["p", "qqqq"], [2, 1])]
-    batch = collate_ranked(encode_comparisons(tokenizer, comparisons, 64), tokenizer.pad_token_id)
-    assert batch["prompt_ids"].shape[0] == 2 and batch["response_ids"].shape[0] == 5
-    assert batch["prompt_index"].tolist() == [0, 0, 0, 1, 1]
-    grads = []
-    for shared in (True, False):
-        model.zero_grad()
-        loss, _ = ranking_loss(ranked_scores(model, batch, shared), batch["ranks"], batch["valid"])
-        loss.backward()
-        grads.append([p.grad.clone() for p in (model.hf.score.weight, model.hf.model.layers[0].self_attn.q_proj.weight,
-                                               model.hf.model.embed_tokens.weight)])
-    for shared_grad, whole_grad in zip(*grads):
-        torch.testing.assert_close(shared_grad, whole_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_greedy_sampling_matches_hf_generate(tiny_path):

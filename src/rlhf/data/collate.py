@@ -80,14 +80,8 @@ def encode_demonstrations(tokenizer, demos: list[Demonstration], max_length: int
 
 @dataclass
 class RankedExample:
-    prompt: list[int]  # the tokenised prompt, shared by the K responses
-    responses: list[list[int]]  # K tokenised responses (each ends with EOS)
+    sequences: list[list[int]]  # K tokenised prompt+response sequences
     ranks: list[int]
-
-    @property
-    def sequences(self) -> list[list[int]]:
-        """The K prompt + response sequences."""
-        return [self.prompt + response for response in self.responses]
 
 
 def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int,
@@ -96,11 +90,9 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int
     for comparison in comparisons:
         prompt = encode_prompt(tokenizer, comparison.prompt)
         responses = [encode_response(tokenizer, text) for text in comparison.responses]
-        longest = max(responses, key=len)
-        if _fits(len(prompt) + len(longest), max_length, comparison.source, on_too_long):
-            prompt = truncate_pair(prompt, longest, max_length)[0]  # one prompt for all K
-            responses = [truncate_pair(prompt, response, max_length)[1] for response in responses]
-            examples.append(RankedExample(prompt, responses, list(comparison.ranks)))
+        if _fits(len(prompt) + max(map(len, responses)), max_length, comparison.source, on_too_long):
+            sequences = [sum(truncate_pair(prompt, response, max_length), []) for response in responses]
+            examples.append(RankedExample(sequences, list(comparison.ranks)))
     _report_dropped("comparisons", len(comparisons), len(examples), max_length)
     return examples
 
@@ -146,19 +138,13 @@ def collate_sft(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tens
 
 
 def collate_ranked(examples: list[RankedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """All K responses of all prompts in one flat batch, so each response is forwarded once, in two
-    layouts: whole sequences, and each prompt once with its responses after it.
+    """All K responses of all prompts in one flat batch, so each response is forwarded once.
 
-    input_ids/attention_mask: (ΣK, T) prompt + response, right-padded;
-    prompt_ids/prompt_mask: (B, P) left-padded; response_ids/response_mask: (ΣK, R) right-padded;
-    prompt_index: (ΣK,) the prompt row of each response;
-    ranks/valid/flat_index: (B, K_max), flat_index[b, k] = the row of response k of prompt b.
+    input_ids/attention_mask: (ΣK, T); ranks/valid/flat_index: (B, K_max), where
+    flat_index[b, k] is the row of response k of prompt b (0 where not valid).
     """
     input_ids, attention_mask = pad([seq for e in examples for seq in e.sequences], pad_id,
                                     multiple_of=PAD_MULTIPLE)
-    prompt_ids, prompt_mask = pad([e.prompt for e in examples], pad_id, side="left", multiple_of=PAD_MULTIPLE)
-    response_ids, response_mask = pad([r for e in examples for r in e.responses], pad_id, multiple_of=PAD_MULTIPLE)
-    prompt_index = torch.tensor([b for b, e in enumerate(examples) for _ in e.responses])
     k_max = max(len(e.sequences) for e in examples)
     ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
     valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
@@ -170,9 +156,8 @@ def collate_ranked(examples: list[RankedExample], pad_id: int) -> dict[str, torc
         valid[b, :k] = True
         flat_index[b, :k] = torch.arange(row, row + k)
         row += k
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask, "response_ids": response_ids, "response_mask": response_mask,
-            "prompt_index": prompt_index, "ranks": ranks, "valid": valid, "flat_index": flat_index}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks, "valid": valid,
+            "flat_index": flat_index}
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):

@@ -74,29 +74,9 @@ class ScalarModel(torch.nn.Module):
         return float(getattr(self.hf.config, REWARD_BIAS_KEY, 0.0) or 0.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor | None = None, prefix_ids: torch.Tensor | None = None,
-                prefix_mask: torch.Tensor | None = None, prefix_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Values at every position of ``input_ids`` (N, T) → (N, T).
-
-        With a prefix, ``input_ids`` are continuations (right-padded) of the left-padded prefixes
-        ``prefix_ids`` (B, P): row n continues prefix ``prefix_index[n]``. Each prefix is forwarded
-        once and its keys and values are shared by all its continuations (a reward model's K
-        responses to one prompt), exactly as if every prefix + continuation were forwarded whole.
-        """
-        if prefix_ids is None:
-            hidden = self.hf.base_model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-            ).last_hidden_state
-            return scalar_head(self.hf)(hidden).squeeze(-1).float()
-        prefix_positions = positions_from_mask(prefix_mask)
-        cache = self.hf.base_model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_positions,
-                                   use_cache=True).past_key_values
-        cache.reorder_cache(prefix_index)  # (B, …) → (N, …): each continuation gets its prefix
-        start = prefix_positions[prefix_index, -1:] + 1
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.hf.base_model(
-            input_ids=input_ids, attention_mask=torch.cat([prefix_mask[prefix_index], attention_mask], 1),
-            position_ids=start + torch.arange(input_ids.shape[1], device=input_ids.device),
-            past_key_values=cache, use_cache=True,
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
         return scalar_head(self.hf)(hidden).squeeze(-1).float()
 

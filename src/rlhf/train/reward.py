@@ -31,20 +31,10 @@ from rlhf.train.common import (
 )
 
 
-def ranked_scores(model, batch: dict, shared_prompt: bool = True) -> torch.Tensor:
-    """Forward every response once and lay the scores out per prompt: (B, K_max).
-
-    ``shared_prompt``: each prompt is forwarded once and its K responses continue from its cached
-    keys and values (exact; with K = 4 and long prompts most of the work is the prompt). Off, every
-    prompt + response is forwarded whole (needed under gradient checkpointing, which drops caches).
-    """
-    if shared_prompt:
-        values = model(batch["response_ids"], batch["response_mask"], prefix_ids=batch["prompt_ids"],
-                       prefix_mask=batch["prompt_mask"], prefix_index=batch["prompt_index"])
-        flat_scores = sequence_scores(values, batch["response_mask"])
-    else:
-        values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        flat_scores = sequence_scores(values, batch["attention_mask"])
+def ranked_scores(model, batch: dict) -> torch.Tensor:
+    """Forward every response once and lay the scores out per prompt: (B, K_max)."""
+    values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    flat_scores = sequence_scores(values, batch["attention_mask"])
     return flat_scores[batch["flat_index"]]
 
 
@@ -96,12 +86,11 @@ def train_reward(config: RewardConfig) -> dict:
     if config.gradient_checkpointing:
         model.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
-                        [len(e.prompt) + max(map(len, e.responses)) for e in train])
+                        [max(map(len, e.sequences)) for e in train])
     log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir)
 
     def loss_fn(batch):
-        scores = ranked_scores(run.model, batch, shared_prompt=not config.gradient_checkpointing)
-        loss, accuracy = ranking_loss(scores, batch["ranks"], batch["valid"])
+        loss, accuracy = ranking_loss(ranked_scores(run.model, batch), batch["ranks"], batch["valid"])
         return loss, {"reward/accuracy": accuracy.item()}
 
     with staged_output(config.output_dir, accelerator) as staging:
