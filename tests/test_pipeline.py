@@ -124,6 +124,27 @@ def test_ppo_gradient_checkpointing_changes_memory_not_the_update(tiny_run, tmp_
             assert recomputed[name] == pytest.approx(plain[name], rel=1e-3, abs=1e-6), name
 
 
+def test_scoring_in_the_update_forward_changes_nothing(tiny_run, tmp_path):
+    """With one minibatch the update's forward supplies the old log-probs and values; the same
+    steps with them scored in the rollout instead give the same numbers."""
+    run_dir, _ = tiny_run
+    results = []
+    for score_in_update in (True, False):
+        config = load_config("ppo", [], [
+            f"model={run_dir / 'sft'}", f"reward_model={run_dir / 'reward'}",
+            f"prompts=[{run_dir / 'data/prompts.jsonl'}]", f"pretraining={run_dir / 'data/pretraining.txt'}",
+            "rollout_batch_size=8", "num_minibatches=1", "ppo_epochs=2", "max_new_tokens=16",
+            "max_prompt_length=64", "max_length=128", "ptx_block_size=32", "ptx_batch_size=2",
+            f"output_dir={tmp_path / str(score_in_update)}"])
+        trainer = PPOTrainer(config)
+        assert trainer.score_in_update
+        trainer.score_in_update = score_in_update
+        results.append((trainer.step(trainer.next_prompts(8)), trainer.step(trainer.next_prompts(8))))
+    for reused, scored in zip(*results):
+        for name in ("ppo/loss/policy", "ppo/loss/value", "ppo/loss/ptx", "objective/kl", "ppo/val/var_explained"):
+            assert reused[name] == pytest.approx(scored[name], rel=1e-3, abs=1e-6), name
+
+
 def test_rerun_skips_finished_stages(tiny_run):
     run_dir, summary = tiny_run
     lines_before = (run_dir / "metrics.jsonl").read_text()

@@ -40,7 +40,14 @@ from rlhf.models import (
     sequence_scores,
 )
 from rlhf.rollout import RolloutBatch, sample_responses
-from rlhf.train.common import MetricsLog, make_accelerator, save_checkpoint, staged_output, write_metadata
+from rlhf.train.common import (
+    MetricsLog,
+    enable_activation_checkpointing,
+    make_accelerator,
+    save_checkpoint,
+    staged_output,
+    write_metadata,
+)
 
 
 def response_logprobs(model, input_ids, attention_mask, response_ids, temperature: float):
@@ -101,13 +108,15 @@ class PPOTrainer:
         if config.gradient_checkpointing:  # HF recomputes only in train mode: train mode with dropout 0
             for model in (policy, value.hf):
                 model.config.attention_dropout = 0.0
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                enable_activation_checkpointing(model)
         optimizer = torch.optim.AdamW(
             [{"params": policy.parameters(), "lr": config.learning_rate},
              {"params": value.parameters(), "lr": config.value_learning_rate}],
             betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
         self.policy, self.value, self.optimizer = accelerator.prepare(policy, value, optimizer)
         self.kl_coef = config.kl_coef
+        # with one minibatch, the update's forward doubles as the rollout's policy and value scoring
+        self.score_in_update = config.num_minibatches == 1
         # the same prompt order on every process, different sampling noise (DESIGN §19)
         self.prompt_order = torch.Generator().manual_seed(config.seed)
         self.sampling = torch.Generator(device=accelerator.device).manual_seed(
@@ -131,8 +140,11 @@ class PPOTrainer:
 
     # ---- rollout ----------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, prompts: list[list[int]], policy=None) -> RolloutBatch:
-        """Sample responses and compute everything the update needs, each exactly once."""
+    def rollout(self, prompts: list[list[int]], policy=None, score_policy: bool = True) -> RolloutBatch:
+        """Sample responses and compute everything the update needs, each exactly once.
+
+        ``score_policy=False`` leaves the policy's log-probs and the values at zero: with one
+        minibatch the update's own forward gives them before any weight changes (see ``step``)."""
         config, tokenizer, device = self.config, self.tokenizer, self.accelerator.device
         policy = policy or self.accelerator.unwrap_model(self.policy)
         query_ids, query_mask = (t.to(device) for t in pad(prompts, tokenizer.pad_token_id, side="left"))
@@ -141,9 +153,12 @@ class PPOTrainer:
                 policy, query_ids, query_mask, config.max_new_tokens, tokenizer.eos_token_id,
                 tokenizer.pad_token_id, config.temperature, self.sampling)
             ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
-            logprobs, _ = response_logprobs(policy, ids, mask, response_ids, config.temperature)
             ref_logprobs, _ = response_logprobs(self.reference, ids, mask, response_ids, config.temperature)
-            values = response_values(self.value, ids, mask, query_ids.shape[1])
+            if score_policy:
+                logprobs, _ = response_logprobs(policy, ids, mask, response_ids, config.temperature)
+                values = response_values(self.value, ids, mask, query_ids.shape[1])
+            else:
+                logprobs, values = torch.zeros_like(ref_logprobs), torch.zeros_like(ref_logprobs)
             scores = sequence_scores(self.reward_model(ids, mask, positions_from_mask(mask)), mask,
                                      self.reward_model.reward_bias)
         ended_with_eos = ((response_ids == tokenizer.eos_token_id) & response_mask.bool()).any(1)
@@ -157,8 +172,13 @@ class PPOTrainer:
     def step(self, prompts: list[list[int]]) -> dict[str, float]:
         config, accelerator = self.config, self.accelerator
         started = time.perf_counter()
-        batch = self.rollout(prompts)
+        batch = self.rollout(prompts, score_policy=not self.score_in_update)
         rollout_time = time.perf_counter() - started
+        first_forward = None
+        if self.score_in_update:  # one minibatch: its forward, before any update, is the rollout policy's
+            first_forward = self.forward_minibatch(batch)
+            batch.logprobs = first_forward["logprobs"].detach() * batch.response_mask
+            batch.values = first_forward["values"].detach() * batch.response_mask
 
         batch.rewards, kl = kl_penalized_rewards(batch.scores, batch.logprobs, batch.ref_logprobs,
                                                  batch.response_mask, self.kl_coef)
@@ -173,7 +193,12 @@ class PPOTrainer:
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(prompts), generator=self.prompt_order)
             for start in range(0, len(prompts), minibatch_size):
-                for name, value in self.train_minibatch(batch.select(order[start:start + minibatch_size])).items():
+                if first_forward is not None:  # the whole batch, forwarded already
+                    minibatch, forward, first_forward = batch, first_forward, None
+                else:
+                    minibatch = batch.select(order[start:start + minibatch_size])
+                    forward = self.forward_minibatch(minibatch)
+                for name, value in self.update(minibatch, forward).items():
                     stats.setdefault(name, []).append(value)
 
         sequence_kl = kl.sum(1)
@@ -198,13 +223,14 @@ class PPOTrainer:
         metrics["time/rollout_fraction"] = rollout_time / elapsed
         return metrics
 
-    def train_minibatch(self, mb: RolloutBatch) -> dict[str, float]:
-        config, accelerator = self.config, self.accelerator
+    def forward_minibatch(self, mb: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The policy's log-probs (and logits), the values and the ptx loss, with gradients."""
+        config = self.config
         ids, mask = mb.full_sequence()
         checkpointing = config.gradient_checkpointing
         self.policy.train(checkpointing)
         self.value.train(checkpointing)
-        with accelerator.autocast():
+        with self.accelerator.autocast():
             logprobs, logits = response_logprobs(self.policy, ids, mask, mb.response_ids, config.temperature)
             values = response_values(self.value, ids, mask, mb.query_ids.shape[1])
             ptx_loss = torch.zeros((), device=ids.device)
@@ -212,6 +238,13 @@ class PPOTrainer:
                 ptx_ids = self.next_ptx_batch()
                 ptx_logits = self.policy(input_ids=ptx_ids).logits
                 ptx_loss = response_lm_loss(ptx_logits, ptx_ids, torch.ones_like(ptx_ids))
+        return {"logprobs": logprobs, "logits": logits, "values": values, "ptx_loss": ptx_loss}
+
+    def update(self, mb: RolloutBatch, forward: dict[str, torch.Tensor]) -> dict[str, float]:
+        """PPO-ptx loss on a forwarded minibatch, backward, clip, optimizer step."""
+        config, accelerator = self.config, self.accelerator
+        logprobs, logits, values, ptx_loss = forward["logprobs"], forward["logits"], forward["values"], \
+            forward["ptx_loss"]
         policy_loss, policy_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask,
                                                     config.clip_range)
         value_loss, value_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mb.response_mask,

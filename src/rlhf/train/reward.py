@@ -23,6 +23,7 @@ from rlhf.models import REWARD_BIAS_KEY, load_scalar_model, load_tokenizer, sequ
 from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
+    enable_activation_checkpointing,
     make_accelerator,
     save_checkpoint,
     split_and_encode,
@@ -84,7 +85,7 @@ def train_reward(config: RewardConfig) -> dict:
                                                                              on_too_long))
     model = load_scalar_model(config.model, tokenizer.pad_token_id)
     if config.gradient_checkpointing:
-        model.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model.hf)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
                         [max(map(len, e.sequences)) for e in train])
     log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir)

@@ -15,6 +15,7 @@ from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
     add_residual_dropout,
+    enable_activation_checkpointing,
     make_accelerator,
     save_checkpoint,
     split_and_encode,
@@ -60,7 +61,7 @@ def train_sft(config: SFTConfig) -> dict:
     model.config.use_cache = False
     add_residual_dropout(model, config.dropout)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model = ResponseLM(model)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_sft(b, tokenizer.pad_token_id),
                         [len(e.input_ids) for e in train])
