@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -178,3 +179,30 @@ def test_browser_login_rank_four_responses_and_export(tmp_path, serve):
     assert comparison.ranks == [2, 4, 3, 1]  # delta, alpha, gamma, beta
     assert comparison.metadata["ratings"] == [6, 2, 4, 7]
     assert comparison.metadata["flags"] == [[], ["hallucination"], [], []]
+
+
+def test_cli_serve_answers_on_its_port(tmp_path):
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    database = tmp_path / "labels.db"
+    server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "label", "serve", "--db", str(database),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/", timeout=5, allow_redirects=False)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server never answered: " + server.stdout.read1().decode())
+        assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+        assert "csrf_token" in requests.get(f"http://127.0.0.1:{port}/login", timeout=5).text
+        assert database.exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
