@@ -114,6 +114,39 @@ def summarise(title: str, results: dict[str, list], peak_flops: float, baseline:
     return rows
 
 
+def train_timed(trainer) -> tuple[int, float]:
+    """Run a Hugging Face / TRL trainer; (real tokens its collator produced, seconds from the start
+    of training to the end of the last optimizer step)."""
+    from transformers import TrainerCallback
+
+    tokens, clock = [0], {}
+    collate = trainer.data_collator
+
+    def counting_collate(examples):
+        batch = collate(examples)
+        if isinstance(batch, dict) and "attention_mask" in batch:
+            tokens[0] += int(batch["attention_mask"].sum())
+        return batch
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *_args, **_kwargs):
+            clock["start"] = time.perf_counter()
+
+        def on_step_end(self, *_args, **_kwargs):
+            clock["end"] = time.perf_counter()
+
+    trainer.data_collator = counting_collate
+    trainer.add_callback(Clock())
+    trainer.train()
+    return tokens[0], clock["end"] - clock["start"]
+
+
+def metrics_rows(path: Path, name: str) -> list[float]:
+    """Every value of one metric in a stage's metrics JSONL, in order."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [row[name] for row in rows if name in row]
+
+
 def resolve_model(name: str) -> str:
     """A preset name → its plain HF folder (workers in peer environments cannot resolve presets)."""
     from rlhf.models.presets import resolve_model_path

@@ -76,28 +76,12 @@ def worker_ours(args) -> dict:
                        gradient_checkpointing=args.checkpointing == "on",
                        metrics_file=str(metrics_file), output_dir=tempfile.mkdtemp())
     summary = train_ppo(config)
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    lengths = [r["rollout/response_length"] for r in rows if "rollout/response_length" in r]
+    lengths = harness.metrics_rows(metrics_file, "rollout/response_length")
     response_tokens = sum(lengths) / len(lengths)
     n = harness.matmul_params(load_causal_lm(args.model))
     rate = summary["episodes_per_s"]
     flops = rate * _flops_per_episode(n, _prompt_tokens(data / "trl.jsonl"), response_tokens)
     return {"rate": rate, "unit": "episodes/s", "model_flops_per_s": flops, "response_tokens": response_tokens}
-
-
-def _clock():
-    from transformers import TrainerCallback
-
-    clock = {}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_args, **_kwargs):
-            clock["start"] = time.perf_counter()
-
-        def on_step_end(self, *_args, **_kwargs):
-            clock["end"] = time.perf_counter()
-
-    return clock, Clock()
 
 
 def worker_trl_ppo(args) -> dict:
@@ -149,10 +133,8 @@ def worker_rloo(args) -> dict:
                         report_to=[], logging_steps=10_000, seed=0, dataloader_num_workers=0)
     trainer = RLOOTrainer(model=policy, reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizer)
-    clock, callback = _clock()
-    trainer.add_callback(callback)
-    trainer.train()
-    rate = args.episodes / (clock["end"] - clock["start"])
+    _, seconds = harness.train_timed(trainer)
+    rate = args.episodes / seconds
     # reference + reward forwards and the policy trained; no value model
     n = harness.matmul_params(policy)
     tokens = _prompt_tokens(data / "trl.jsonl") + args.response_length

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import tempfile
 import time
@@ -73,8 +72,7 @@ def worker_ours(args) -> dict:
                           max_steps=args.steps, valid_fraction=0.0,
                           mixed_precision="bf16", metrics_file=str(metrics_file), output_dir=tempfile.mkdtemp())
     train_reward(config)
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    prompts_per_s = [r["reward/prompts_per_s"] for r in rows if "reward/prompts_per_s" in r][-1]
+    prompts_per_s = harness.metrics_rows(metrics_file, "reward/prompts_per_s")[-1]
     pairs_per_prompt = args.k * (args.k - 1) // 2
     tokens_per_prompt = _mean_tokens_per_prompt(Path(args.data) / "ours.jsonl", args.model, args.steps
                                                 * args.prompts_per_step)
@@ -96,7 +94,7 @@ def _mean_tokens_per_prompt(path: Path, model: str, count: int) -> float:
 def worker_trl(args) -> dict:
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -110,27 +108,9 @@ def worker_trl(args) -> dict:
                           max_length=args.max_length, logging_steps=10_000, save_strategy="no", report_to=[], seed=0,
                           dataloader_num_workers=0)
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    tokens, clock = [0], {}
-    collate = trainer.data_collator
-
-    def counting_collate(examples):
-        batch = collate(examples)
-        tokens[0] += int(batch["attention_mask"].sum())
-        return batch
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_args, **_kwargs):
-            clock["start"] = time.perf_counter()
-
-        def on_step_end(self, *_args, **_kwargs):
-            clock["end"] = time.perf_counter()
-
-    trainer.data_collator = counting_collate
-    trainer.add_callback(Clock())
-    trainer.train()
-    seconds = clock["end"] - clock["start"]
+    tokens, seconds = harness.train_timed(trainer)
     return {"rate": args.steps * pairs_per_step / seconds, "unit": "comparisons/s",
-            "model_flops_per_s": 6 * harness.matmul_params(model) * tokens[0] / seconds}
+            "model_flops_per_s": 6 * harness.matmul_params(model) * tokens / seconds}
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ second over the training loop; model FLOP/s = 6 · N · tokens/s.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -50,8 +49,7 @@ def worker_ours(args) -> dict:
                        warmup_ratio=0.0, dropout=0.0, valid_fraction=0.0, mixed_precision="bf16",
                        metrics_file=str(metrics_file), output_dir=tempfile.mkdtemp())
     train_sft(config)
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    rate = [r["sft/tokens_per_s"] for r in rows if "sft/tokens_per_s" in r][-1]
+    rate = harness.metrics_rows(metrics_file, "sft/tokens_per_s")[-1]
     n = harness.matmul_params(load_causal_lm(args.model))
     return {"rate": rate, "unit": "tokens/s", "model_flops_per_s": 6 * n * rate}
 
@@ -59,7 +57,7 @@ def worker_ours(args) -> dict:
 def worker_trl(args) -> dict:
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -70,25 +68,8 @@ def worker_trl(args) -> dict:
                        max_steps=args.steps, learning_rate=2e-5, bf16=True, use_cpu=True, max_length=args.max_length,
                        logging_steps=10_000, save_strategy="no", report_to=[], seed=0, dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    tokens, clock = [0], {}
-    collate = trainer.data_collator
-
-    def counting_collate(examples):
-        batch = collate(examples)
-        tokens[0] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-        return batch
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_args, **_kwargs):
-            clock["start"] = time.perf_counter()
-
-        def on_step_end(self, *_args, **_kwargs):
-            clock["end"] = time.perf_counter()
-
-    trainer.data_collator = counting_collate
-    trainer.add_callback(Clock())
-    trainer.train()
-    rate = tokens[0] / (clock["end"] - clock["start"])
+    tokens, seconds = harness.train_timed(trainer)
+    rate = tokens / seconds
     return {"rate": rate, "unit": "tokens/s", "model_flops_per_s": 6 * harness.matmul_params(model) * rate}
 
 

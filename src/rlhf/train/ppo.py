@@ -243,11 +243,10 @@ class PPOTrainer:
     def update(self, mb: RolloutBatch, forward: dict[str, torch.Tensor]) -> dict[str, float]:
         """PPO-ptx loss on a forwarded minibatch, backward, clip, optimizer step."""
         config, accelerator = self.config, self.accelerator
-        logprobs, logits, values, ptx_loss = forward["logprobs"], forward["logits"], forward["values"], \
-            forward["ptx_loss"]
-        policy_loss, policy_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask,
+        ptx_loss = forward["ptx_loss"]
+        policy_loss, policy_stats = ppo_policy_loss(forward["logprobs"], mb.logprobs, mb.advantages, mb.response_mask,
                                                     config.clip_range)
-        value_loss, value_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mb.response_mask,
+        value_loss, value_clipfrac = ppo_value_loss(forward["values"], mb.values, mb.returns, mb.response_mask,
                                                     config.value_clip_range)
         loss = ppo_ptx_loss(policy_loss, value_loss, ptx_loss, config.value_coef, config.ptx_coef)
         accelerator.backward(loss)
@@ -258,7 +257,7 @@ class PPOTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad()
         with torch.no_grad():
-            entropy = masked_mean(entropy_from_logits(logits.detach(), config.temperature), mb.response_mask)
+            entropy = masked_mean(entropy_from_logits(forward["logits"].detach(), config.temperature), mb.response_mask)
         return {
             "ppo/loss/policy": policy_loss.item(), "ppo/loss/value": value_loss.item(),
             "ppo/loss/ptx": ptx_loss.item(), "ppo/loss/total": loss.item(),
