@@ -34,7 +34,8 @@ def write_data(folder: Path, model: str, max_prompt_length: int, count: int) -> 
     from transformers import AutoModelForSequenceClassification
 
     from rlhf.data.collate import encode_prompt
-    from rlhf.data.readers import read_prompts, write_jsonl
+    from rlhf.data.readers import read_prompts
+    from rlhf.outputs import write_jsonl
     from rlhf.models import load_tokenizer
 
     tokenizer = load_tokenizer(model)

@@ -49,7 +49,7 @@ def rankings(k: int, count: int) -> list[tuple[list, list[str]]]:
 
 
 def write_data(folder: Path, k: int, count: int) -> None:
-    from rlhf.data.readers import write_jsonl
+    from rlhf.outputs import write_jsonl
 
     data = rankings(k, count)
     write_jsonl(folder / "ours.jsonl", [{"prompt": prompt, "responses": [{"text": t, "rank": r + 1}

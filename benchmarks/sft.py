@@ -24,7 +24,8 @@ HH = harness.ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl
 def write_data(folder: Path, model: str, max_length: int, count: int) -> None:
     """The same demonstrations twice: the project's canonical JSONL and TRL's prompt/completion."""
     from rlhf.data.collate import encode_prompt, encode_response
-    from rlhf.data.readers import read_demonstrations, write_jsonl
+    from rlhf.data.readers import read_demonstrations
+    from rlhf.outputs import write_jsonl
     from rlhf.models import load_tokenizer
 
     tokenizer = load_tokenizer(model)

@@ -1,5 +1,6 @@
 """Curation properties (hypothesis) and PII scrubbing on planted items."""
 
+import json
 from collections import Counter
 
 import pytest
@@ -93,3 +94,71 @@ def test_stats_cli_prints_a_table(capsys):
     assert main(["data", "stats", str(path), "--no-pii"]) == 0
     out = capsys.readouterr().out
     assert "demonstrations" in out and "175" in out and "prompt length (words)" in out
+
+
+@pytest.mark.parametrize("text", [
+    "Upgrade to version 1.2.3.4 today", "release 2.0.1.3 broke it", "build 10.0.19041.1 fails",
+    "Python 3.11.7.1 is installed", "on 25.12.2024 14:00", "(02-01-1985)", "Date: 04-07-2019"])
+def test_version_numbers_and_dates_are_not_pii(text):
+    pytest.importorskip("presidio_analyzer")
+    from rlhf.data.pii import scrub
+
+    assert scrub(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mail jörg@müller.de now", "mail <EMAIL_ADDRESS> now"),
+    ("write 用户@例子.广告 please", "write <EMAIL_ADDRESS> please"),
+    ("ask josé.garcía@ejemplo.es", "ask <EMAIL_ADDRESS>"),
+    ("server 10.20.30.40 is down", "server <IP_ADDRESS> is down"),
+    ("call +1 415-555-0132 on 2024-01-02", "call <PHONE_NUMBER> on 2024-01-02"),
+])
+def test_unicode_addresses_and_real_pii_are_scrubbed(text, expected):
+    pytest.importorskip("presidio_analyzer")
+    from rlhf.data.pii import scrub
+
+    assert scrub(text) == expected
+
+
+@pytest.mark.parametrize("valid, test, message", [
+    ("0.5", "0.5", "leaves no training data"), ("0.9", "0.3", "leaves no training data"),
+    ("1.0", "0", "valid fraction must be in [0, 1)"), ("-0.1", "0.1", "valid fraction must be in [0, 1)")])
+def test_curate_refuses_fractions_that_leave_no_training_data(tmp_path, capsys, valid, test, message):
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(10)))
+    code = main(["data", "curate", str(source), "--output", str(tmp_path / "out"), "--no-scrub",
+                 "--valid-fraction", valid, "--test-fraction", test])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and not (tmp_path / "out").exists()
+
+
+def test_stage_configs_refuse_fractions_that_leave_no_training_data():
+    from rlhf.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="leaves no training data"):
+        load_config("sft", [], ["valid_fraction=0.6", "test_fraction=0.4"])
+    with pytest.raises(ConfigError, match="leaves no training data"):
+        load_config("pipeline", [], ["valid_fraction=0.5", "test_fraction=0.5"])
+
+
+def test_an_empty_requested_split_is_reported(tmp_path, caplog):
+    rows = [Prompt([{"role": "user", "content": f"question {i}"}], "only-user", f"f:{i}") for i in range(50)]
+    splits, report = curate(rows, valid_fraction=0.1, test_fraction=0.1, scrub_pii=False)
+    assert sorted(len(split) for split in splits.values()) == [0, 0, 50]
+    assert len(report.warnings) == 2 and all("only 1 user(s)" in w for w in report.warnings)
+    assert "split is empty" in caplog.text
+
+
+def test_user_ids_are_normalised_before_capping(tmp_path, capsys):
+    """7, "7" and "7 " are one user; "", null and NaN are no user (never capped)."""
+    source = tmp_path / "prompts.jsonl"
+    lines = [json.dumps({"prompt": f"distinct question number {i}", "user_id": uid})
+             for i, uid in enumerate([7, "7", "7 ", 7.0, "", None, "  "] * 3)]
+    lines += [f'{{"prompt": "a question with no user number {i}", "user_id": NaN}}' for i in range(3)]
+    source.write_text("\n".join(lines) + "\n")
+    code = main(["data", "curate", str(source), "--output", str(tmp_path / "out"), "--no-scrub",
+                 "--max-per-user", "2", "--valid-fraction", "0", "--test-fraction", "0"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "curation_report.json").read_text())
+    assert report["dropped_over_user_cap"] == 12 - 2  # user "7": 12 records, cap 2
+    assert report["split_sizes"]["train"] == 2 + 9 + 3 and report["users_per_split"]["train"] == 1

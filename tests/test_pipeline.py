@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf.config import load_config, preset_config_path
+from rlhf.config import SFTConfig, load_config, preset_config_path
 from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import read_demonstrations
 from rlhf.generate import generate
@@ -159,10 +159,11 @@ def test_rerun_skips_finished_stages(tiny_run):
 def test_interrupted_stage_never_looks_finished(tmp_path):
     output = tmp_path / "stage"
     with pytest.raises(RuntimeError, match="boom"):
-        with staged_output(output, Accelerator(cpu=True)) as staging:
+        with staged_output(SFTConfig(output_dir=str(output)), "sft", Accelerator(cpu=True)) as staging:
             (staging / "model.safetensors").write_text("half")
             raise RuntimeError("boom")
     assert not output.exists() and not is_finished(output)
+    assert not output.with_name("stage.incomplete").exists()  # the failure removed its staging folder
 
 
 def test_generate_cli_samples_from_a_stage(tiny_run):

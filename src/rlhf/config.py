@@ -18,6 +18,14 @@ class ConfigError(ValueError):
     """A config problem, naming the field: ``ppo.kl_coef: Input should be a valid number``."""
 
 
+def check_split_fractions(config):
+    """valid_fraction + test_fraction < 1, or nothing is left to train on."""
+    if config.valid_fraction + config.test_fraction >= 1:
+        raise ValueError(f"valid_fraction + test_fraction = {config.valid_fraction + config.test_fraction:g} "
+                         "leaves no training data; it must be < 1")
+    return config
+
+
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -37,6 +45,10 @@ class StageConfig(BaseModel):
         None, ge=1, description="train on only the first N training records after the split (time budgets)")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~30 % more compute")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self):
+        return check_split_fractions(self)
 
 
 class SFTConfig(StageConfig):
@@ -158,6 +170,10 @@ class PipelineConfig(BaseModel):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self):
+        return check_split_fractions(self)
 
 
 STAGE_CONFIGS: dict[str, type[BaseModel]] = {

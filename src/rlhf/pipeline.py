@@ -13,6 +13,7 @@ from pathlib import Path
 from rlhf.config import PipelineConfig, dump_config
 from rlhf.data.readers import DataError
 from rlhf.data.synthetic import write_synthetic_data
+from rlhf.outputs import OutputError
 from rlhf.train.common import METADATA_FILE, is_finished
 
 logger = logging.getLogger(__name__)
@@ -58,13 +59,37 @@ def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
     return stages
 
 
+RUN_MARKER = ".rlhf-run"
+
+
+def is_run_dir(folder: str | Path) -> bool:
+    """A run folder of ours: its marker, or (written before the marker) a config and metrics or stages."""
+    folder = Path(folder)
+    if (folder / RUN_MARKER).exists():
+        return True
+    return (folder / "config.yaml").is_file() and any(
+        (folder / name).exists() for name in ("metrics.jsonl", "summary.json", "sft"))
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Use ``run_dir`` only when it is new, empty or an earlier run of ours: the pipeline writes
+    ``config.yaml``, ``summary.json`` and reports there and must not replace a user's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"{run_dir}: exists and is a file; --run-dir must be a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not is_run_dir(run_dir):
+        raise OutputError(f"{run_dir}: exists and is not an rlhf run folder; choose a new --run-dir "
+                          "(nothing was changed)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).touch()
+
+
 def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
     from rlhf.train.ppo import train_ppo
     from rlhf.train.reward import train_reward
     from rlhf.train.sft import train_sft
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir)
     paths = data_paths(config, run_dir)
     stages = stage_configs(config, run_dir, paths)
     (run_dir / "config.yaml").write_text(dump_config(config))

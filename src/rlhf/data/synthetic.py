@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rlhf.data.readers import write_jsonl
+from rlhf.outputs import write_jsonl
 
 TARGET_WORD = "good"
 WORDS = ["good", "cat", "blue", "tree", "sun", "rock", "milk", "door"]
@@ -51,8 +51,8 @@ def write_synthetic_data(folder: str | Path, seed: int = 0, n_demos: int = 400, 
         "prompts": folder / "prompts.jsonl",
         "pretraining": folder / "pretraining.txt",
     }
-    write_jsonl(paths["demonstrations"], demos)
-    write_jsonl(paths["comparisons"], comparisons)
-    write_jsonl(paths["prompts"], prompts)
+    write_jsonl(paths["demonstrations"], demos, overwrite=True)
+    write_jsonl(paths["comparisons"], comparisons, overwrite=True)
+    write_jsonl(paths["prompts"], prompts, overwrite=True)
     paths["pretraining"].write_text("\n".join(_response(rng) + "." for _ in range(2000)) + "\n", encoding="utf-8")
     return {kind: str(path) for kind, path in paths.items()}

@@ -9,6 +9,8 @@ import json
 from html import escape
 from pathlib import Path
 
+from rlhf.outputs import write_run_file
+
 CURVES = [  # (title, stage, metric names)
     ("SFT loss", "sft", ["sft/loss"]),
     ("SFT learning rate", "sft", ["sft/lr"]),
@@ -126,8 +128,4 @@ def write_html_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: not a run folder")
-    path = run_dir / "report.html"
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(build_html(run_dir), encoding="utf-8")
-    staging.replace(path)
-    return path
+    return write_run_file(run_dir / "report.html", build_html(run_dir))

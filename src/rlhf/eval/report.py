@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, is_refusal
+from rlhf.outputs import write_run_file
 
 
 def _cell(text: str, limit: int = 400) -> str:
@@ -68,8 +69,4 @@ def write_report(run_dir: Path, results: dict, prompts_shown: int = 6) -> Path:
             cells.append(("🛑 " if is_refusal(response) else "") + _cell(response))
         lines.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
     lines += ["", "🛑 = detected as a refusal. All responses: `eval.json`.", ""]
-    path = run_dir / "report.md"
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text("\n".join(lines), encoding="utf-8")
-    staging.replace(path)
-    return path
+    return write_run_file(run_dir / "report.md", "\n".join(lines))

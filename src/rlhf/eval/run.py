@@ -34,6 +34,7 @@ from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
 from rlhf.eval.report import write_report
 from rlhf.generate import generate
 from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
+from rlhf.outputs import write_run_file
 from rlhf.train.common import METADATA_FILE, inference_autocast, resolve_mixed_precision
 from rlhf.train.reward import evaluate_rankings
 
@@ -113,7 +114,6 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         results["policies"][name]["rm_score_ordinary"] = sum(scores[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
     results["eval_wall_time_s"] = round(time.time() - started, 1)
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
-    staging = run_dir / "eval.json.tmp"  # eval.json last and atomically: its presence means done
-    staging.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    staging.replace(run_dir / "eval.json")
+    # eval.json last and atomically: its presence means done
+    write_run_file(run_dir / "eval.json", json.dumps(results, indent=2, ensure_ascii=False))
     return results

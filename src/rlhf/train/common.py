@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf.config import dump_config
+from rlhf.outputs import abandon_folder, begin_folder, check_output_folder, finish_folder
 
 logger = logging.getLogger(__name__)
 METADATA_FILE = "rlhf.json"
@@ -90,23 +90,55 @@ def is_finished(output_dir: str | Path) -> bool:
     return (Path(output_dir) / METADATA_FILE).exists()
 
 
+def config_inputs(config: BaseModel) -> list[str]:
+    """The local files and folders a stage reads (its output must not replace any of them)."""
+    paths = []
+    for name in ("model", "reward_model", "pretraining", "data", "normalize_data", "prompts"):
+        value = getattr(config, name, None)
+        for path in value if isinstance(value, list) else [value]:
+            if isinstance(path, str) and path and Path(path).exists():
+                paths.append(path)
+    return paths
+
+
+def earlier_stage_output(stage: str):
+    """Recognises a stage folder written before outputs carried their marker (its ``rlhf.json``)."""
+    def recognise(folder: Path) -> bool:
+        try:
+            return json.loads((folder / METADATA_FILE).read_text()).get("stage") == stage
+        except (OSError, ValueError, AttributeError):
+            return False
+    return recognise
+
+
+def check_stage_output(config: BaseModel, stage: str) -> Path:
+    """Refuse, before any training, an ``output_dir`` that is not a new folder or an earlier output of
+    this stage (see :mod:`rlhf.outputs`)."""
+    return check_output_folder(config.output_dir, stage, config_inputs(config), overwrite=True,
+                               legacy=earlier_stage_output(stage))
+
+
 @contextmanager
-def staged_output(output_dir: str | Path, accelerator: Accelerator):
-    """Yield a staging folder next to ``output_dir``; rename it into place only on success,
-    so an interrupted stage never leaves a folder that looks finished."""
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(output_dir.name + ".incomplete")
+def staged_output(config: BaseModel, stage: str, accelerator: Accelerator):
+    """Yield ``output_dir.incomplete/``; rename it into place only on success, so an interrupted stage
+    never leaves a folder that looks finished. An earlier output of the same stage is replaced;
+    anything else already at ``output_dir`` is refused before training starts."""
+    target = check_stage_output(config, stage)
+    staging, created = target.with_name(target.name + ".incomplete"), []
     if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging, created = begin_folder(target, stage)
     accelerator.wait_for_everyone()
-    yield staging
+    try:
+        yield staging
+    except BaseException:
+        if accelerator.is_main_process:
+            abandon_folder(staging, created)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if not (staging / METADATA_FILE).exists():
             raise RuntimeError(f"{staging}: stage ended without writing {METADATA_FILE}")
-        shutil.rmtree(output_dir, ignore_errors=True)
-        staging.rename(output_dir)
+        finish_folder(staging, target, stage, earlier_stage_output(stage))
     accelerator.wait_for_everyone()
 
 

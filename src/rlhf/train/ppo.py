@@ -42,6 +42,7 @@ from rlhf.models import (
 from rlhf.rollout import RolloutBatch, sample_responses
 from rlhf.train.common import (
     MetricsLog,
+    check_stage_output,
     enable_activation_checkpointing,
     make_accelerator,
     save_checkpoint,
@@ -293,7 +294,7 @@ class PPOTrainer:
         per_process = config.rollout_batch_size // accelerator.num_processes
         steps = math.ceil(config.total_episodes / config.rollout_batch_size)
         eval_prompts = (self.valid_prompts or self.train_prompts)[:config.eval_prompts]
-        with staged_output(config.output_dir, accelerator) as staging:
+        with staged_output(config, "ppo", accelerator) as staging:
             progress = tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_local_main_process)
             loop_started = time.time()
             for step in progress:
@@ -316,4 +317,5 @@ class PPOTrainer:
 
 
 def train_ppo(config: PPOConfig) -> dict:
+    check_stage_output(config, "ppo")  # before any loading: a refused output_dir costs nothing
     return PPOTrainer(config).train()

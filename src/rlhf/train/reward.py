@@ -23,6 +23,7 @@ from rlhf.models import REWARD_BIAS_KEY, load_scalar_model, load_tokenizer, sequ
 from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
+    check_stage_output,
     enable_activation_checkpointing,
     make_accelerator,
     save_checkpoint,
@@ -77,6 +78,7 @@ def train_reward(config: RewardConfig) -> dict:
     if not config.data:
         raise DataError("reward: no comparison files given (set data=[FILE, ...])")
     started = time.time()
+    check_stage_output(config, "reward")  # before any loading: a refused output_dir costs nothing
     accelerator = make_accelerator(config, config.grad_accum_steps)
     tokenizer = load_tokenizer(config.model)
     comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
@@ -94,7 +96,7 @@ def train_reward(config: RewardConfig) -> dict:
         loss, accuracy = ranking_loss(ranked_scores(run.model, batch), batch["ranks"], batch["valid"])
         return loss, {"reward/accuracy": accuracy.item()}
 
-    with staged_output(config.output_dir, accelerator) as staging:
+    with staged_output(config, "reward", accelerator) as staging:
         for loss, metrics in run.steps(loss_fn, "reward", lambda batch: int(batch["ranks"].shape[0])):
             if loss is not None:
                 log.log(run.step, {"reward/loss": loss, **metrics, "reward/lr": run.learning_rate,

@@ -15,6 +15,7 @@ from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
     add_residual_dropout,
+    check_stage_output,
     enable_activation_checkpointing,
     make_accelerator,
     save_checkpoint,
@@ -49,6 +50,7 @@ def train_sft(config: SFTConfig) -> dict:
     if not config.data:
         raise DataError("sft: no demonstration files given (set data=[FILE, ...])")
     started = time.time()
+    check_stage_output(config, "sft")  # before any loading: a refused output_dir costs nothing
     accelerator = make_accelerator(config, config.grad_accum_steps)
     tokenizer = load_tokenizer(config.model)
     demos = [d for path in config.data for d in read_demonstrations(path, config.skip_invalid)]
@@ -68,7 +70,7 @@ def train_sft(config: SFTConfig) -> dict:
     log = MetricsLog(config.metrics_file, "sft", accelerator, config.output_dir)
     best = {"valid/loss": math.inf, "epoch": 0}
     last_loss = None
-    with staged_output(config.output_dir, accelerator) as staging:
+    with staged_output(config, "sft", accelerator) as staging:
         for loss, _ in run.steps(lambda batch: (sft_loss(run.model, batch), {}), "sft",
                                  lambda batch: int(batch["attention_mask"].sum())):
             if loss is not None:
