@@ -35,8 +35,8 @@ def write_data(folder: Path, model: str, max_prompt_length: int, count: int) -> 
 
     from rlhf.data.collate import encode_prompt
     from rlhf.data.readers import read_prompts
-    from rlhf.outputs import write_jsonl
     from rlhf.models import load_tokenizer
+    from rlhf.outputs import write_jsonl
 
     tokenizer = load_tokenizer(model)
     prompts = [p for p in read_prompts(HH, skip_invalid=True)

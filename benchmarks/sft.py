@@ -25,8 +25,8 @@ def write_data(folder: Path, model: str, max_length: int, count: int) -> None:
     """The same demonstrations twice: the project's canonical JSONL and TRL's prompt/completion."""
     from rlhf.data.collate import encode_prompt, encode_response
     from rlhf.data.readers import read_demonstrations
-    from rlhf.outputs import write_jsonl
     from rlhf.models import load_tokenizer
+    from rlhf.outputs import write_jsonl
 
     tokenizer = load_tokenizer(model)
     demos = read_demonstrations(HH, skip_invalid=True)[: count * 2]

@@ -181,7 +181,7 @@ def test_browser_login_rank_four_responses_and_export(tmp_path, serve):
     assert comparison.metadata["flags"] == [[], ["hallucination"], [], []]
 
 
-def test_cli_serve_answers_on_its_port(tmp_path):
+def test_cli_serve_answers_on_its_port(tmp_path, monkeypatch):
     import socket
     import subprocess
 
@@ -189,6 +189,9 @@ def test_cli_serve_answers_on_its_port(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     database = tmp_path / "labels.db"
+    monkeypatch.setenv("RLHF_LABEL_PASSWORD", PASSWORD)
+    monkeypatch.delenv("RLHF_LABEL_SECRET_KEY", raising=False)
+    assert main(["label", "add-user", "--db", str(database), "alice"]) == 0  # serve never creates a database
     server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "label", "serve", "--db", str(database),
                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -202,7 +205,8 @@ def test_cli_serve_answers_on_its_port(tmp_path):
             pytest.fail("the server never answered: " + server.stdout.read1().decode())
         assert response.status_code == 302 and response.headers["Location"].startswith("/login")
         assert "csrf_token" in requests.get(f"http://127.0.0.1:{port}/login", timeout=5).text
-        assert database.exists()
+        key = Path(f"{database}.key")
+        assert key.stat().st_mode & 0o777 == 0o600 and key.read_bytes().strip() not in database.read_bytes()
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rlhf.config import STAGE_CONFIGS, ConfigError, dump_config, load_config, preset_config_path
@@ -74,7 +75,9 @@ def _add_data_commands(commands) -> None:
                                 help=f"the column that holds '{field}'")
         action.add_argument("--skip-invalid", action="store_true", help="log and drop bad records")
     curate = actions.choices["curate"]
-    curate.add_argument("--output", required=True, help="folder for train/valid/test.jsonl and the report")
+    curate.add_argument("--output", required=True, help="new folder for train/valid/test.jsonl and the report")
+    curate.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier output of 'rlhf data curate' (nothing else is ever replaced)")
     curate.add_argument("--prefix-chars", type=int, default=64, help="shared prefix that marks a near-duplicate")
     curate.add_argument("--max-per-user", type=int, default=200, help="paper: 200")
     curate.add_argument("--valid-fraction", type=float, default=0.1)
@@ -84,7 +87,8 @@ def _add_data_commands(commands) -> None:
     actions.choices["stats"].add_argument("--tokenizer", help="count tokens with this model's tokenizer")
     actions.choices["stats"].add_argument("--no-pii", action="store_true", help="skip the PII scan")
     convert = actions.choices["convert"]
-    convert.add_argument("--output", required=True, help="canonical JSONL file")
+    convert.add_argument("--output", required=True, help="canonical JSONL file (new)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing JSONL output file")
     convert.add_argument("--pairs", action="store_true", help="expand K-way rankings into chosen/rejected pairs")
 
 
@@ -183,17 +187,23 @@ def run_eval(args: argparse.Namespace) -> None:
 def run_data(args: argparse.Namespace) -> None:
     import json
 
-    from rlhf.data.curate import comparison_pairs, curate, read_any, to_canonical, write_curated
+    from rlhf.data.curate import comparison_pairs, curate, earlier_curation, read_any, to_canonical, write_curated
     from rlhf.data.formats import FieldMap
-    from rlhf.data.readers import write_jsonl
+    from rlhf.outputs import check_output_file, check_output_folder, write_jsonl
 
+    # refuse a destructive output before spending time on the data
+    if args.action == "curate":
+        check_output_folder(args.output, "data curate", [args.file], args.overwrite, legacy=earlier_curation)
+    elif args.action == "convert":
+        check_output_file(args.output, [args.file], args.overwrite)
     field_map = FieldMap(**{f: getattr(args, f"{f}_field") for f in
                             ("prompt", "response", "chosen", "rejected", "responses", "messages", "user_id")})
-    kind, records = read_any(args.file, args.kind, args.format, field_map, args.skip_invalid)
+    invalid = [] if args.action == "stats" else None  # data stats counts bad records by problem instead of stopping
+    kind, records = read_any(args.file, args.kind, args.format, field_map, args.skip_invalid, invalid)
     if args.action == "curate":
         splits, report = curate(records, args.prefix_chars, args.max_per_user, args.seed, args.valid_fraction,
                                 args.test_fraction, scrub_pii=not args.no_scrub)
-        folder = write_curated(args.output, splits, report)
+        folder = write_curated(args.output, splits, report, (args.file,), args.overwrite)
         print(f"{args.file}: {len(records)} {kind} → {folder}")
         print(json.dumps({k: v for k, v in report.__dict__.items() if k != "prefix_examples"}, indent=1))
         for dropped, kept in report.prefix_examples:
@@ -203,11 +213,11 @@ def run_data(args: argparse.Namespace) -> None:
         from rlhf.models import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        print_stats(args.file, data_stats(kind, records, tokenizer, pii=not args.no_pii))
+        print_stats(args.file, data_stats(kind, records, tokenizer, pii=not args.no_pii, invalid=invalid))
     else:
         rows = [pair for r in records for pair in comparison_pairs(r)] if args.pairs and kind == "comparisons" \
             else [to_canonical(r) for r in records]
-        write_jsonl(args.output, rows)
+        write_jsonl(args.output, rows, [args.file], args.overwrite)
         print(f"{args.file}: {len(records)} {kind} → {len(rows)} rows in {args.output}")
 
 
@@ -220,7 +230,11 @@ def run(args: argparse.Namespace) -> None:
         run_label(args)
     elif args.command == "report":
         from rlhf.eval.html_report import write_html_report
+        from rlhf.pipeline import is_run_dir
 
+        if not is_run_dir(args.run_dir):
+            raise DataError(f"{args.run_dir}: not an rlhf run folder (no config.yaml with metrics.jsonl); "
+                            "give the --run-dir of a pipeline run")
         print(write_html_report(args.run_dir))
     elif args.command == "config":
         print(dump_config(STAGE_CONFIGS[args.stage]()), end="")
@@ -269,7 +283,36 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as error:
         print(f"rlhf: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        where = _reading_location(error.__traceback__)
+        if where is None:
+            raise
+        logging.getLogger("rlhf").debug("unexpected error while reading %s", where, exc_info=True)
+        print(f"rlhf: error: {where}: could not be read ({type(error).__name__}: {_one_line(error)}); "
+              "this is a bug in rlhf, please report it with this line (-v shows the traceback)", file=sys.stderr)
+        return 2
     return 0
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _reading_location(traceback) -> str | None:
+    """Last resort: when an unexpected exception was raised while a data file was being read (a frame in
+    ``rlhf/data/``), the innermost ``where`` (file:line) or ``path`` that frame knew; else None."""
+    found = None
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if f"rlhf{os.sep}data{os.sep}" in frame.f_code.co_filename:
+            local = frame.f_locals
+            for name in ("where", "path"):
+                if isinstance(local.get(name), (str, os.PathLike)):
+                    found = str(local[name])
+                    break
+        traceback = traceback.tb_next
+    return found
 
 
 if __name__ == "__main__":

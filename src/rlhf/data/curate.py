@@ -11,14 +11,17 @@ Outputs are canonical JSONL, written to a staging folder and renamed when comple
 from __future__ import annotations
 
 import json
+import logging
 import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rlhf.data.collate import split_records
 from rlhf.data.records import Comparison, Conversation, DataError, Demonstration
+from rlhf.outputs import output_folder
+
+logger = logging.getLogger(__name__)
 
 
 def prompt_text(conversation: Conversation) -> str:
@@ -105,13 +108,35 @@ class CurationReport:
     users_per_split: dict[str, int]
     pii_replaced: dict[str, int]
     prefix_examples: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_fractions(valid_fraction: float, test_fraction: float) -> None:
+    for name, value in (("valid fraction", valid_fraction), ("test fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise DataError(f"curate: {name} must be in [0, 1), got {value}")
+    if valid_fraction + test_fraction >= 1:
+        raise DataError(f"curate: valid fraction + test fraction = {valid_fraction + test_fraction:g} leaves no "
+                        "training data; it must be < 1")
+
+
+def split_warnings(splits: dict[str, list], fractions: dict[str, float]) -> list[str]:
+    """An empty split that was asked for, and why it usually happens (few users: splits go by user)."""
+    users = len({r.user_id for split in splits.values() for r in split if r.user_id is not None})
+    warnings = []
+    for name, fraction in fractions.items():
+        if fraction > 0 and not splits[name]:
+            why = f" (records come from only {users} user(s), and splits go by user)" if users else ""
+            warnings.append(f"the {name} split is empty although {name} fraction is {fraction:g}{why}")
+    return warnings
 
 
 def curate(records: list, prefix_chars: int = 64, max_per_user: int = 200, seed: int = 0,
            valid_fraction: float = 0.1, test_fraction: float = 0.1,
            scrub_pii: bool = True) -> tuple[dict[str, list], CurationReport]:
     if prefix_chars < 1 or max_per_user < 1:
-        raise ValueError("prefix_chars and max_per_user must be ≥ 1")
+        raise DataError(f"curate: prefix chars and max per user must be ≥ 1, got {prefix_chars} and {max_per_user}")
+    check_fractions(valid_fraction, test_fraction)
     kept, dropped = drop_shared_prefixes(records, prefix_chars)
     kept, over_cap = cap_per_user(kept, max_per_user)
     splits = split_records(kept, seed, valid_fraction, test_fraction)
@@ -123,46 +148,34 @@ def curate(records: list, prefix_chars: int = 64, max_per_user: int = 200, seed:
         split_sizes={name: len(split) for name, split in splits.items()},
         users_per_split={name: len({r.user_id for r in split if r.user_id is not None})
                          for name, split in splits.items()},
-        pii_replaced=dict(counts), prefix_examples=dropped[:5])
+        pii_replaced=dict(counts), prefix_examples=dropped[:5],
+        warnings=split_warnings(splits, {"valid": valid_fraction, "test": test_fraction}))
+    for warning in report.warnings:
+        logger.warning("curate: %s", warning)
     return splits, report
 
 
-def write_curated(output_dir: str | Path, splits: dict[str, list], report: CurationReport) -> Path:
-    """OUTPUT/{train,valid,test}.jsonl and curation_report.json, renamed into place when complete."""
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(output_dir.name + ".incomplete")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name, split in splits.items():
-        with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as handle:
-            for record in split:
-                handle.write(json.dumps(to_canonical(record), ensure_ascii=False) + "\n")
-    (staging / "curation_report.json").write_text(json.dumps(report.__dict__, indent=2, ensure_ascii=False))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    staging.rename(output_dir)
-    return output_dir
+CURATED_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "curation_report.json")
 
 
-def detect_kind(row: dict) -> str:
-    if "responses" in row or ("chosen" in row and "rejected" in row):
-        return "comparisons"
-    if any(key in row for key in ("response", "completion", "messages", "output", "instances", "chosen")):
-        return "demonstrations"
-    return "prompts"
+def earlier_curation(folder: Path) -> bool:
+    """A folder written by ``data curate`` before outputs carried their marker: only our four files."""
+    names = {entry.name for entry in folder.iterdir()}
+    return "curation_report.json" in names and names <= set(CURATED_FILES)
 
 
-def read_any(path: str | Path, kind: str = "auto", format: str = "auto", field_map=None,
-             skip_invalid: bool = False) -> tuple[str, list]:
-    """Read records of ``kind`` (comparisons, demonstrations or prompts); ``auto`` decides from the
-    fields of the first row."""
-    from rlhf.data.formats import iter_rows
-    from rlhf.data.readers import read_comparisons, read_demonstrations, read_prompts
+def write_curated(output_dir: str | Path, splits: dict[str, list], report: CurationReport,
+                  inputs: tuple = (), overwrite: bool = False) -> Path:
+    """OUTPUT/{train,valid,test}.jsonl and curation_report.json, built in OUTPUT.incomplete/ and renamed
+    into place when complete (see :mod:`rlhf.outputs` for what may be replaced)."""
+    with output_folder(output_dir, "data curate", inputs, overwrite, legacy=earlier_curation) as staging:
+        for name, split in splits.items():
+            with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+                for record in split:
+                    handle.write(json.dumps(to_canonical(record), ensure_ascii=False) + "\n")
+        (staging / "curation_report.json").write_text(json.dumps(report.__dict__, indent=2, ensure_ascii=False))
+    return Path(output_dir)
 
-    if kind == "auto":
-        first = next(iter_rows(path, format, field_map), None)
-        if first is None:
-            raise DataError(f"{path}: no records")
-        kind = detect_kind(first[1])
-    readers = {"comparisons": read_comparisons, "demonstrations": read_demonstrations, "prompts": read_prompts}
-    return kind, readers[kind](path, skip_invalid=skip_invalid, format=format, field_map=field_map)
+
+# the readers' own: a file's kind from every row (rlhf.data.readers); importable from here, where the CLI looks
+from rlhf.data.readers import detect_kind, read_any  # noqa: E402, F401

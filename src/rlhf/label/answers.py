@@ -6,10 +6,14 @@ Answers (stored as JSON, one revision per submission):
 * ranking of K responses: ``{"order": [k, …] best first, "ratings": [1–7 per response],
   "flags": [[flag, …] per response]}``; ``ratings[k]`` and ``flags[k]`` belong to ``responses[k]``
 * skipped: ``{"skip": reason}``
+
+:func:`parse_body` and :func:`validate_answer` refuse anything else with an :class:`AnswerError`
+that names the field; the web app answers it with a JSON 400.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -43,43 +47,126 @@ class AnswerError(ValueError):
         self.field = field
 
 
-def validate_answer(kind: str, num_responses: int, answer: dict) -> dict:
-    """The answer in its stored form, or :class:`AnswerError` naming the bad field."""
+ANSWER_FIELDS = {"skip": ("skip",), "demonstration": ("response",), "ranking": ("order", "ratings", "flags")}
+MAX_JSON_DEPTH = 4  # an answer needs 3: {"flags": [["hallucination"]]}
+MAX_ID_DIGITS = 18  # ids stay below 2^63, what SQLite stores
+
+
+def parse_body(raw: bytes) -> object:
+    """The JSON value of a request body, or :class:`AnswerError` on field ``body``: not JSON, not
+    UTF-8, numbers too long to convert, or containers nested deeper than ``MAX_JSON_DEPTH``."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise AnswerError("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
+        raise AnswerError("body", f"not valid JSON ({shown(str(error), 80)})") from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise AnswerError("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (no recursion: no stack to blow)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def parse_id(text: str, field: str = "id") -> int:
+    """A whole number ≥ 0 written in ASCII digits, at most ``MAX_ID_DIGITS`` of them: no sign,
+    space, ``_``, or digits of other scripts (``int("١٢")`` is 12; here it is an error)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_ID_DIGITS:
+        raise AnswerError(field, f"expected a number of at most {MAX_ID_DIGITS} digits 0-9, got {shown(text)}")
+    return int(text)
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """``value`` as JSON (ASCII only: a lone surrogate shows as ``\\ud800``), cut to ``limit``
+    characters, for error messages that quote user input."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1
+
+
+def validate_answer(kind: str, num_responses: int, answer: object) -> dict:
+    """The answer in its stored form, or :class:`AnswerError` naming the bad field.
+
+    Refused: a body that is not an object (field ``body``), fields the answer does not have,
+    non-string or empty texts, texts that are not valid Unicode (lone surrogates), an ``order``
+    that is not a permutation of the response numbers (booleans and other types included),
+    ratings that are not whole numbers 1–7, flags that are not known names."""
     if not isinstance(answer, dict):
-        raise AnswerError("answer", "expected an object")
-    if "skip" in answer:
-        reason = answer["skip"]
-        if not isinstance(reason, str) or not reason.strip():
-            raise AnswerError("skip", "give a reason for skipping")
-        return {"skip": _text(reason, "skip")}
+        raise AnswerError("body", f"expected a JSON object, got {_json_type(answer)}")
+    shape = "skip" if "skip" in answer else kind
+    for name in answer:
+        if name not in ANSWER_FIELDS[shape]:
+            expected = ", ".join(ANSWER_FIELDS[shape])
+            raise AnswerError(_printable(name), f"unknown field (a {shape} answer has: {expected})")
+    if shape == "skip":
+        return {"skip": _text(answer["skip"], "skip", "give a reason for skipping")}
     if kind == "demonstration":
-        response = answer.get("response")
-        if not isinstance(response, str) or not response.strip():
-            raise AnswerError("response", "write a response (it is empty)")
-        return {"response": _text(response, "response")}
+        return {"response": _text(answer.get("response"), "response", "write a response (it is empty)")}
+    return _ranking(num_responses, answer)
+
+
+def _ranking(num_responses: int, answer: dict) -> dict:
     order, ratings = answer.get("order"), answer.get("ratings")
     flags = answer.get("flags", [[] for _ in range(num_responses)])
-    if not isinstance(order, list) or sorted(order) != list(range(num_responses)) \
-            or not all(isinstance(k, int) for k in order):
-        raise AnswerError("order", f"must list each of the {num_responses} responses exactly once, best first")
+    if not isinstance(order, list) or not all(_is_int(k) for k in order) or sorted(order) != list(range(num_responses)):
+        raise AnswerError("order", f"must list each of the {num_responses} responses exactly once, best first "
+                                   f"(the numbers 0 to {num_responses - 1}), got {shown(order)}")
     if not isinstance(ratings, list) or len(ratings) != num_responses:
         raise AnswerError("ratings", f"rate each of the {num_responses} responses")
     for k, rating in enumerate(ratings):
-        if not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 7:
-            raise AnswerError(f"ratings[{k}]", f"must be a whole number from 1 to 7, got {rating!r}")
+        if not _is_int(rating) or not 1 <= rating <= 7:
+            raise AnswerError(f"ratings[{k}]", f"must be a whole number from 1 to 7, got {shown(rating)}")
     if not isinstance(flags, list) or len(flags) != num_responses or not all(isinstance(f, list) for f in flags):
         raise AnswerError("flags", f"one list of flags per response ({num_responses})")
     for k, response_flags in enumerate(flags):
-        unknown = [flag for flag in response_flags if flag not in FLAGS]
+        unknown = [flag for flag in response_flags if not isinstance(flag, str) or flag not in FLAGS]
         if unknown:
-            raise AnswerError(f"flags[{k}]", f"unknown flag {unknown[0]!r}")
+            raise AnswerError(f"flags[{k}]", f"unknown flag {shown(unknown[0])}")
     return {"order": order, "ratings": ratings, "flags": [sorted(set(f)) for f in flags]}
 
 
-def _text(value: str, field: str) -> str:
+def _text(value: object, field: str, if_empty: str) -> str:
+    if not isinstance(value, str):
+        raise AnswerError(field, f"expected a string, got {_json_type(value)}")
+    if not value.strip():
+        raise AnswerError(field, if_empty)
     if len(value) > MAX_TEXT_CHARS:
         raise AnswerError(field, f"longer than {MAX_TEXT_CHARS} characters")
+    if not _is_valid_unicode(value):
+        raise AnswerError(field, "not valid Unicode (a lone surrogate such as \\ud800)")
     return value.strip()
+
+
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str, limit: int = 40) -> str:
+    """A field name as it can be shown: cut, with lone surrogates written as ``\\udXXX``."""
+    return name[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def ranks_from_order(order: list[int]) -> list[int]:

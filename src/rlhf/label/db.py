@@ -1,15 +1,23 @@
 """The labeling database: SQLite in WAL mode, one short transaction per write.
 
-Tables: ``users`` (labelers and admins), ``tasks`` (a prompt, and for rankings its K responses),
-``assignments`` (one row per task and labeler, the unit a labeler sees and edits) and
-``submissions`` (append-only: every answer ever submitted, numbered per assignment, so an edit
-never loses the earlier answer; exports read the newest revision of each assignment, so nothing
-is duplicated either).
+Tables: ``users`` (labelers and admins; an admin can disable one), ``tasks`` (a prompt, and for
+rankings its K responses), ``assignments`` (one row per task and labeler, the unit a labeler sees
+and edits), ``submissions`` (append-only: every answer ever submitted, numbered per assignment, so
+an edit never loses the earlier answer; exports read the newest revision of each assignment, so
+nothing is duplicated either), ``sessions`` (one row per login: the SHA-256 of the random token in
+the cookie, never the token itself) and ``audit`` (logins, failures, logouts, throttled attempts,
+admin actions).
+
+The database file (and its ``-wal``/``-shm``) is created readable by its owner only. It holds no
+signing key (see :func:`rlhf.label.security.load_secret_key`): a copy of it lets nobody log in.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -18,14 +26,19 @@ from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from rlhf.data.records import DataError
+from rlhf.label.security import SessionPolicy, create_private_file, make_private
+
+logger = logging.getLogger(__name__)
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,
     username TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
     is_admin INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY,
@@ -52,18 +65,48 @@ CREATE TABLE IF NOT EXISTS submissions (
     submitted_at REAL NOT NULL,
     UNIQUE (assignment_id, revision)
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,       -- SHA-256 of the cookie's token
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,               -- see AUDIT_EVENTS
+    actor TEXT NOT NULL,               -- who: the (attempted) username, or 'cli'
+    client_ip TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
 CREATE INDEX IF NOT EXISTS assignments_by_user ON assignments(user_id, id);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user_id);
+CREATE INDEX IF NOT EXISTS audit_by_actor ON audit(actor, event, at);
+CREATE INDEX IF NOT EXISTS audit_by_address ON audit(client_ip, event, at);
 """
+AUDIT_EVENTS = ("login", "login_failed", "login_throttled", "logout", "user_added", "user_disabled",
+                "user_enabled", "password_reset")
+REQUEST_BUSY_TIMEOUT_S = 2.0  # a web request waits this long for the write lock, then answers 503
+COMMAND_BUSY_TIMEOUT_S = 30.0
+MIN_PASSWORD_CHARS = 8
+MAX_USERNAME_CHARS = 64
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, foreign keys on."""
-    connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+def connect(path: str | Path, busy_timeout_s: float = COMMAND_BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, foreign keys on; a write
+    waits up to ``busy_timeout_s`` for the lock, then raises ``sqlite3.OperationalError``
+    ("database is locked")."""
+    connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row
+    connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA foreign_keys=ON")
-    connection.execute("PRAGMA busy_timeout=30000")
     return connection
+
+
+def is_busy(error: sqlite3.OperationalError) -> bool:
+    """The error SQLite gives when another connection held the lock for the whole busy timeout."""
+    return "locked" in str(error) or "busy" in str(error)
 
 
 @contextmanager
@@ -78,27 +121,62 @@ def transaction(connection: sqlite3.Connection):
     connection.execute("COMMIT")
 
 
+def require_database(path: str | Path) -> None:
+    """Refuse a database that does not exist (only ``add-user`` creates one)."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such database (create one with 'rlhf label add-user --db {path} NAME')")
+
+
 def initialise(path: str | Path) -> sqlite3.Connection:
+    """Open the database, creating it (mode 0600) if missing and bringing an older one up to date:
+    permissions tightened to 0600, the ``disabled`` column added, a signing key that older
+    versions kept in the database wiped."""
+    if not create_private_file(path):
+        for name in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if name.exists():
+                make_private(name)
     connection = connect(path)
     connection.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
-    connection.execute("INSERT OR IGNORE INTO settings VALUES ('secret_key', ?)", (secrets.token_hex(32),))
+    columns = {row["name"] for row in connection.execute("PRAGMA table_info(users)")}
+    if "disabled" not in columns:
+        connection.execute("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0")
+    _wipe_stored_secret(connection, path)
     return connection
 
 
-def secret_key(connection: sqlite3.Connection) -> str:
-    """Kept in the database so that sessions survive a restart of the server."""
-    return connection.execute("SELECT value FROM settings WHERE key = 'secret_key'").fetchone()[0]
+def _wipe_stored_secret(connection: sqlite3.Connection, path: str | Path) -> None:
+    """Older versions kept the cookie-signing key in a ``settings`` table; anyone with a copy of the
+    file could forge sessions. Delete it with ``secure_delete`` (the bytes are overwritten, not
+    just unlinked) and checkpoint the WAL so that no old page keeps it either."""
+    has_settings = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'settings'").fetchone()
+    if not has_settings:
+        return
+    connection.execute("PRAGMA secure_delete=ON")
+    with transaction(connection):
+        connection.execute("DELETE FROM settings")
+        connection.execute("DROP TABLE settings")
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.execute("PRAGMA secure_delete=OFF")
+    logger.warning("%s: removed the signing key that older versions stored in the database "
+                   "(it now lives in %s.key); everyone logs in again", path, path)
 
 
 class UserExists(ValueError):
     pass
 
 
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise ValueError(f"password: at least {MIN_PASSWORD_CHARS} characters")
+
+
 def add_user(connection: sqlite3.Connection, username: str, password: str, is_admin: bool = False) -> int:
-    if not username or not username.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"username {username!r}: use letters, digits, '-', '_' or '.'")
-    if len(password) < 8:
-        raise ValueError("password: at least 8 characters")
+    if not username or len(username) > MAX_USERNAME_CHARS \
+            or not username.replace("-", "").replace("_", "").replace(".", "").isalnum() or not username.isascii():
+        raise ValueError(f"username {username!r}: use up to {MAX_USERNAME_CHARS} ASCII letters, digits, "
+                         "'-', '_' or '.'")
+    _check_password(password)
     try:
         with transaction(connection):
             cursor = connection.execute(
@@ -109,10 +187,36 @@ def add_user(connection: sqlite3.Connection, username: str, password: str, is_ad
     return cursor.lastrowid
 
 
-def authenticate(connection: sqlite3.Connection, username: str, password: str) -> sqlite3.Row | None:
+def user_by_name(connection: sqlite3.Connection, username: str) -> sqlite3.Row:
+    """The user, or ``LookupError`` naming the missing one."""
     row = connection.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
     if row is None:
-        check_password_hash(_DUMMY_HASH, password)  # same work whether or not the user exists
+        raise LookupError(f"no user {username!r}")
+    return row
+
+
+def set_password(connection: sqlite3.Connection, user_id: int, password: str) -> None:
+    """Replace the password and end every session of the user (whoever had it must log in again)."""
+    _check_password(password)
+    password_hash = generate_password_hash(password)
+    with transaction(connection):
+        connection.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+        connection.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+
+def set_disabled(connection: sqlite3.Connection, user_id: int, disabled: bool) -> None:
+    """Disable (or enable) an account; disabling ends its sessions at once."""
+    with transaction(connection):
+        connection.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+        connection.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+
+def authenticate(connection: sqlite3.Connection, username: str, password: str) -> sqlite3.Row | None:
+    """The user if the password is right (disabled or not: the caller says which), else ``None``;
+    the same work whether or not the user exists."""
+    row = connection.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+    if row is None:
+        check_password_hash(_DUMMY_HASH, password)
         return None
     return row if check_password_hash(row["password_hash"], password) else None
 
@@ -120,8 +224,117 @@ def authenticate(connection: sqlite3.Connection, username: str, password: str) -
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(8))
 
 
+# ---- sessions ------------------------------------------------------------------------------------
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def create_session(connection: sqlite3.Connection, user_id: int, policy: SessionPolicy) -> str:
+    """A new session for the user; returns the random token for the cookie (only its hash is
+    stored). Expired sessions of everyone are deleted on the way."""
+    token, now = secrets.token_urlsafe(32), time.time()
+    with transaction(connection):
+        connection.execute("DELETE FROM sessions WHERE last_seen < ? OR created_at < ?",
+                           (now - policy.idle_timeout_s, now - policy.absolute_timeout_s))
+        connection.execute("INSERT INTO sessions (token_hash, user_id, created_at, last_seen) VALUES (?, ?, ?, ?)",
+                           (_token_hash(token), user_id, now, now))
+    return token
+
+
+def session_user(connection: sqlite3.Connection, token: str, policy: SessionPolicy) -> dict | None:
+    """The user behind a cookie's token (``id``, ``username``, ``is_admin``), or ``None`` when the
+    session is unknown, ended, expired or its account disabled. Records the visit in ``last_seen``
+    (at most every ``policy.touch_interval_s``)."""
+    row = connection.execute(
+        "SELECT s.token_hash, s.created_at, s.last_seen, u.id, u.username, u.is_admin, u.disabled "
+        "FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?", (_token_hash(token),)).fetchone()
+    if row is None:
+        return None
+    now = time.time()
+    if row["disabled"] or policy.expired(row["created_at"], row["last_seen"], now):
+        with transaction(connection):
+            connection.execute("DELETE FROM sessions WHERE token_hash = ?", (row["token_hash"],))
+        return None
+    if now - row["last_seen"] >= policy.touch_interval_s:
+        with transaction(connection):
+            connection.execute("UPDATE sessions SET last_seen = ? WHERE token_hash = ?", (now, row["token_hash"]))
+    return {"id": row["id"], "username": row["username"], "is_admin": bool(row["is_admin"])}
+
+
+def end_session(connection: sqlite3.Connection, token: str) -> None:
+    with transaction(connection):
+        connection.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
+
+
+# ---- the audit log -------------------------------------------------------------------------------
+
+def record(connection: sqlite3.Connection, event: str, actor: str, client_ip: str | None = None,
+           detail: str = "") -> int:
+    """Append one event to the audit log (inside the caller's transaction if one is open); returns its id."""
+    assert event in AUDIT_EVENTS, event
+    cursor = connection.execute("INSERT INTO audit (at, event, actor, client_ip, detail) VALUES (?, ?, ?, ?, ?)",
+                                (time.time(), event, actor[:MAX_USERNAME_CHARS], client_ip, detail))
+    return cursor.lastrowid
+
+
+def amend(connection: sqlite3.Connection, event_id: int, event: str, detail: str) -> None:
+    """Change what an event turned out to be (a login attempt is a failure until the password checks out)."""
+    assert event in AUDIT_EVENTS, event
+    with transaction(connection):
+        connection.execute("UPDATE audit SET event = ?, detail = ? WHERE id = ?", (event, detail, event_id))
+
+
+def failed_logins(connection: sqlite3.Connection, since: float, actor: str | None = None,
+                  client_ip: str | None = None) -> list[float]:
+    """Times of failed logins after ``since``: for an account (``actor``, and only after its last
+    successful login) or from an address (``client_ip``)."""
+    if actor is not None:
+        rows = connection.execute(
+            "SELECT at FROM audit WHERE actor = ? AND event = 'login_failed' AND at > ? AND at > "
+            "COALESCE((SELECT MAX(at) FROM audit WHERE actor = ? AND event = 'login'), 0)",
+            (actor[:MAX_USERNAME_CHARS], since, actor[:MAX_USERNAME_CHARS]))
+    else:
+        rows = connection.execute("SELECT at FROM audit WHERE client_ip = ? AND event = 'login_failed' AND at > ?",
+                                  (client_ip, since))
+    return [at for (at,) in rows]
+
+
+def audit_log(connection: sqlite3.Connection, limit: int = 50) -> list[sqlite3.Row]:
+    """The newest ``limit`` events, oldest first."""
+    rows = connection.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return rows[::-1]
+
+
+def format_time(at: float) -> str:
+    """A timestamp as ``2026-11-27 14:03:09`` in UTC."""
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def audit_line(row: sqlite3.Row) -> str:
+    """One event as a line for a terminal: time (UTC), event, actor, address, detail, with control
+    characters escaped (an attempted username is whatever a stranger typed)."""
+    fields = (format_time(row["at"]), row["event"], row["actor"], row["client_ip"] or "-", row["detail"])
+    return "  ".join(_escape_controls(str(field)) for field in fields)
+
+
+def _escape_controls(text: str) -> str:
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+# ---- users, tasks and answers --------------------------------------------------------------------
+
+def users_with_progress(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every account with its ``assigned`` and ``done`` (submitted or skipped) assignment counts."""
+    return connection.execute(
+        "SELECT u.id, u.username, u.is_admin, u.disabled, u.created_at, COUNT(a.id) AS assigned, "
+        "COALESCE(SUM(a.status != 'pending'), 0) AS done "
+        "FROM users u LEFT JOIN assignments a ON a.user_id = u.id GROUP BY u.id ORDER BY u.id").fetchall()
+
+
 def labelers(connection: sqlite3.Connection) -> list[sqlite3.Row]:
-    return connection.execute("SELECT * FROM users WHERE is_admin = 0 ORDER BY id").fetchall()
+    """The accounts that get tasks: labelers, not admins, and not disabled ones."""
+    return connection.execute("SELECT * FROM users WHERE is_admin = 0 AND disabled = 0 ORDER BY id").fetchall()
 
 
 def add_tasks(connection: sqlite3.Connection, tasks: list[dict], assignees: list[list[int]]) -> list[int]:
