@@ -122,6 +122,16 @@ def test_a_failing_curate_leaves_nothing_behind(user_folder, tmp_path, capsys, m
     assert not (tmp_path / "new").exists()  # neither the staging folder nor the parents it created
 
 
+def test_a_symlinked_output_folder_is_refused(user_folder, tmp_path, capsys):
+    link = tmp_path / "curated"
+    link.symlink_to(user_folder)
+    before = snapshot(user_folder)
+    code, error = run(capsys, "data", "curate", user_folder / "pairs.jsonl", "--output", link, "--no-scrub",
+                      "--overwrite")
+    assert_refused(code, error, "is a symbolic link")
+    assert snapshot(user_folder) == before and link.is_symlink()
+
+
 def test_a_staging_folder_rlhf_did_not_make_is_refused(user_folder, tmp_path, capsys):
     staging = tmp_path / "curated.incomplete"
     staging.mkdir()

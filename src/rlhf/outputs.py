@@ -171,6 +171,8 @@ def check_output_folder(path: str | Path, command: str, inputs: Iterable = (), o
     """Refuse a folder output that is a file, holds an input or the current folder, or exists with
     content that is not an earlier output of ``command`` (or is, but ``overwrite`` is off)."""
     target = _resolved(path)
+    if target.is_symlink():
+        raise OutputError(f"{path}: is a symbolic link; give the real folder (nothing was changed)")
     if target.exists() and not target.is_dir():
         raise OutputError(f"{path}: exists and is a file; the output must be a folder")
     if _is_within(_resolved(os.getcwd()), target):
