@@ -7,7 +7,7 @@ import pytest
 from conftest import shared_file
 from rlhf.data.curate import comparison_pairs, read_any, to_canonical
 from rlhf.data.formats import FieldMap, detect_format
-from rlhf.data.readers import read_comparisons, read_demonstrations
+from rlhf.data.readers import read_comparisons, read_demonstrations, read_prompts
 
 PAIRS = [{"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven.", "user_id": "u1"},
          {"prompt": "Name a fruit.", "chosen": "Apple.", "rejected": "Chair.", "user_id": "u2"}]
@@ -115,3 +115,89 @@ def test_user_id_and_free_metadata_survive_the_round_trip(tmp_path):
     _, [demo] = read_any(tmp_path / "d.jsonl")
     assert demo.metadata == {"source": "labeler", "rating": 6} and demo.user_id == "u7"
     assert to_canonical(demo) == row
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_swapped_field_map_reads_each_column_as_the_other(tmp_path):
+    swapped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in PAIRS]
+    path = write_rows(tmp_path / "swapped.jsonl", swapped)
+    expect_pairs(read_comparisons(path, field_map=FieldMap(chosen="rejected", rejected="chosen")))
+
+
+def test_user_ids_become_stripped_strings_or_none(tmp_path):
+    ids = [7, "7", " 7 ", 7.0, None, "", "  ", float("nan"), "u1", "\u200b"]
+    path = write_rows(tmp_path / "p.jsonl", [{"prompt": f"p{i}", "user_id": uid} for i, uid in enumerate(ids)])
+    assert [p.user_id for p in read_prompts(path)] == ["7"] * 4 + [None] * 4 + ["u1", None]
+    (tmp_path / "p.csv").write_text("prompt,user_id\na,7\nb, 7\nc,\n")
+    assert [p.user_id for p in read_prompts(tmp_path / "p.csv")] == ["7", "7", None]
+
+
+def test_metadata_survives_for_pairs_and_hh_dialogues(tmp_path):
+    rows = [{**PAIRS[0], "metadata": {"labeler": "a"}},
+            {"chosen": "\n\nHuman: p\n\nAssistant: c", "rejected": "\n\nHuman: p\n\nAssistant: r",
+             "metadata": {"labeler": "b"}}]
+    pair, hh = read_comparisons(write_rows(tmp_path / "c.jsonl", rows))
+    assert pair.metadata == {"labeler": "a"} and hh.metadata == {"labeler": "b"}
+    assert to_canonical(pair)["metadata"] == {"labeler": "a"}
+
+
+def test_hh_dialogue_may_start_without_its_blank_line(tmp_path):
+    rows = [{"chosen": "Human: p\n\nAssistant: c", "rejected": "Human: p\n\nAssistant: r"}]
+    [comparison] = read_comparisons(write_rows(tmp_path / "hh.jsonl", rows))
+    assert comparison.prompt == [{"role": "user", "content": "p"}] and comparison.responses == ["c", "r"]
+
+
+def test_csv_cells_keep_their_separators_and_newlines_and_tsv_keeps_its_quotes(tmp_path):
+    (tmp_path / "p.csv").write_text('prompt,chosen,rejected\n"a\nb",c\u2028d,e\u0085f\n', newline="")
+    [comparison] = read_comparisons(tmp_path / "p.csv")
+    assert comparison.prompt[0]["content"] == "a\nb" and comparison.responses == ["c\u2028d", "e\u0085f"]
+    (tmp_path / "d.tsv").write_text('prompt\tresponse\n"a\t"b ""c"""\n')
+    [demo] = read_demonstrations(tmp_path / "d.tsv")
+    assert (demo.prompt[0]["content"], demo.response) == ('"a', '"b ""c"""')
+
+
+def test_json_objects_holding_their_records(tmp_path):
+    for key in ("data", "train", "rows", "records", "examples", "items"):
+        (tmp_path / f"{key}.json").write_text(json.dumps({"version": 2, key: PAIRS}))
+        expect_pairs(read_comparisons(tmp_path / f"{key}.json"))
+
+
+@pytest.mark.parametrize("name", ["pairs.jsonl.gz", "pairs.JSONL.GZ", "pairs.jsonl"])
+def test_gzip_is_recognised_by_its_bytes(tmp_path, name):
+    import gzip
+
+    (tmp_path / name).write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in PAIRS).encode()))
+    expect_pairs(read_comparisons(tmp_path / name))
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    (tmp_path / "p.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in PAIRS).encode())
+    expect_pairs(read_comparisons(tmp_path / "p.jsonl"))
+
+
+def test_the_same_text_twice_at_the_same_rank_is_a_tie_and_rank_may_repeat_ranking(tmp_path):
+    row = {"prompt": "q", "responses": [{"text": "a", "rank": 1, "ranking": 1}, {"text": "b", "rank": 2},
+                                        {"text": "a ", "rank": 1}]}
+    [comparison] = read_comparisons(write_rows(tmp_path / "k.jsonl", [row]))
+    assert comparison.ranks == [1, 2, 1]
+
+
+def test_an_auto_kind_comes_from_the_first_row_that_shows_one(tmp_path):
+    rows = [{"prompt": "p", "chosen": "c"}, {"prompt": "q", "response": "r"}]  # the first could be either
+    kind, demos = read_any(write_rows(tmp_path / "d.jsonl", rows))
+    assert kind == "demonstrations" and [d.response for d in demos] == ["c", "r"]
+
+
+@pytest.mark.parametrize("text, blank", [
+    ("", True), (" \t\n", True), ("\u200b\u200c\u200d\u2060\ufeff", True), ("\x00\x1b\x7f\x85", True),
+    ("\u00a0\u2003\u3000\u2028\u2029", True), ("\u3164\u2800", True), ("a", False), ("\u200bx", False),
+    ("😀", False), ("\u0301", False), ("中", False),
+])
+def test_what_counts_as_empty_text(text, blank):
+    from rlhf.data.readers import is_blank
+
+    assert is_blank(text) is blank

@@ -8,7 +8,7 @@
     rlhf report   RUN_DIR          # RUN_DIR/report.html
     rlhf data     curate|stats|convert FILE [...]
     rlhf eval     benchmarks|winrate|paper-samples [...]
-    rlhf label    serve|add-user|load|export|agreement [...]   # the labeling web app
+    rlhf label    serve|add-user|load|export|agreement|audit|disable-user|enable-user|reset-password [...]
     rlhf config   STAGE            # print a stage's defaults as YAML, ready to edit
 """
 

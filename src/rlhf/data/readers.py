@@ -11,23 +11,34 @@ their shape is detected from each record's fields:
 - prompts: any of the above (its prompt), or ``{"prompt": ...}``;
 - pretraining text: a plain text file.
 
-Every problem raises :class:`DataError` naming ``file:line`` and the field.
+What every record must mean: a prompt has a user turn and ends with one; roles are system, user and
+assistant; text has something visible in it (zero-width and control characters alone are empty); the
+responses compared are different texts; ``user_id`` and ``category`` are strings (7, "7" and " 7 " are one
+user). Every problem raises :class:`DataError` naming ``file:line`` and the field.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from collections.abc import Callable
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from rlhf.data.formats import FieldMap, iter_rows, read_text_file
-from rlhf.data.records import Comparison, Conversation, DataError, Demonstration, Prompt, as_conversation
+from rlhf.data.formats import FieldMap, read_text_file, rows_and_errors
+from rlhf.data.records import Comparison, Conversation, DataError, Demonstration, Prompt, as_conversation, json_type
 
 logger = logging.getLogger(__name__)
 
-HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+ROLES = ("system", "user", "assistant")
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zs", "Zl", "Zp")  # controls, format (U+200B–U+200D, U+2060, U+FEFF), spaces
+INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # Hangul fillers and the blank Braille pattern
+MAX_RANK = 2**31 - 1  # ranks may skip numbers (1, 3), but one past any int32 is no ranking (and no tensor)
+FIRST_LOCATIONS = 3  # locations shown for each problem when invalid records are counted
 
 
 def fingerprint(path: str | Path) -> str:
@@ -39,46 +50,127 @@ def fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _text(obj: dict, key: str, where: str) -> str:
+def is_blank(text: str) -> bool:
+    """True when nothing in ``text`` would show: only whitespace, control and zero-width characters."""
+    return all(ch in INVISIBLE_LETTERS or unicodedata.category(ch) in INVISIBLE_CATEGORIES for ch in text)
+
+
+def _shown(value) -> str:
+    """A value as a message shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _text(obj: dict, key: str, where: str, field: str | None = None) -> str:
+    """``obj[key]``, a string with something visible in it; ``field`` names it in messages (``responses[1].text``)."""
+    field = field or key
     if key not in obj:
-        raise DataError(f"{where}: missing field '{key}'")
+        raise DataError(f"{where}: missing field '{field}'")
     value = obj[key]
     if not isinstance(value, str):
-        raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(f"{where}: field '{key}' is empty")
+        raise DataError(f"{where}: field '{field}' must be a string, got {json_type(value)}")
+    if is_blank(value):
+        raise DataError(f"{where}: field '{field}' is empty")
     return value
 
 
-def _conversation(obj: dict, key: str, where: str) -> Conversation:
+def _optional_text(obj: dict, key: str, where: str, field: str | None = None) -> str:
+    """An optional string such as Alpaca's ``input``: missing or null is ''."""
     value = obj.get(key)
-    if isinstance(value, list):
-        for i, message in enumerate(value):
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
-                raise DataError(f"{where}: field '{key}[{i}]' must be an object with 'role' and 'content'")
-        if not value:
-            raise DataError(f"{where}: field '{key}' is empty")
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    return as_conversation(_text(obj, key, where))
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{field or key}' must be a string, got {json_type(value)}")
+    return value
+
+
+def _label(obj: dict, key: str, where: str) -> str | None:
+    """``user_id`` or ``category`` as a stripped string: null, blank and NaN are none; an integer (or an integral
+    float, 7.0) is its digits, so 7, "7" and " 7 " are the same user."""
+    value = obj.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return None if is_blank(value) else value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    got = repr(value) if isinstance(value, float) else json_type(value)
+    raise DataError(f"{where}: field '{key}' must be a string or an integer, got {got}")
+
+
+def _metadata(obj: dict, where: str) -> dict:
+    metadata = obj.get("metadata")
+    if metadata is None or metadata == "":  # "": an empty CSV cell
+        return {}
+    if not isinstance(metadata, dict):
+        raise DataError(f"{where}: field 'metadata' must be an object, got {json_type(metadata)}")
+    return metadata
+
+
+def _messages(value: list, key: str, where: str) -> Conversation:
+    """``[{"role", "content"}, ...]`` with known roles, visible content and a system turn only first."""
+    if not value:
+        raise DataError(f"{where}: field '{key}' is empty")
+    messages = []
+    for i, message in enumerate(value):
+        field = f"{key}[{i}]"
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise DataError(f"{where}: field '{field}' must be an object with 'role' and 'content'")
+        role = message["role"]
+        if role not in ROLES:
+            raise DataError(f"{where}: field '{field}.role' must be one of {', '.join(ROLES)}; got {_shown(role)}")
+        if role == "system" and i > 0:
+            raise DataError(f"{where}: field '{field}.role': a system turn may only come first")
+        messages.append({"role": role, "content": _text(message, "content", where, f"{field}.content")})
+    return messages
+
+
+def _conversation(obj: dict, key: str, where: str) -> Conversation:
+    """A prompt: a string (one user turn) or a list of messages that ends with a user turn."""
+    value = obj.get(key)
+    if not isinstance(value, list):
+        return as_conversation(_text(obj, key, where))
+    messages = _messages(value, key, where)
+    if messages[-1]["role"] != "user":
+        has_user = any(m["role"] == "user" for m in messages)
+        raise DataError(f"{where}: field '{key}' must end with a user turn" if has_user
+                        else f"{where}: field '{key}' has no user turn")
+    return messages
 
 
 def split_hh_dialogue(dialogue: str, where: str, field: str) -> tuple[Conversation, str]:
-    """``\\n\\nHuman: a\\n\\nAssistant: b ...`` → (conversation before the last assistant turn, last reply)."""
-    cut = dialogue.rfind(ASSISTANT)
-    if cut < 0:
+    """``\\n\\nHuman: a\\n\\nAssistant: b ...`` → (conversation before the last assistant turn, last reply).
+    The dialogue starts with a Human turn (the leading blank line may be missing) and ends with the Assistant's
+    reply to a Human turn; every turn has text. Windows line ends (``\\r\\n``) count as ``\\n``."""
+    dialogue = dialogue.replace("\r\n", "\n")
+    if "\n\nAssistant:" not in dialogue:
         raise DataError(f"{where}: field '{field}' has no '\\n\\nAssistant:' turn")
-    reply = dialogue[cut + len(ASSISTANT):].strip()
-    history = dialogue[:cut]
-    conversation: Conversation = []
-    for chunk in history.split(HUMAN)[1:]:
-        human, *assistant_turns = chunk.split(ASSISTANT)
-        conversation.append({"role": "user", "content": human.strip()})
-        conversation.extend({"role": "assistant", "content": turn.strip()} for turn in assistant_turns)
-    if not conversation or conversation[-1]["role"] != "user":
+    body = dialogue.lstrip()
+    if not body.startswith("Human:"):
+        raise DataError(f"{where}: field '{field}' must start with a 'Human:' turn, not {_shown(body)}")
+    parts = HH_TURN.split("\n\n" + body)  # ['', 'Human', text, 'Assistant', text, ...]
+    turns = [(HH_ROLES[name], text.strip()) for name, text in zip(parts[1::2], parts[2::2])]
+    if turns[-1][0] != "assistant":
+        raise DataError(f"{where}: field '{field}' ends with a Human turn; the last turn must be the Assistant's "
+                        "reply")
+    if turns[-2][0] != "user":
         raise DataError(f"{where}: field '{field}' does not end with a Human turn before the last reply")
-    if not reply:
+    if is_blank(turns[-1][1]):
         raise DataError(f"{where}: field '{field}' has an empty last Assistant reply")
-    return conversation, reply
+    for number, (role, text) in enumerate(turns[:-1], start=1):
+        if is_blank(text):
+            raise DataError(f"{where}: field '{field}' has an empty {'Human' if role == 'user' else 'Assistant'} "
+                            f"turn (turn {number})")
+    return [{"role": role, "content": text} for role, text in turns[:-1]], turns[-1][1]
+
+
+def _pair(prompt: Conversation, chosen: str, rejected: str, obj: dict, where: str) -> Comparison:
+    if chosen.strip() == rejected.strip():
+        raise DataError(f"{where}: fields 'chosen' and 'rejected' are the same response, so they make no pair")
+    return Comparison(prompt, [chosen, rejected], [1, 2], _label(obj, "user_id", where), where,
+                      _metadata(obj, where))
 
 
 def _hh_comparison(obj: dict, where: str) -> Comparison:
@@ -86,138 +178,235 @@ def _hh_comparison(obj: dict, where: str) -> Comparison:
     rejected_prompt, rejected = split_hh_dialogue(_text(obj, "rejected", where), where, "rejected")
     if chosen_prompt != rejected_prompt:
         raise DataError(f"{where}: fields 'chosen' and 'rejected' do not share the dialogue before the last reply")
-    return Comparison(chosen_prompt, [chosen, rejected], [1, 2], obj.get("user_id"), where)
+    return _pair(chosen_prompt, chosen, rejected, obj, where)
+
+
+def _rank(response: dict, item: str, where: str) -> int:
+    """``rank`` (or ``ranking``): an integer ≥ 1; both present must agree."""
+    given = {key: response[key] for key in ("rank", "ranking") if key in response}
+    if not given:
+        raise DataError(f"{where}: missing field '{item}.rank'")
+    if len(given) == 2 and (type(given["rank"]) is not type(given["ranking"]) or given["rank"] != given["ranking"]):
+        raise DataError(f"{where}: fields '{item}.rank' and '{item}.ranking' disagree "
+                        f"({_shown(given['rank'])} and {_shown(given['ranking'])})")
+    key, rank = next(iter(given.items()))
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise DataError(f"{where}: field '{item}.{key}' must be an integer, got {_shown(rank)}")
+    if not 1 <= rank <= MAX_RANK:
+        raise DataError(f"{where}: field '{item}.{key}' must be ≥ 1 (1 = best) and ≤ {MAX_RANK}, got {_shown(rank)}")
+    return rank
+
+
+def _ranked(obj: dict, where: str) -> Comparison:
+    prompt = _conversation(obj, "prompt", where)
+    responses = obj["responses"]
+    if not isinstance(responses, list):
+        raise DataError(f"{where}: field 'responses' must be an array of {{text, rank}} objects, "
+                        f"got {json_type(responses)}")
+    if len(responses) < 2:
+        raise DataError(f"{where}: field 'responses' needs at least 2 responses")
+    texts, ranks, first_with_text = [], [], {}
+    for i, response in enumerate(responses):
+        item = f"responses[{i}]"
+        if not isinstance(response, dict):
+            raise DataError(f"{where}: field '{item}' must be an object with 'text' and 'rank'")
+        texts.append(_text(response, "text", where, f"{item}.text"))
+        ranks.append(_rank(response, item, where))
+        j = first_with_text.setdefault(texts[-1].strip(), i)
+        if ranks[j] != ranks[i]:
+            raise DataError(f"{where}: fields 'responses[{j}]' and '{item}' are the same text with different ranks "
+                            f"({ranks[j]} and {ranks[i]})")
+    if len(set(ranks)) < 2:
+        raise DataError(f"{where}: field 'responses' has all ranks equal, so it makes no pair")
+    return Comparison(prompt, texts, ranks, _label(obj, "user_id", where), where, _metadata(obj, where))
 
 
 def parse_comparison(obj: dict, where: str) -> Comparison:
     if "responses" in obj:
-        prompt = _conversation(obj, "prompt", where)
-        responses = obj["responses"]
-        if not isinstance(responses, list) or len(responses) < 2:
-            raise DataError(f"{where}: field 'responses' needs at least 2 responses")
-        texts, ranks = [], []
-        for i, response in enumerate(responses):
-            item = f"responses[{i}]"
-            if not isinstance(response, dict):
-                raise DataError(f"{where}: field '{item}' must be an object with 'text' and 'rank'")
-            texts.append(_text(response, "text", f"{where}: {item}"))
-            rank = response.get("rank", response.get("ranking"))
-            if isinstance(rank, bool) or not isinstance(rank, int):
-                raise DataError(f"{where}: field '{item}.rank' must be an integer, got {rank!r}")
-            if rank < 1:
-                raise DataError(f"{where}: field '{item}.rank' must be ≥ 1 (1 = best), got {rank}")
-            ranks.append(rank)
-        if len(set(ranks)) < 2:
-            raise DataError(f"{where}: field 'responses' has all ranks equal, so it makes no pair")
-        return Comparison(prompt, texts, ranks, obj.get("user_id"), where, _metadata(obj, where))
+        return _ranked(obj, where)
     if "prompt" in obj:
-        prompt = _conversation(obj, "prompt", where)
-        return Comparison(prompt, [_text(obj, "chosen", where), _text(obj, "rejected", where)], [1, 2],
-                          obj.get("user_id"), where)
-    if "chosen" in obj:
+        return _pair(_conversation(obj, "prompt", where), _text(obj, "chosen", where), _text(obj, "rejected", where),
+                     obj, where)
+    if "chosen" in obj or "rejected" in obj:
         return _hh_comparison(obj, where)
     raise DataError(f"{where}: not a comparison: expected 'prompt'+'chosen'/'rejected', 'prompt'+'responses', "
                     "or HH 'chosen'/'rejected' dialogues")
 
 
-def _metadata(obj: dict, where: str) -> dict:
-    metadata = obj.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise DataError(f"{where}: field 'metadata' must be an object, got {type(metadata).__name__}")
-    return metadata
-
-
 def parse_demonstrations(obj: dict, where: str) -> list[Demonstration]:
-    user_id = obj.get("user_id")
-    demos = _parse_demonstrations(obj, where, user_id)
-    metadata = _metadata(obj, where)
-    for demo in demos:
-        demo.metadata = metadata
-    return demos
+    user_id, metadata = _label(obj, "user_id", where), _metadata(obj, where)
+    return [Demonstration(prompt, response, user_id, where, metadata)
+            for prompt, response in _prompts_and_responses(obj, where)]
 
 
-def _parse_demonstrations(obj: dict, where: str, user_id) -> list[Demonstration]:
+def _with_input(instruction: str, extra: str) -> Conversation:
+    return as_conversation(instruction if is_blank(extra) else f"{instruction}\n\n{extra}")
+
+
+def _prompts_and_responses(obj: dict, where: str) -> list[tuple[Conversation, str]]:
     if "instances" in obj:  # self-instruct: one demonstration per instance
-        instruction = _text(obj, "instruction", where)
-        demos = []
-        for i, instance in enumerate(obj["instances"]):
-            item = f"{where}: instances[{i}]"
-            extra = instance.get("input", "") or ""
-            prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-            demos.append(Demonstration(as_conversation(prompt), _text(instance, "output", item), user_id, where))
-        if not demos:
+        instruction, instances = _text(obj, "instruction", where), obj["instances"]
+        if not isinstance(instances, list):
+            raise DataError(f"{where}: field 'instances' must be an array of {{input, output}} objects, "
+                            f"got {json_type(instances)}")
+        if not instances:
             raise DataError(f"{where}: field 'instances' is empty")
-        return demos
+        pairs = []
+        for i, instance in enumerate(instances):
+            item = f"instances[{i}]"
+            if not isinstance(instance, dict):
+                raise DataError(f"{where}: field '{item}' must be an object with 'input' and 'output', "
+                                f"got {json_type(instance)}")
+            prompt = _with_input(instruction, _optional_text(instance, "input", where, f"{item}.input"))
+            pairs.append((prompt, _text(instance, "output", where, f"{item}.output")))
+        return pairs
     if "instruction" in obj:  # Alpaca
-        instruction = _text(obj, "instruction", where)
-        extra = obj.get("input", "") or ""
-        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        return [Demonstration(as_conversation(prompt), _text(obj, "output", where), user_id, where)]
+        prompt = _with_input(_text(obj, "instruction", where), _optional_text(obj, "input", where))
+        return [(prompt, _text(obj, "output", where))]
     if "messages" in obj:
-        messages = _conversation(obj, "messages", where)
-        if messages[-1]["role"] != "assistant" or len(messages) < 2:
+        value = obj["messages"]
+        if not isinstance(value, list):
+            raise DataError(f"{where}: field 'messages' must be an array of {{role, content}} objects, "
+                            f"got {json_type(value)}")
+        messages = _messages(value, "messages", where)
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
             raise DataError(f"{where}: field 'messages' must end with an assistant turn after a prompt")
-        if not messages[-1]["content"].strip():
-            raise DataError(f"{where}: field 'messages[-1].content' is empty")
-        return [Demonstration(messages[:-1], messages[-1]["content"], user_id, where)]
+        if messages[-2]["role"] != "user":
+            raise DataError(f"{where}: field 'messages' must have a user turn just before the last assistant turn")
+        return [(messages[:-1], messages[-1]["content"])]
     if "prompt" in obj:
         key = "completion" if "completion" in obj and "response" not in obj else "response"
         if key not in obj and "chosen" in obj:
             key = "chosen"
-        return [Demonstration(_conversation(obj, "prompt", where), _text(obj, key, where), user_id, where)]
+        return [(_conversation(obj, "prompt", where), _text(obj, key, where))]
     if "chosen" in obj:  # HH dialogue: the chosen reply is the demonstration
-        prompt, reply = split_hh_dialogue(_text(obj, "chosen", where), where, "chosen")
-        return [Demonstration(prompt, reply, user_id, where)]
+        return [split_hh_dialogue(_text(obj, "chosen", where), where, "chosen")]
     raise DataError(f"{where}: not a demonstration: expected 'prompt'+'response', 'messages', "
                     "'instruction'+'output', 'instruction'+'instances' or an HH 'chosen' dialogue")
 
 
 def parse_prompt(obj: dict, where: str) -> Prompt:
-    category, metadata = obj.get("category"), _metadata(obj, where)
+    category, metadata = _label(obj, "category", where), _metadata(obj, where)
     if "prompt" in obj:
-        return Prompt(_conversation(obj, "prompt", where), obj.get("user_id"), where, category, metadata)
+        return Prompt(_conversation(obj, "prompt", where), _label(obj, "user_id", where), where, category, metadata)
     demo = parse_demonstrations(obj, where)[0]
     return Prompt(demo.prompt, demo.user_id, where, category, metadata)
 
 
-def _read(path: str | Path, parse: Callable, skip_invalid: bool, format: str, field_map: FieldMap | None) -> list:
-    """Parse every row; with ``skip_invalid`` a bad record is logged (file:line: reason) and dropped."""
-    records, skipped = [], 0
-    lines = iter_rows(path, format, field_map)
-    while True:
+PARSERS: dict[str, Callable] = {"comparisons": parse_comparison, "demonstrations": parse_demonstrations,
+                                "prompts": parse_prompt}
+ONE = {"comparisons": "comparison", "demonstrations": "demonstration", "prompts": "prompt"}
+
+
+def detect_kind(row: dict) -> str | None:
+    """The kind a row's own fields make it (a null field counts as absent, as in a Parquet file whose columns are
+    the union of two kinds; an empty one is present: an empty CSV cell is a missing value, reported as such);
+    None for a row that is not complete enough to tell (``{"prompt", "chosen"}``, ``{"question"}``), which the
+    file's kind then reads."""
+    keys = {key for key, value in row.items() if value is not None}
+    if "responses" in keys or {"chosen", "rejected"} <= keys:
+        return "comparisons"
+    hh_chosen_only = "chosen" in keys and "prompt" not in keys
+    if hh_chosen_only or keys & {"response", "completion", "messages", "output", "instances"}:
+        return "demonstrations"
+    if "prompt" in keys and not keys & {"chosen", "rejected"}:
+        return "prompts"
+    return None
+
+
+def _file_kind(rows: list) -> tuple[str, str | None]:
+    """The kind of the first row that shows one, and where it is; demonstrations when no row does."""
+    for where, row in rows:
+        kind = detect_kind(row) if isinstance(row, dict) else None
+        if kind:
+            return kind, where
+    return "demonstrations", None
+
+
+def _same_kind(row: dict, where: str, kind: str, first_where: str) -> None:
+    row_kind = detect_kind(row)
+    if row_kind not in (None, kind):
+        raise DataError(f"{where}: a {ONE[row_kind]} record, but {first_where} holds a {ONE[kind]}: a file holds one "
+                        "kind of record (or pass --kind to read every row as one kind)")
+
+
+def problem_counts(invalid: list[tuple[str, str]]) -> list[tuple[str, int, list[str]]]:
+    """Invalid records grouped by problem, most frequent first: ``(problem, count, first locations)`` with the
+    locations as ``:LINE`` (or ``:item N``, ``:row N``; the path left out)."""
+    groups: dict[str, list[str]] = {}
+    for where, problem in invalid:
+        groups.setdefault(problem, []).append(":" + where.rsplit(":", 1)[-1])
+    return [(problem, len(wheres), wheres[:FIRST_LOCATIONS])
+            for problem, wheres in sorted(groups.items(), key=lambda item: -len(item[1]))]
+
+
+def first_locations(count: int, first: list[str]) -> str:
+    return ", ".join(first) + (", ..." if count > len(first) else "")
+
+
+def describe_invalid(invalid: list[tuple[str, str]], most: int = 5) -> str:
+    """One line: ``2 × field 'chosen' is empty (:4, :9); 1 × ...``, the ``most`` frequent problems."""
+    counts = problem_counts(invalid)
+    shown = [f"{count} × {problem} ({first_locations(count, first)})" for problem, count, first in counts[:most]]
+    if len(counts) > most:
+        others = len(counts) - most
+        shown.append(f"{sum(count for _, count, _ in counts[most:])} more with {others} other "
+                     f"problem{'s' if others > 1 else ''} (-v lists each)")
+    return "; ".join(shown)
+
+
+def read_any(path: str | Path, kind: str = "auto", format: str = "auto", field_map: FieldMap | None = None,
+             skip_invalid: bool = False, invalid: list | None = None) -> tuple[str, list]:
+    """Read records of ``kind`` (comparisons, demonstrations or prompts). ``auto`` takes the kind from the rows'
+    own fields, and a row of another kind than the first is an error (a file holds one kind); naming a kind
+    reads every row as that kind (the prompts of a comparisons file, HH chosen replies as demonstrations).
+
+    A bad row raises its DataError; with ``skip_invalid`` it is dropped, and one warning counts the drops by
+    problem; given a list ``invalid``, every bad row is appended to it as ``(where, problem)`` instead (for
+    ``rlhf data stats``). No usable record at all is an error."""
+    if kind not in ("auto", *PARSERS):
+        raise DataError(f"{path}: unknown kind '{kind}'; expected auto, {', '.join(PARSERS)}")
+    rows: Iterable = rows_and_errors(path, format, field_map)
+    first_where = None
+    if kind == "auto":
+        rows = list(rows)
+        kind, first_where = _file_kind(rows)
+    parse, records, problems = PARSERS[kind], [], ([] if invalid is None else invalid)
+    for where, row in rows:
         try:
-            where, obj = next(lines)
-        except StopIteration:
-            break
-        try:
-            parsed = parse(obj, where)
+            if isinstance(row, DataError):
+                raise row
+            if first_where:
+                _same_kind(row, where, kind, first_where)
+            parsed = parse(row, where)
         except DataError as error:
-            if not skip_invalid:
+            if not skip_invalid and invalid is None:
                 raise
-            skipped += 1
-            logger.warning("skipping %s", error)
+            problems.append((where, str(error).removeprefix(f"{where}: ")))
+            logger.debug("skipping %s", error)
             continue
         records.extend(parsed if isinstance(parsed, list) else [parsed])
-    if skipped:
-        logger.warning("%s: skipped %d invalid record(s)", path, skipped)
+    if problems and invalid is None:
+        logger.warning("%s: skipped %d invalid record(s): %s", path, len(problems), describe_invalid(problems))
     if not records:
-        raise DataError(f"{path}: no usable records")
-    return records
+        raise DataError(f"{path}: no usable records" +
+                        (f" ({len(problems)} invalid: {describe_invalid(problems)})" if problems else ""))
+    return kind, records
 
 
 def read_demonstrations(path: str | Path, skip_invalid: bool = False, format: str = "auto",
                         field_map: FieldMap | None = None) -> list[Demonstration]:
-    return _read(path, parse_demonstrations, skip_invalid, format, field_map)
+    return read_any(path, "demonstrations", format, field_map, skip_invalid)[1]
 
 
 def read_comparisons(path: str | Path, skip_invalid: bool = False, format: str = "auto",
                      field_map: FieldMap | None = None) -> list[Comparison]:
-    return _read(path, parse_comparison, skip_invalid, format, field_map)
+    return read_any(path, "comparisons", format, field_map, skip_invalid)[1]
 
 
 def read_prompts(path: str | Path, skip_invalid: bool = False, format: str = "auto",
                  field_map: FieldMap | None = None) -> list[Prompt]:
-    return _read(path, parse_prompt, skip_invalid, format, field_map)
+    return read_any(path, "prompts", format, field_map, skip_invalid)[1]
 
 
 def read_text(path: str | Path) -> str:
@@ -228,14 +417,3 @@ def read_text(path: str | Path) -> str:
     if not text.strip():
         raise DataError(f"{path}: pretraining text file is empty")
     return text
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """Write atomically: a temporary name, renamed when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".tmp")
-    with open(staging, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    staging.replace(path)

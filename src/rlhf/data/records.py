@@ -10,7 +10,18 @@ Conversation = list[dict[str, str]]
 
 
 class DataError(ValueError):
-    """Bad input, with the location in the message: ``file:line: field: what is wrong``."""
+    """Bad input, with the location in the message: ``file:line: field: what is wrong``. The message is one
+    printable line whatever the input put in it: newlines, control characters and lone surrogates are escaped."""
+
+    def __init__(self, message: object = "", *args):
+        super().__init__(printable(str(message)), *args)
+
+
+def printable(text: str) -> str:
+    """``text`` with every unprintable character (newline, tab, control, zero-width, lone surrogate) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 @dataclass
@@ -45,3 +56,15 @@ class Prompt:
 
 def as_conversation(prompt: str | Conversation) -> Conversation:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def json_type(value) -> str:
+    """The JSON name of a value's type, for messages: object, array, string, integer, number, boolean or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    for kind, name in ((dict, "object"), (list, "array"), (str, "string"), (int, "integer"), (float, "number")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__

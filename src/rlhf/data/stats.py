@@ -6,6 +6,7 @@ import statistics
 from collections import Counter
 
 from rlhf.data.curate import drop_shared_prefixes, normalise_text, prompt_text
+from rlhf.data.readers import first_locations, problem_counts
 from rlhf.data.records import Comparison, Demonstration
 
 
@@ -17,8 +18,11 @@ def _distribution(values: list[int]) -> str:
     return f"min {ordered[0]}, median {statistics.median(ordered):g}, p90 {p90}, max {ordered[-1]}"
 
 
-def data_stats(kind: str, records: list, tokenizer=None, prefix_chars: int = 64, pii: bool = True) -> dict:
-    """Counts, token lengths (with ``tokenizer``), K distribution, users, duplicates and PII hits."""
+def data_stats(kind: str, records: list, tokenizer=None, prefix_chars: int = 64, pii: bool = True,
+               invalid: list[tuple[str, str]] | None = None) -> dict:
+    """Counts, token lengths (with ``tokenizer``), K distribution, users, duplicates and PII hits of the valid
+    ``records``; and the ``invalid`` ones (``(where, problem)`` from :func:`read_any`) counted by problem, each
+    with its first locations."""
     def length(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer else len(text.split())
 
@@ -37,6 +41,7 @@ def data_stats(kind: str, records: list, tokenizer=None, prefix_chars: int = 64,
     stats = {
         "kind": kind,
         "records": len(records),
+        **_invalid_stats(invalid or []),
         f"prompt length ({unit})": _distribution([length(t) for t in prompts]),
         f"response length ({unit})": _distribution([length(t) for t in responses]),
         "turns per prompt": _distribution([len(r.prompt) for r in records]),
@@ -50,6 +55,15 @@ def data_stats(kind: str, records: list, tokenizer=None, prefix_chars: int = 64,
         stats["K (responses per prompt)"] = ", ".join(f"K={k}: {n}" for k, n in sorted(ks.items()))
         stats["prompts with tied ranks"] = sum(len(set(r.ranks)) < len(r.ranks) for r in records)
     return stats
+
+
+def _invalid_stats(invalid: list[tuple[str, str]]) -> dict:
+    if not invalid:
+        return {}
+    rows = {"invalid records (not counted below)": len(invalid)}
+    for problem, count, first in problem_counts(invalid):
+        rows[f"  {problem}"] = f"{count} (first at {first_locations(count, first)})"
+    return rows
 
 
 def print_stats(path: str, stats: dict) -> None:
