@@ -107,6 +107,8 @@ def test_assign_errors():
     ({"prompt": "q", "responses": ["a", " "]}, r"field 'responses\[1\]' is empty"),
     ({"prompt": "q", "responses": ["a", {"model": "m"}]}, r"field 'responses\[1\]' must be a string or an object"),
     ({"responses": ["a", "b"]}, "not a demonstration"),
+    ({"prompt": "q", "responses": ["same", "other", {"text": " same ", "model": "m"}]},
+     r"field 'responses\[2\]' repeats the text of 'responses\[0\]'"),
 ])
 def test_ranking_task_file_errors_name_file_line_and_field(tmp_path, row, message):
     path = tmp_path / "tasks.jsonl"
@@ -400,3 +402,21 @@ def test_load_samples_k_responses_spread_over_the_models(tmp_path, tiny_path, mo
     for task in tasks:  # samples 0 and 2 from the first model, sample 1 from the second, shuffled
         assert sorted(r["model"] for r in task["responses"]) == sorted(["tiny", "tiny", str(tiny_path)])
         assert all(r["text"].strip() for r in task["responses"])
+
+
+def test_sampled_repeats_are_left_out_so_that_the_export_reads_back(tmp_path, monkeypatch, caplog):
+    """Two models giving the same text would make one text hold two ranks, which no reader accepts."""
+    import rlhf.generate
+    import rlhf.models
+    from rlhf.label.load import sample_ranking_tasks
+
+    answers = {"a": ["same", "distinct a", "twin"], "b": ["same ", "distinct b", "twin"]}
+    monkeypatch.setattr(rlhf.models, "load_causal_lm", lambda name: name)
+    monkeypatch.setattr(rlhf.models, "load_tokenizer", lambda name: name)
+    monkeypatch.setattr(rlhf.generate, "generate", lambda name, prompts, *a, **k: answers[name])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(3)))
+    tasks = sample_ranking_tasks(prompts, ["a", "b"], 2, 8, 0.7, 0)
+    assert [t["prompt"][0]["content"] for t in tasks] == ["question 1"]  # 0 and 2: one distinct text only
+    assert sorted(r["text"] for r in tasks[0]["responses"]) == ["distinct a", "distinct b"]
+    assert "2 sampled response(s) repeated" in caplog.text

@@ -6,6 +6,7 @@ least-loaded labeler; a fraction ``overlap`` of them to ``replicas`` labelers, f
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 from pathlib import Path
@@ -14,6 +15,8 @@ from rlhf.data.formats import iter_rows
 from rlhf.data.readers import parse_prompt, read_prompts
 from rlhf.data.records import DataError
 from rlhf.label import db
+
+logger = logging.getLogger(__name__)
 
 
 def _response(value, where: str, k: int) -> dict:
@@ -26,6 +29,21 @@ def _response(value, where: str, k: int) -> dict:
     return {"text": value["text"], "model": value.get("model")}
 
 
+def first_of_each_text(responses: list[dict]) -> tuple[list[dict], list[tuple[int, int]]]:
+    """Responses with distinct texts (compared after stripping), and (index, index of its first copy)
+    for each repeat: one text cannot take two places in a ranking."""
+    first: dict[str, int] = {}
+    kept, repeats = [], []
+    for index, response in enumerate(responses):
+        key = response["text"].strip()
+        if key in first:
+            repeats.append((index, first[key]))
+            continue
+        first[key] = index
+        kept.append(response)
+    return kept, repeats
+
+
 def read_ranking_tasks(path: str | Path) -> list[dict]:
     tasks = []
     for where, row in iter_rows(path):
@@ -33,9 +51,13 @@ def read_ranking_tasks(path: str | Path) -> list[dict]:
         responses = row.get("responses")
         if not isinstance(responses, list) or len(responses) < 2:
             raise DataError(f"{where}: field 'responses' must list at least 2 responses to rank")
+        parsed, repeats = first_of_each_text([_response(r, where, k) for k, r in enumerate(responses)])
+        if repeats:
+            index, original = repeats[0]
+            raise DataError(f"{where}: field 'responses[{index}]' repeats the text of 'responses[{original}]'; "
+                            "one text cannot be ranked twice")
         tasks.append({"kind": "ranking", "prompt": prompt.prompt, "user_id": prompt.user_id,
-                      "category": prompt.category, "source": where,
-                      "responses": [_response(r, where, k) for k, r in enumerate(responses)]})
+                      "category": prompt.category, "source": where, "responses": parsed})
     if not tasks:
         raise DataError(f"{path}: no tasks")
     return tasks
@@ -58,10 +80,22 @@ def sample_ranking_tasks(prompts_path: str | Path, models: list[str], k: int, ma
             for row, text in zip(responses, texts):
                 row.append({"text": text or "(empty response)", "model": name})
     shuffle = random.Random(seed).shuffle  # no model always in the same place: labelers favour positions
-    for row in responses:
+    tasks, repeated, dropped = [], 0, 0
+    for prompt, row in zip(prompts, responses):
+        row, repeats = first_of_each_text(row)  # two models (or samples) can give the same text
+        repeated += len(repeats)
+        if len(row) < 2:
+            dropped += 1
+            continue
         shuffle(row)
-    return [{"kind": "ranking", "prompt": p.prompt, "user_id": p.user_id, "category": p.category,
-             "source": p.source, "responses": r} for p, r in zip(prompts, responses)]
+        tasks.append({"kind": "ranking", "prompt": prompt.prompt, "user_id": prompt.user_id,
+                      "category": prompt.category, "source": prompt.source, "responses": row})
+    if repeated:
+        logger.warning("%s: %d sampled response(s) repeated another's text and were left out; %d prompt(s) "
+                       "kept fewer than 2 distinct responses and got no task", prompts_path, repeated, dropped)
+    if not tasks:
+        raise DataError(f"{prompts_path}: no prompt got 2 distinct responses to rank")
+    return tasks
 
 
 def demonstration_tasks(prompts_path: str | Path) -> list[dict]:
