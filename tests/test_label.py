@@ -6,15 +6,14 @@ import sqlite3
 
 import pytest
 
+from label_helpers import PASSWORD, csrf_token, login, testing_app
 from rlhf.cli import main
 from rlhf.data.readers import read_comparisons, read_demonstrations
 from rlhf.data.records import Comparison, DataError
 from rlhf.label import db
 from rlhf.label.answers import AnswerError, agreement, pair_agreement, ranks_from_order, validate_answer
-from rlhf.label.app import create_app
 from rlhf.label.load import assign, demonstration_tasks, load_tasks, read_ranking_tasks
 
-PASSWORD = "correct horse"
 HOSTILE_PROMPT = "<script>alert('x')</script> & \"quotes\" '); DROP TABLE tasks; --"
 
 
@@ -139,17 +138,7 @@ def database(tmp_path):
 
 @pytest.fixture
 def app(database):
-    application = create_app(database)
-    application.config["TESTING"] = True
-    return application
-
-
-def _token(client) -> str:
-    return client.get("/api/csrf").get_json()["csrf_token"]
-
-
-def _login(client, username="alice", password=PASSWORD):
-    return client.post("/login", data={"username": username, "password": password, "csrf_token": _token(client)})
+    return testing_app(database)
 
 
 def _assignments(database, username):
@@ -182,13 +171,13 @@ def test_every_route_needs_a_session(app, database):
 
 def test_login_checks_the_password_and_the_csrf_token(app):
     client = app.test_client()
-    response = _login(client, password="wrong password")
+    response = login(client, password="wrong password")
     assert response.status_code == 401 and b"wrong username or password" in response.data
-    response = _login(client, username="nobody")
+    response = login(client, username="nobody")
     assert response.status_code == 401
     response = client.post("/login", data={"username": "alice", "password": PASSWORD})  # no token
     assert response.status_code == 400 and b"csrf_token" in response.data
-    response = _login(client)
+    response = login(client)
     assert response.status_code == 302 and response.headers["Location"] == "/"
     assert client.get("/api/tasks").status_code == 200
 
@@ -196,7 +185,7 @@ def test_login_checks_the_password_and_the_csrf_token(app):
 def test_login_never_redirects_off_site(app):
     client = app.test_client()
     response = client.post("/login?next=//evil.example/", data={
-        "username": "alice", "password": PASSWORD, "csrf_token": _token(client)})
+        "username": "alice", "password": PASSWORD, "csrf_token": csrf_token(client)})
     assert response.headers["Location"] == "/"
 
 
@@ -210,12 +199,12 @@ def test_passwords_are_stored_with_a_slow_salted_hash(database):
 
 def test_labeler_sees_only_their_own_tasks(app, database):
     client = app.test_client()
-    _login(client, "alice")
+    login(client, "alice")
     mine = client.get("/api/tasks").get_json()
     bob_ids = {a["id"] for a in _assignments(database, "bob")}
     assert {t["id"] for t in mine["tasks"]}.isdisjoint(bob_ids)
     assert mine["progress"] == {"done": 0, "total": len(_assignments(database, "alice"))}
-    token = _token(client)
+    token = csrf_token(client)
     for other in bob_ids:
         assert client.get(f"/task/{other}").status_code == 404
         assert client.get(f"/api/tasks/{other}").status_code == 404
@@ -228,22 +217,22 @@ def test_labeler_sees_only_their_own_tasks(app, database):
 
 def test_forged_or_missing_csrf_token_is_refused(app, database):
     client = app.test_client()
-    _login(client, "alice")
+    login(client, "alice")
     task = _assignments(database, "alice")[0]["id"]
     answer = {"order": [0, 1, 2, 3], "ratings": [4, 4, 4, 4]}
     assert client.post(f"/api/tasks/{task}", json=answer).status_code == 400
     forged = client.post(f"/api/tasks/{task}", json=answer, headers={"X-CSRFToken": "forged." + "a" * 40})
     assert forged.status_code == 400 and "csrf_token" in forged.get_json()["error"]
     other = app.test_client()  # a valid token, but from somebody else's session
-    _login(other, "bob")
-    stolen = _token(other)
+    login(other, "bob")
+    stolen = csrf_token(other)
     assert client.post(f"/api/tasks/{task}", json=answer, headers={"X-CSRFToken": stolen}).status_code == 400
     assert _submission_count(database) == 0
 
 
 def test_pages_escape_prompts_and_responses(app, database):
     client = app.test_client()
-    _login(client, "alice")
+    login(client, "alice")
     for assignment in _assignments(database, "alice"):
         page = client.get(f"/task/{assignment['id']}").get_data(as_text=True)
         assert "<script>alert" not in page and "<img src=x" not in page
@@ -254,9 +243,9 @@ def test_pages_escape_prompts_and_responses(app, database):
 
 def test_ranking_through_the_form_and_the_export(app, database, tmp_path):
     client = app.test_client()
-    _login(client, "alice")
+    login(client, "alice")
     task = next(a for a in _assignments(database, "alice") if a["kind"] == "ranking")
-    form = {"csrf_token": _token(client), "action": "submit", "order": "2,0,3,1",
+    form = {"csrf_token": csrf_token(client), "action": "submit", "order": "2,0,3,1",
             "rating_0": "5", "rating_1": "1", "rating_2": "7", "rating_3": "3", "flag_1": ["harmful_advice"]}
     response = client.post(f"/task/{task['id']}", data=form)
     assert response.status_code == 302
@@ -273,9 +262,9 @@ def test_ranking_through_the_form_and_the_export(app, database, tmp_path):
 
 def test_form_errors_name_the_field_and_store_nothing(app, database):
     client = app.test_client()
-    _login(client, "alice")
+    login(client, "alice")
     task = next(a for a in _assignments(database, "alice") if a["kind"] == "ranking")
-    form = {"csrf_token": _token(client), "order": "0,1,2,3", "rating_0": "5", "rating_1": "5", "rating_2": "5"}
+    form = {"csrf_token": csrf_token(client), "order": "0,1,2,3", "rating_0": "5", "rating_1": "5", "rating_2": "5"}
     response = client.post(f"/task/{task['id']}", data=form)
     assert response.status_code == 400 and "ratings[3]: rate response 4" in response.get_data(as_text=True)
     response = client.post(f"/task/{task['id']}", data=form | {"order": "0,1,1,3", "rating_3": "2"})
@@ -289,11 +278,11 @@ def test_hostile_input_is_stored_verbatim(app, database, tmp_path):
     client = app.test_client()
     owner = next(name for name in ("alice", "bob")
                  if any(a["kind"] == "demonstration" for a in _assignments(database, name)))
-    _login(client, owner)
+    login(client, owner)
     task = next(a for a in _assignments(database, owner) if a["kind"] == "demonstration")
     text = "'); DELETE FROM submissions; -- <script>alert(1)</script> \" %s ? \\x00"
     response = client.post(f"/api/tasks/{task['id']}", json={"response": text},
-                           headers={"X-CSRFToken": _token(client)})
+                           headers={"X-CSRFToken": csrf_token(client)})
     assert response.status_code == 200
     page = client.get(f"/task/{task['id']}").get_data(as_text=True)
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -306,19 +295,19 @@ def test_hostile_input_is_stored_verbatim(app, database, tmp_path):
 
 def test_huge_bodies_are_refused(app, database):
     client = app.test_client()
-    _login(client, "alice")
+    login(client, "alice")
     task = _assignments(database, "alice")[0]["id"]
     response = client.post(f"/api/tasks/{task}", data=b"x" * (2 << 20), content_type="application/json",
-                           headers={"X-CSRFToken": _token(client)})
+                           headers={"X-CSRFToken": csrf_token(client)})
     assert response.status_code == 413
     assert _submission_count(database) == 0
 
 
 def test_editing_keeps_history_and_exports_once(app, database, tmp_path):
     client = app.test_client()
-    _login(client, "bob")
+    login(client, "bob")
     task = next(a for a in _assignments(database, "bob") if a["kind"] == "ranking")["id"]
-    token = _token(client)
+    token = csrf_token(client)
     first = {"order": [0, 1, 2, 3], "ratings": [7, 5, 3, 1]}
     second = {"order": [3, 2, 1, 0], "ratings": [1, 3, 5, 7]}
     assert client.post(f"/api/tasks/{task}", json=first, headers={"X-CSRFToken": token}).get_json()["revision"] == 1
@@ -331,9 +320,9 @@ def test_editing_keeps_history_and_exports_once(app, database, tmp_path):
 
 def test_skip_with_reason_is_recorded_and_left_out_of_the_export(app, database, tmp_path):
     client = app.test_client()
-    _login(client, "alice")
+    login(client, "alice")
     task = _assignments(database, "alice")[0]["id"]
-    response = client.post(f"/task/{task}", data={"csrf_token": _token(client), "action": "skip",
+    response = client.post(f"/task/{task}", data={"csrf_token": csrf_token(client), "action": "skip",
                                                   "skip_reason": "unclear prompt", "skip_detail": "which language?"})
     assert response.status_code == 302
     assert client.get(f"/api/tasks/{task}").get_json()["answer"] == {"skip": "unclear prompt: which language?"}
@@ -343,15 +332,15 @@ def test_skip_with_reason_is_recorded_and_left_out_of_the_export(app, database, 
 
 def test_index_shows_progress_and_the_next_task(app, database):
     client = app.test_client()
-    _login(client, "alice")
+    login(client, "alice")
     tasks = _assignments(database, "alice")
     page = client.get("/").get_data(as_text=True)
     assert f"0 / {len(tasks)} done" in page
     assert re.search(rf'id="next-task" href="/task/{tasks[0]["id"]}"', page)
-    client.post(f"/api/tasks/{tasks[0]['id']}", json={"skip": "other"}, headers={"X-CSRFToken": _token(client)})
+    client.post(f"/api/tasks/{tasks[0]['id']}", json={"skip": "other"}, headers={"X-CSRFToken": csrf_token(client)})
     page = client.get("/").get_data(as_text=True)
     assert f"1 / {len(tasks)} done" in page
-    assert client.post("/logout", data={"csrf_token": _token(client)}).status_code == 302
+    assert client.post("/logout", data={"csrf_token": csrf_token(client)}).status_code == 302
     assert client.get("/api/tasks").status_code == 401
 
 

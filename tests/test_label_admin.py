@@ -6,14 +6,13 @@ import sqlite3
 
 import pytest
 
+from label_helpers import PASSWORD, csrf_token, login, testing_app
 from rlhf.cli import main
 from rlhf.label import db
 from rlhf.label.answers import agreement, to_records
-from rlhf.label.app import create_app
 from rlhf.label.load import load_tasks, read_ranking_tasks
 from rlhf.label.security import SECRET_KEY_VARIABLE
 
-PASSWORD = "correct horse"
 NEW_PASSWORD = "battery staple"
 
 
@@ -35,22 +34,12 @@ def database(tmp_path, monkeypatch):
 
 @pytest.fixture
 def app(database):
-    application = create_app(database)
-    application.config["TESTING"] = True
-    return application
-
-
-def _token(client) -> str:
-    return client.get("/api/csrf").get_json()["csrf_token"]
-
-
-def _login(client, username, password=PASSWORD):
-    return client.post("/login", data={"username": username, "password": password, "csrf_token": _token(client)})
+    return testing_app(database)
 
 
 def _client(app, username, password=PASSWORD):
     client = app.test_client()
-    assert _login(client, username, password).status_code == 302
+    assert login(client, username, password).status_code == 302
     return client
 
 
@@ -84,22 +73,22 @@ def test_a_labeler_gets_403_on_every_admin_route_and_changes_nothing(app, databa
     page = alice.get("/admin")
     assert page.status_code == 403 and b"this page is for admins" in page.data
     assert b'id="admin-link"' not in alice.get("/").data
-    for path, form in _admin_posts(database, _token(alice)).items():
+    for path, form in _admin_posts(database, csrf_token(alice)).items():
         assert alice.post(path, data=form).status_code == 403, path
     anonymous = app.test_client()
     assert anonymous.get("/admin").headers["Location"].startswith("/login")
-    for path, form in _admin_posts(database, _token(anonymous)).items():
+    for path, form in _admin_posts(database, csrf_token(anonymous)).items():
         response = anonymous.post(path, data=form)
         assert response.status_code == 302 and response.headers["Location"].startswith("/login"), path
     assert _user(database, "mallory") is None and not _user(database, "bob")["disabled"]
-    assert _login(app.test_client(), "bob").status_code == 302  # the password is unchanged
+    assert login(app.test_client(), "bob").status_code == 302  # the password is unchanged
     assert {event for event, _, _ in _audit(database)} == {"login"}
 
 
 def test_admin_forms_need_the_csrf_token(app, database):
     root = _client(app, "root")
     other = _client(app, "alice")
-    for token in (None, "forged." + "a" * 40, _token(other)):  # none, forged, someone else's
+    for token in (None, "forged." + "a" * 40, csrf_token(other)):  # none, forged, someone else's
         for path, form in _admin_posts(database, token).items():
             if token is None:
                 form.pop("csrf_token")
@@ -111,14 +100,14 @@ def test_admin_forms_need_the_csrf_token(app, database):
 def test_disabling_a_user_ends_their_session_at_once(app, database):
     root, bob = _client(app, "root"), _client(app, "bob")
     bob_id = _user(database, "bob")["id"]
-    assert root.post(f"/admin/users/{bob_id}/disable", data={"csrf_token": _token(root)}).status_code == 302
+    assert root.post(f"/admin/users/{bob_id}/disable", data={"csrf_token": csrf_token(root)}).status_code == 302
     assert bob.get("/api/tasks").status_code == 401
-    refused = _login(app.test_client(), "bob")
+    refused = login(app.test_client(), "bob")
     assert refused.status_code == 401 and b"this account is disabled" in refused.data
     assert "<td>bob</td>\n      <td>labeler</td>\n      <td>disabled</td>" in root.get("/admin").get_data(as_text=True)
-    assert root.post(f"/admin/users/{bob_id}/enable", data={"csrf_token": _token(root)}).status_code == 302
-    assert _login(app.test_client(), "bob").status_code == 302
-    myself = root.post(f"/admin/users/{_user(database, 'root')['id']}/disable", data={"csrf_token": _token(root)})
+    assert root.post(f"/admin/users/{bob_id}/enable", data={"csrf_token": csrf_token(root)}).status_code == 302
+    assert login(app.test_client(), "bob").status_code == 302
+    myself = root.post(f"/admin/users/{_user(database, 'root')['id']}/disable", data={"csrf_token": csrf_token(root)})
     assert myself.status_code == 400 and b"you cannot disable your own account" in myself.data
     events = [(event, actor, detail) for event, actor, detail in _audit(database) if event.startswith("user_")]
     assert events == [("user_disabled", "root", "user bob"), ("user_enabled", "root", "user bob")]
@@ -127,22 +116,23 @@ def test_disabling_a_user_ends_their_session_at_once(app, database):
 def test_resetting_a_password_ends_the_old_sessions(app, database):
     root, bob = _client(app, "root"), _client(app, "bob")
     bob_id = _user(database, "bob")["id"]
-    short = root.post(f"/admin/users/{bob_id}/password", data={"password": "short", "csrf_token": _token(root)})
+    short = root.post(f"/admin/users/{bob_id}/password", data={"password": "short", "csrf_token": csrf_token(root)})
     assert short.status_code == 400 and b"password: at least 8 characters" in short.data
     assert bob.get("/api/tasks").status_code == 200
-    response = root.post(f"/admin/users/{bob_id}/password", data={"password": NEW_PASSWORD, "csrf_token": _token(root)})
+    response = root.post(f"/admin/users/{bob_id}/password",
+                         data={"password": NEW_PASSWORD, "csrf_token": csrf_token(root)})
     assert response.status_code == 302
     assert bob.get("/api/tasks").status_code == 401
-    assert _login(app.test_client(), "bob").status_code == 401
-    assert _login(app.test_client(), "bob", NEW_PASSWORD).status_code == 302
+    assert login(app.test_client(), "bob").status_code == 401
+    assert login(app.test_client(), "bob", NEW_PASSWORD).status_code == 302
     assert ("password_reset", "root", "user bob") in _audit(database)
 
 
 def test_admin_adds_accounts(app, database):
     root = _client(app, "root")
-    form = {"username": "carol", "password": PASSWORD, "csrf_token": _token(root)}
+    form = {"username": "carol", "password": PASSWORD, "csrf_token": csrf_token(root)}
     assert root.post("/admin/users", data=form).status_code == 302
-    assert _login(app.test_client(), "carol").status_code == 302 and not _user(database, "carol")["is_admin"]
+    assert login(app.test_client(), "carol").status_code == 302 and not _user(database, "carol")["is_admin"]
     again = root.post("/admin/users", data=form)
     assert again.status_code == 400 and b"user &#39;carol&#39; already exists" in again.data
     bad = root.post("/admin/users", data=form | {"username": "<script>"})
@@ -152,7 +142,7 @@ def test_admin_adds_accounts(app, database):
 
 def test_unknown_or_malformed_user_ids(app):
     root = _client(app, "root")
-    token = _token(root)
+    token = csrf_token(root)
     assert root.post("/admin/users/999/disable", data={"csrf_token": token}).status_code == 404
     assert root.post("/admin/users/١/disable", data={"csrf_token": token}).status_code == 400
 
@@ -160,7 +150,7 @@ def test_unknown_or_malformed_user_ids(app):
 def test_admin_page_shows_progress_agreement_and_events(app, database):
     for name, order in (("alice", [0, 1, 2]), ("bob", [0, 2, 1])):
         client = _client(app, name)
-        token = _token(client)
+        token = csrf_token(client)
         tasks = client.get("/api/tasks").get_json()["tasks"]
         for task in tasks[:2]:  # two of their three tasks
             answer = {"order": order, "ratings": [4, 4, 4]}
@@ -181,7 +171,7 @@ def test_admin_page_shows_progress_agreement_and_events(app, database):
 
 def test_audit_command_prints_events_with_control_characters_escaped(app, database, capsys):
     hostile = "\x1b[2J\x1b[31mroot\u202e"  # clear the screen, turn red, reverse the text
-    assert _login(app.test_client(), hostile, "wrong password").status_code == 401
+    assert login(app.test_client(), hostile, "wrong password").status_code == 401
     _client(app, "alice").post("/logout", data={"csrf_token": "x"})
     capsys.readouterr()
     assert main(["label", "audit", "--db", str(database)]) == 0
@@ -205,7 +195,7 @@ def test_account_commands(app, database, monkeypatch, capsys):
     monkeypatch.setenv("RLHF_LABEL_PASSWORD", NEW_PASSWORD)
     assert main(["label", "reset-password", "--db", str(database), "bob"]) == 0
     assert bob.get("/api/tasks").status_code == 401
-    assert _login(app.test_client(), "bob", NEW_PASSWORD).status_code == 302
+    assert login(app.test_client(), "bob", NEW_PASSWORD).status_code == 302
     monkeypatch.setenv("RLHF_LABEL_PASSWORD", "short")
     assert main(["label", "reset-password", "--db", str(database), "bob"]) == 2
     assert main(["label", "disable-user", "--db", str(database), "zed"]) == 2

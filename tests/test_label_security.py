@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from werkzeug.security import generate_password_hash
 
+from label_helpers import PASSWORD, csrf_token, login, testing_app
 from rlhf.cli import main
 from rlhf.data.records import DataError
 from rlhf.label import db
@@ -28,8 +29,6 @@ from rlhf.label.security import (
     retry_after_header,
     safe_next,
 )
-
-PASSWORD = "correct horse"
 
 
 def _make_database(path):
@@ -53,15 +52,9 @@ def database(tmp_path, monkeypatch):
     return _make_database(tmp_path / "labels.db")
 
 
-def _app(database, **options):
-    application = create_app(database, **options)
-    application.config["TESTING"] = True
-    return application
-
-
 @pytest.fixture
 def app(database):
-    return _app(database)
+    return testing_app(database)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +63,7 @@ def shared():
     with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as folder:
         patch.delenv(SECRET_KEY_VARIABLE, raising=False)
         path = _make_database(Path(folder) / "labels.db")
-        yield path, _app(path)
+        yield path, testing_app(path)
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +72,9 @@ def alice(shared):
     checks at the end that none of the attacks stored anything."""
     path, app = shared
     client = app.test_client()
-    assert _login(client).status_code == 302
-    yield client, _token(client), path
+    assert login(client).status_code == 302
+    yield client, csrf_token(client), path
     assert _submission_count(path) == 0
-
-
-def _token(client) -> str:
-    return client.get("/api/csrf").get_json()["csrf_token"]
-
-
-def _login(client, username="alice", password=PASSWORD, query="", **request_options):
-    return client.post(f"/login{query}", data={"username": username, "password": password,
-                                                "csrf_token": _token(client)}, **request_options)
 
 
 def _task(database, username="alice", kind="ranking") -> int:
@@ -123,9 +107,9 @@ GOOD_ANSWER = {"order": [2, 0, 1], "ratings": [4, 5, 6]}
 
 def test_a_cookie_saved_before_logout_is_dead_after_it(app, database):
     client = app.test_client()
-    assert _login(client).status_code == 302
+    assert login(client).status_code == 302
     saved = client.get_cookie("session").value
-    token = _token(client)
+    token = csrf_token(client)
     thief = app.test_client()
     thief.set_cookie("session", saved)
     assert thief.get("/api/tasks").status_code == 200  # the replay works while the session lives
@@ -141,8 +125,8 @@ def test_a_cookie_saved_before_logout_is_dead_after_it(app, database):
 
 def test_the_cookie_holds_only_a_random_token_whose_hash_is_stored(app, database):
     client = app.test_client()
-    _login(client)
-    _token(client)  # login starts a fresh cookie; the page's first CSRF token adds its nonce
+    login(client)
+    csrf_token(client)  # login starts a fresh cookie; the page's first CSRF token adds its nonce
     cookie = client.get_cookie("session")
     content = app.session_interface.get_signing_serializer(app).loads(cookie.value)
     assert set(content) == {"sid", "csrf_token"}  # no user id, no name: nothing to edit or mint
@@ -150,7 +134,7 @@ def test_the_cookie_holds_only_a_random_token_whose_hash_is_stored(app, database
     ((stored, user_id),) = _rows(database, "SELECT token_hash, user_id FROM sessions")
     assert stored == hashlib.sha256(content["sid"].encode()).hexdigest() and content["sid"] not in stored
     assert user_id == 1 and len(content["sid"]) >= 40
-    _login(client, "bob")  # a second login in the same browser ends the first session
+    login(client, "bob")  # a second login in the same browser ends the first session
     assert [user for (user,) in _rows(database, "SELECT user_id FROM sessions")] == [2]
 
 
@@ -163,13 +147,13 @@ def test_sessions_end_when_idle_and_after_the_absolute_lifetime(app, database):
         connection.commit()
         connection.close()
 
-    _login(client)
+    login(client)
     age("last_seen", 600)  # 10 minutes idle of the 2 h allowed: still in, and the visit is recorded
     assert client.get("/api/tasks").status_code == 200
     assert time.time() - _rows(database, "SELECT last_seen FROM sessions")[0][0] < 5
     age("last_seen", 2 * 3600 + 1)
     assert client.get("/api/tasks").status_code == 401
-    _login(client)
+    login(client)
     age("created_at", 12 * 3600 - 60)  # busy all along: requests do not extend the 12 h
     assert client.get("/api/tasks").status_code == 200
     age("created_at", 12 * 3600 + 1)
@@ -178,9 +162,9 @@ def test_sessions_end_when_idle_and_after_the_absolute_lifetime(app, database):
 
 
 def test_session_timeouts_are_configurable_and_checked(database):
-    app = _app(database, sessions=SessionPolicy(idle_timeout_s=60, absolute_timeout_s=120))
+    app = testing_app(database, sessions=SessionPolicy(idle_timeout_s=60, absolute_timeout_s=120))
     client = app.test_client()
-    _login(client)
+    login(client)
     connection = sqlite3.connect(database)
     connection.execute("UPDATE sessions SET last_seen = ?", (time.time() - 61,))
     connection.commit()
@@ -201,13 +185,13 @@ def test_session_timeouts_are_configurable_and_checked(database):
     "?next=/%E2%80%8B/evil.example", "?next=/task/1%2F%2Fevil.example",
 ])
 def test_login_never_redirects_off_site(shared, query):
-    response = _login(shared[1].test_client(), query=query)
+    response = login(shared[1].test_client(), query=query)
     assert response.status_code == 302
     assert response.headers["Location"] == "/"
 
 
 def test_login_returns_to_a_page_of_this_site(shared):
-    assert _login(shared[1].test_client(), query="?next=/task/3").headers["Location"] == "/task/3"
+    assert login(shared[1].test_client(), query="?next=/task/3").headers["Location"] == "/task/3"
     assert safe_next("/admin") == "/admin" and safe_next(None) == "/" and safe_next("/a" * 200) == "/"
 
 
@@ -215,9 +199,9 @@ def test_login_returns_to_a_page_of_this_site(shared):
 
 def test_password_guessing_is_refused_with_429_and_retry_after(app, database):
     client = app.test_client()
-    codes = [_login(client, password=f"guess {n}").status_code for n in range(10)]
+    codes = [login(client, password=f"guess {n}").status_code for n in range(10)]
     assert codes == [401] * 5 + [429] * 5  # the default: 5 free failures, then a 2 s back-off
-    refused = _login(client)  # even the right password is not checked while throttled
+    refused = login(client)  # even the right password is not checked while throttled
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     assert b"too many failed logins" in refused.data
     assert "sid" not in app.session_interface.get_signing_serializer(app).loads(client.get_cookie("session").value)
@@ -237,36 +221,36 @@ def test_back_off_by_hand():
 
 
 def test_the_right_password_works_again_after_the_window(database):
-    app = _app(database, throttle=LoginThrottle(window_s=2.0, per_account=3, per_address=100, base_delay_s=2.0))
+    app = testing_app(database, throttle=LoginThrottle(window_s=2.0, per_account=3, per_address=100, base_delay_s=2.0))
     client = app.test_client()
-    assert [_login(client, password="wrong password").status_code for _ in range(3)] == [401] * 3
-    response = _login(client)
+    assert [login(client, password="wrong password").status_code for _ in range(3)] == [401] * 3
+    response = login(client)
     assert response.status_code == 429 and response.headers["Retry-After"] in ("1", "2")
     time.sleep(2.1)
-    assert _login(client).status_code == 302
+    assert login(client).status_code == 302
 
 
 def test_guessing_across_accounts_is_throttled_per_client_address(database):
-    app = _app(database, throttle=LoginThrottle(window_s=60, per_account=100, per_address=3, base_delay_s=60))
+    app = testing_app(database, throttle=LoginThrottle(window_s=60, per_account=100, per_address=3, base_delay_s=60))
     attacker = app.test_client()
     attacker.environ_base["REMOTE_ADDR"] = "10.0.0.1"
-    assert [_login(attacker, name, "wrong password").status_code for name in ("alice", "bob", "carol")] == [401] * 3
-    assert _login(attacker, "dave", "wrong password").status_code == 429
-    spoofed = _login(attacker, "bob", PASSWORD, headers={"X-Forwarded-For": "10.9.9.9"})
+    assert [login(attacker, name, "wrong password").status_code for name in ("alice", "bob", "carol")] == [401] * 3
+    assert login(attacker, "dave", "wrong password").status_code == 429
+    spoofed = login(attacker, "bob", PASSWORD, headers={"X-Forwarded-For": "10.9.9.9"})
     assert spoofed.status_code == 429  # no --behind-proxy: X-Forwarded-For is not believed
     colleague = app.test_client()
     colleague.environ_base["REMOTE_ADDR"] = "10.0.0.2"
-    assert _login(colleague, "bob").status_code == 302
+    assert login(colleague, "bob").status_code == 302
     assert _rows(database, "SELECT DISTINCT client_ip FROM audit WHERE event = 'login_throttled'") == [("10.0.0.1",)]
 
 
 def test_guesses_sent_at_the_same_moment_count_against_the_limit(database):
-    app = _app(database, throttle=LoginThrottle(window_s=60, per_account=3, per_address=100, base_delay_s=60))
+    app = testing_app(database, throttle=LoginThrottle(window_s=60, per_account=3, per_address=100, base_delay_s=60))
     codes, start = [], threading.Barrier(8)
 
     def guess(n: int) -> None:
         client = app.test_client()
-        token = _token(client)
+        token = csrf_token(client)
         start.wait()
         response = client.post("/login", data={"username": "alice", "password": f"guess {n}", "csrf_token": token})
         codes.append(response.status_code)
@@ -280,12 +264,12 @@ def test_guesses_sent_at_the_same_moment_count_against_the_limit(database):
 
 
 def test_behind_a_proxy_the_forwarded_address_is_throttled_and_logged(database):
-    app = _app(database, behind_proxy=True,
+    app = testing_app(database, behind_proxy=True,
                throttle=LoginThrottle(window_s=60, per_account=100, per_address=1, base_delay_s=60))
     client = app.test_client()
-    assert _login(client, "alice", "wrong password", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 401
-    assert _login(client, "bob", "wrong password", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 429
-    assert _login(client, "bob", PASSWORD, headers={"X-Forwarded-For": "203.0.113.8"}).status_code == 302
+    assert login(client, "alice", "wrong password", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 401
+    assert login(client, "bob", "wrong password", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 429
+    assert login(client, "bob", PASSWORD, headers={"X-Forwarded-For": "203.0.113.8"}).status_code == 302
     assert [ip for (ip,) in _rows(database, "SELECT client_ip FROM audit ORDER BY id")] == ["203.0.113.7"] * 2 + [
         "203.0.113.8"]
 
@@ -305,7 +289,7 @@ def test_database_and_key_are_created_readable_by_their_owner_only(tmp_path, mon
         assert main(["label", "add-user", "--db", str(path), "alice"]) == 0
         app = create_app(path)
         client = app.test_client()
-        _login(client)
+        login(client)
         holder = db.connect(path)  # an open connection keeps -wal and -shm in place
         holder.execute("SELECT COUNT(*) FROM users").fetchone()
         files = [path, key_file(path), tmp_path / "labels.db-wal", tmp_path / "labels.db-shm"]
@@ -353,25 +337,25 @@ def test_a_database_made_by_an_older_version_loses_its_stored_key(tmp_path, monk
     assert all(key.encode() not in p.read_bytes() for p in leftovers)
     assert not _rows(path, "SELECT name FROM sqlite_master WHERE name = 'settings'")
     client = app.test_client()
-    assert _login(client).status_code == 302  # old accounts still log in
+    assert login(client).status_code == 302  # old accounts still log in
 
 
 # ---- cookies over HTTPS --------------------------------------------------------------------------
 
 def _login_cookie(app, **request_options) -> str:
     client = app.test_client()
-    response = _login(client, **request_options)
+    response = login(client, **request_options)
     assert response.status_code == 302, response.data
     return response.headers["Set-Cookie"]
 
 
 def test_cookies_are_secure_with_the_flag_or_when_a_trusted_proxy_says_https(database):
     https = {"headers": {"X-Forwarded-Proto": "https", "Referer": "https://localhost/login"}}
-    assert "Secure" not in _login_cookie(_app(database))
-    assert "Secure" not in _login_cookie(_app(database), **https)  # not behind a proxy: header ignored
-    assert "Secure" in _login_cookie(_app(database, secure_cookies=True))
-    assert "Secure" in _login_cookie(_app(database, behind_proxy=True), **https)
-    assert "Secure" not in _login_cookie(_app(database, behind_proxy=True))
+    assert "Secure" not in _login_cookie(testing_app(database))
+    assert "Secure" not in _login_cookie(testing_app(database), **https)  # not behind a proxy: header ignored
+    assert "Secure" in _login_cookie(testing_app(database, secure_cookies=True))
+    assert "Secure" in _login_cookie(testing_app(database, behind_proxy=True), **https)
+    assert "Secure" not in _login_cookie(testing_app(database, behind_proxy=True))
 
 
 def test_loopback_hosts():
@@ -459,8 +443,8 @@ def test_malformed_ids_are_a_400_naming_the_id(alice, task_id):
 
 def test_the_form_takes_numbers_in_ascii_digits_only(app, database):
     client = app.test_client()
-    _login(client)
-    form = {"csrf_token": _token(client), "order": "0,1,2", "rating_0": "5", "rating_1": "5", "rating_2": "5"}
+    login(client)
+    form = {"csrf_token": csrf_token(client), "order": "0,1,2", "rating_0": "5", "rating_1": "5", "rating_2": "5"}
     task = _task(database)
     for change, field in (({"order": "٠,١,٢"}, "order"), ({"order": "0, 1,2"}, "order"),
                           ({"order": "0,1,1_0"}, "order"), ({"rating_1": "²"}, "ratings[1]"),
@@ -483,10 +467,10 @@ def test_a_json_body_needs_the_json_content_type(alice):
 def test_every_api_error_is_json(app, database):
     client = app.test_client()
     assert client.get("/api/tasks").get_json() == {"error": "log in first"}
-    _login(client)
+    login(client)
     bob_task = _task(database, "bob")
     alice_task = _task(database)
-    token = _token(client)
+    token = csrf_token(client)
     cases = {
         404: client.get("/api/no/such/thing"),
         405: client.put(f"/api/tasks/{alice_task}", json=GOOD_ANSWER, headers={"X-CSRFToken": token}),
@@ -504,8 +488,8 @@ def test_every_api_error_is_json(app, database):
 def test_a_server_error_under_the_api_is_json_without_a_traceback(app, database):
     app.config["TESTING"] = False  # as served: exceptions become 500s instead of reaching the test
     client = app.test_client()
-    _login(client)
-    task, token = _task(database), _token(client)
+    login(client)
+    task, token = _task(database), csrf_token(client)
     connection = sqlite3.connect(database)
     connection.execute("ALTER TABLE submissions RENAME TO moved_away")  # a genuine failure inside the request
     connection.commit()
@@ -517,16 +501,16 @@ def test_a_server_error_under_the_api_is_json_without_a_traceback(app, database)
 
 def test_a_busy_database_answers_503_with_retry_after_in_seconds_not_half_a_minute(app, database):
     client = app.test_client()
-    _login(client)
-    token, task = _token(client), _task(database)
-    impatient = _app(database, busy_timeout_s=0.2).test_client()
+    login(client)
+    token, task = csrf_token(client), _task(database)
+    impatient = testing_app(database, busy_timeout_s=0.2).test_client()
     blocker = sqlite3.connect(database, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         began = time.perf_counter()
         response = client.post(f"/api/tasks/{task}", json=GOOD_ANSWER, headers={"X-CSRFToken": token})
         waited = time.perf_counter() - began
-        fast = _login(impatient, "bob")  # a page: the same 503, as HTML
+        fast = login(impatient, "bob")  # a page: the same 503, as HTML
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
