@@ -5,7 +5,7 @@ from rlhf.label.app import create_app
 PASSWORD = "correct horse"
 
 
-def testing_app(database, **options):
+def make_app(database, **options):
     application = create_app(database, **options)
     application.config["TESTING"] = True
     return application

@@ -483,3 +483,33 @@ def test_stats_with_no_valid_record_is_an_error_that_says_why(capsys, tmp_path):
     assert code == 2 and not out
     assert error == (f"rlhf: error: {path}: no usable records (2 invalid: 1 × missing field 'rejected' (:1); "
                      "1 × field 'chosen' is empty (:2))")
+
+
+def test_an_unexpected_error_while_reading_is_one_line_asking_for_a_bug_report(tmp_path, capsys, monkeypatch):
+    """The last resort: an exception no reader expected names the file and line, exit 70, no traceback."""
+    import rlhf.data.readers as readers
+
+    def broken(obj, where):
+        raise KeyError("a reader bug")
+
+    monkeypatch.setitem(readers.PARSERS, "comparisons", broken)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    code = main(["data", "convert", str(path), "--kind", "comparisons", "--output", str(tmp_path / "out.jsonl")])
+    error = capsys.readouterr().err.strip()
+    assert code == 70 and len(error.splitlines()) == 1, error
+    assert error.startswith(f"rlhf: error: {path}:1: could not be read (KeyError") and "bug in rlhf" in error
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_errors_outside_reading_are_not_dressed_as_read_errors(tmp_path, monkeypatch):
+    import rlhf.data.stats as stats
+
+    def broken_pipe(*args, **kwargs):
+        raise BrokenPipeError  # `rlhf data stats FILE | head`
+
+    monkeypatch.setattr(stats, "print_stats", broken_pipe)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(BrokenPipeError):
+        main(["data", "stats", str(path), "--no-pii"])

@@ -98,7 +98,7 @@ def test_stats_cli_prints_a_table(capsys):
 
 @pytest.mark.parametrize("text", [
     "Upgrade to version 1.2.3.4 today", "release 2.0.1.3 broke it", "build 10.0.19041.1 fails",
-    "Python 3.11.7.1 is installed", "on 25.12.2024 14:00", "(02-01-1985)", "Date: 04-07-2019"])
+    "firmware: 4.19.0.2", "on 25.12.2024 14:00", "(02-01-1985)", "Date: 04-07-2019"])
 def test_version_numbers_and_dates_are_not_pii(text):
     pytest.importorskip("presidio_analyzer")
     from rlhf.data.pii import scrub
@@ -111,6 +111,7 @@ def test_version_numbers_and_dates_are_not_pii(text):
     ("write 用户@例子.广告 please", "write <EMAIL_ADDRESS> please"),
     ("ask josé.garcía@ejemplo.es", "ask <EMAIL_ADDRESS>"),
     ("server 10.20.30.40 is down", "server <IP_ADDRESS> is down"),
+    ("node 10.0.0.5 and update 192.168.1.10", "node <IP_ADDRESS> and update <IP_ADDRESS>"),
     ("call +1 415-555-0132 on 2024-01-02", "call <PHONE_NUMBER> on 2024-01-02"),
 ])
 def test_unicode_addresses_and_real_pii_are_scrubbed(text, expected):
@@ -122,7 +123,7 @@ def test_unicode_addresses_and_real_pii_are_scrubbed(text, expected):
 
 @pytest.mark.parametrize("valid, test, message", [
     ("0.5", "0.5", "leaves no training data"), ("0.9", "0.3", "leaves no training data"),
-    ("1.0", "0", "valid fraction must be in [0, 1)"), ("-0.1", "0.1", "valid fraction must be in [0, 1)")])
+    ("1.0", "0", "valid_fraction must be in [0, 1)"), ("-0.1", "0.1", "valid_fraction must be in [0, 1)")])
 def test_curate_refuses_fractions_that_leave_no_training_data(tmp_path, capsys, valid, test, message):
     source = tmp_path / "prompts.jsonl"
     source.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(10)))

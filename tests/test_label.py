@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from label_helpers import PASSWORD, csrf_token, login, testing_app
+from label_helpers import PASSWORD, csrf_token, login, make_app
 from rlhf.cli import main
 from rlhf.data.readers import read_comparisons, read_demonstrations
 from rlhf.data.records import Comparison, DataError
@@ -138,7 +138,7 @@ def database(tmp_path):
 
 @pytest.fixture
 def app(database):
-    return testing_app(database)
+    return make_app(database)
 
 
 def _assignments(database, username):
@@ -286,7 +286,7 @@ def test_hostile_input_is_stored_verbatim(app, database, tmp_path):
     assert response.status_code == 200
     page = client.get(f"/task/{task['id']}").get_data(as_text=True)
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    main(["label", "export", "--db", str(database), "--output", str(tmp_path / "out")])
+    assert main(["label", "export", "--db", str(database), "--output", str(tmp_path / "out")]) == 0
     (demo,) = read_demonstrations(tmp_path / "out" / "demonstrations.jsonl")
     assert demo.response == text and demo.prompt[0]["content"] == HOSTILE_PROMPT
     assert demo.user_id == "customer-1" and demo.metadata["labeler"] == owner
@@ -313,7 +313,7 @@ def test_editing_keeps_history_and_exports_once(app, database, tmp_path):
     assert client.post(f"/api/tasks/{task}", json=first, headers={"X-CSRFToken": token}).get_json()["revision"] == 1
     assert client.post(f"/api/tasks/{task}", json=second, headers={"X-CSRFToken": token}).get_json()["revision"] == 2
     assert _submission_count(database) == 2  # the first answer is kept
-    main(["label", "export", "--db", str(database), "--output", str(tmp_path / "out")])
+    assert main(["label", "export", "--db", str(database), "--output", str(tmp_path / "out")]) == 0
     (comparison,) = read_comparisons(tmp_path / "out" / "comparisons.jsonl")
     assert comparison.ranks == [4, 3, 2, 1] and comparison.metadata["revision"] == 2
 
@@ -326,7 +326,7 @@ def test_skip_with_reason_is_recorded_and_left_out_of_the_export(app, database, 
                                                   "skip_reason": "unclear prompt", "skip_detail": "which language?"})
     assert response.status_code == 302
     assert client.get(f"/api/tasks/{task}").get_json()["answer"] == {"skip": "unclear prompt: which language?"}
-    main(["label", "export", "--db", str(database), "--output", str(tmp_path / "out")])
+    assert main(["label", "export", "--db", str(database), "--output", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "comparisons.jsonl").read_text() == ""
 
 

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from label_helpers import PASSWORD, csrf_token, login, testing_app
+from label_helpers import PASSWORD, csrf_token, login, make_app
 from rlhf.cli import main
 from rlhf.label import db
 from rlhf.label.answers import agreement, to_records
@@ -34,7 +34,7 @@ def database(tmp_path, monkeypatch):
 
 @pytest.fixture
 def app(database):
-    return testing_app(database)
+    return make_app(database)
 
 
 def _client(app, username, password=PASSWORD):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from werkzeug.security import generate_password_hash
 
-from label_helpers import PASSWORD, csrf_token, login, testing_app
+from label_helpers import PASSWORD, csrf_token, login, make_app
 from rlhf.cli import main
 from rlhf.data.records import DataError
 from rlhf.label import db
@@ -54,7 +54,7 @@ def database(tmp_path, monkeypatch):
 
 @pytest.fixture
 def app(database):
-    return testing_app(database)
+    return make_app(database)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def shared():
     with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as folder:
         patch.delenv(SECRET_KEY_VARIABLE, raising=False)
         path = _make_database(Path(folder) / "labels.db")
-        yield path, testing_app(path)
+        yield path, make_app(path)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_sessions_end_when_idle_and_after_the_absolute_lifetime(app, database):
 
 
 def test_session_timeouts_are_configurable_and_checked(database):
-    app = testing_app(database, sessions=SessionPolicy(idle_timeout_s=60, absolute_timeout_s=120))
+    app = make_app(database, sessions=SessionPolicy(idle_timeout_s=60, absolute_timeout_s=120))
     client = app.test_client()
     login(client)
     connection = sqlite3.connect(database)
@@ -221,7 +221,7 @@ def test_back_off_by_hand():
 
 
 def test_the_right_password_works_again_after_the_window(database):
-    app = testing_app(database, throttle=LoginThrottle(window_s=2.0, per_account=3, per_address=100, base_delay_s=2.0))
+    app = make_app(database, throttle=LoginThrottle(window_s=2.0, per_account=3, per_address=100, base_delay_s=2.0))
     client = app.test_client()
     assert [login(client, password="wrong password").status_code for _ in range(3)] == [401] * 3
     response = login(client)
@@ -231,7 +231,7 @@ def test_the_right_password_works_again_after_the_window(database):
 
 
 def test_guessing_across_accounts_is_throttled_per_client_address(database):
-    app = testing_app(database, throttle=LoginThrottle(window_s=60, per_account=100, per_address=3, base_delay_s=60))
+    app = make_app(database, throttle=LoginThrottle(window_s=60, per_account=100, per_address=3, base_delay_s=60))
     attacker = app.test_client()
     attacker.environ_base["REMOTE_ADDR"] = "10.0.0.1"
     assert [login(attacker, name, "wrong password").status_code for name in ("alice", "bob", "carol")] == [401] * 3
@@ -244,8 +244,25 @@ def test_guessing_across_accounts_is_throttled_per_client_address(database):
     assert _rows(database, "SELECT DISTINCT client_ip FROM audit WHERE event = 'login_throttled'") == [("10.0.0.1",)]
 
 
+def test_a_guesser_elsewhere_cannot_lock_the_owner_out(database):
+    """Failures against alice from one address hold back that address, not alice logging in from hers;
+    a clean address that then fails is held back by alice's count too."""
+    app = make_app(database, throttle=LoginThrottle(window_s=60, per_account=2, per_address=100, base_delay_s=60))
+    guesser = app.test_client()
+    guesser.environ_base["REMOTE_ADDR"] = "198.51.100.1"
+    assert [login(guesser, "alice", f"guess {n}").status_code for n in range(4)] == [401, 401, 429, 429]
+    owner = app.test_client()
+    owner.environ_base["REMOTE_ADDR"] = "192.0.2.10"
+    assert login(owner, "alice").status_code == 302
+    second = app.test_client()
+    second.environ_base["REMOTE_ADDR"] = "198.51.100.2"
+    assert login(second, "bob", "wrong password").status_code == 401  # this address has failed now
+    # alice's count restarted at her login: two more free failures, then this address is held back
+    assert [login(second, "alice", f"again {n}").status_code for n in range(3)] == [401, 401, 429]
+
+
 def test_guesses_sent_at_the_same_moment_count_against_the_limit(database):
-    app = testing_app(database, throttle=LoginThrottle(window_s=60, per_account=3, per_address=100, base_delay_s=60))
+    app = make_app(database, throttle=LoginThrottle(window_s=60, per_account=3, per_address=100, base_delay_s=60))
     codes, start = [], threading.Barrier(8)
 
     def guess(n: int) -> None:
@@ -264,8 +281,8 @@ def test_guesses_sent_at_the_same_moment_count_against_the_limit(database):
 
 
 def test_behind_a_proxy_the_forwarded_address_is_throttled_and_logged(database):
-    app = testing_app(database, behind_proxy=True,
-               throttle=LoginThrottle(window_s=60, per_account=100, per_address=1, base_delay_s=60))
+    app = make_app(database, behind_proxy=True,
+                   throttle=LoginThrottle(window_s=60, per_account=100, per_address=1, base_delay_s=60))
     client = app.test_client()
     assert login(client, "alice", "wrong password", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 401
     assert login(client, "bob", "wrong password", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 429
@@ -351,11 +368,11 @@ def _login_cookie(app, **request_options) -> str:
 
 def test_cookies_are_secure_with_the_flag_or_when_a_trusted_proxy_says_https(database):
     https = {"headers": {"X-Forwarded-Proto": "https", "Referer": "https://localhost/login"}}
-    assert "Secure" not in _login_cookie(testing_app(database))
-    assert "Secure" not in _login_cookie(testing_app(database), **https)  # not behind a proxy: header ignored
-    assert "Secure" in _login_cookie(testing_app(database, secure_cookies=True))
-    assert "Secure" in _login_cookie(testing_app(database, behind_proxy=True), **https)
-    assert "Secure" not in _login_cookie(testing_app(database, behind_proxy=True))
+    assert "Secure" not in _login_cookie(make_app(database))
+    assert "Secure" not in _login_cookie(make_app(database), **https)  # not behind a proxy: header ignored
+    assert "Secure" in _login_cookie(make_app(database, secure_cookies=True))
+    assert "Secure" in _login_cookie(make_app(database, behind_proxy=True), **https)
+    assert "Secure" not in _login_cookie(make_app(database, behind_proxy=True))
 
 
 def test_loopback_hosts():
@@ -423,6 +440,7 @@ def test_malformed_ranking_answers_are_a_json_400_naming_the_field(alice, body, 
 @pytest.mark.parametrize("body, field", [
     (b'{"response": "\\ud83d alone"}', "response"), (b'{"response": 42}', "response"),
     (b'{"response": "fine", "order": [0]}', "order"), (b'{"response": "x' + b"y" * 20_001 + b'"}', "response"),
+    (b'{"response": "\\u200b\\u2060 \\ufeff"}', "response"),  # only invisible characters: empty, as on read
 ])
 def test_malformed_demonstrations_are_a_json_400_naming_the_field(alice, body, field):
     client, token, database = alice
@@ -503,7 +521,7 @@ def test_a_busy_database_answers_503_with_retry_after_in_seconds_not_half_a_minu
     client = app.test_client()
     login(client)
     token, task = csrf_token(client), _task(database)
-    impatient = testing_app(database, busy_timeout_s=0.2).test_client()
+    impatient = make_app(database, busy_timeout_s=0.2).test_client()
     blocker = sqlite3.connect(database, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:

@@ -238,3 +238,103 @@ def test_label_export_refuses_a_missing_database_and_a_foreign_folder(tmp_path, 
     assert_refused(code, error, "no such database")
     assert not missing.exists()
     assert (out / "comparisons.jsonl").read_text().startswith('{"prompt": "kept"')
+
+
+def test_an_input_reached_through_a_link_is_never_replaced(user_folder, tmp_path, capsys):
+    alias = tmp_path / "alias"
+    alias.symlink_to(user_folder)
+    before = snapshot(user_folder)
+    code, error = run(capsys, "data", "curate", alias / "pairs.jsonl", "--output", user_folder, "--no-scrub",
+                      "--overwrite")
+    assert_refused(code, error, "would replace the input")
+    spelt = user_folder / ".." / "project" / "pairs.jsonl"
+    code, error = run(capsys, "data", "convert", user_folder / "pairs.jsonl", "--output", spelt, "--overwrite")
+    assert_refused(code, error, "would replace the input")
+    assert snapshot(user_folder) == before
+
+
+def test_output_paths_through_a_file_or_an_unwritable_place_are_one_line(user_folder, capsys):
+    code, error = run(capsys, "data", "convert", user_folder / "pairs.jsonl", "--output",
+                      user_folder / "notes.txt" / "out.jsonl")
+    assert_refused(code, error, "a folder on its path is a file")
+    code, error = run(capsys, "data", "curate", user_folder / "pairs.jsonl", "--output",
+                      user_folder / "notes.txt" / "curated", "--no-scrub")
+    assert_refused(code, error, "cannot be used as an output")
+
+
+def _stage_folder(folder: Path, stage: str, marker: bool) -> None:
+    folder.mkdir()
+    (folder / "rlhf.json").write_text(json.dumps({"stage": stage}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "tokenizer.json").write_text("{}")
+    if marker:
+        (folder / MARKER).write_text(json.dumps({"command": stage, "files": ["model.safetensors", "rlhf.json",
+                                                                              "tokenizer.json"]}))
+
+
+@pytest.mark.parametrize("marker", [True, False], ids=["marked", "written-before-the-marker"])
+def test_a_stage_replaces_its_own_earlier_folder_but_never_a_file_put_in_it(tmp_path, marker):
+    from rlhf.config import SFTConfig
+    from rlhf.train.common import check_stage_output, earlier_stage_output
+
+    folder = tmp_path / "sft"
+    _stage_folder(folder, "sft", marker)
+    check_stage_output(SFTConfig(output_dir=str(folder)), "sft")  # accepted: ours
+    with output_folder(folder, "sft", earlier=earlier_stage_output("sft")) as staging:
+        (staging / "rlhf.json").write_text(json.dumps({"stage": "sft", "run": 2}))
+    assert json.loads((folder / "rlhf.json").read_text())["run"] == 2 and not (folder / "tokenizer.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["sft"]  # no staging or replaced folder left
+    (folder / "MY_NOTES.txt").write_text("mine")
+    with pytest.raises(OutputError, match="MY_NOTES.txt, which rlhf sft did not write"):
+        check_stage_output(SFTConfig(output_dir=str(folder)), "sft")
+    assert (folder / "MY_NOTES.txt").read_text() == "mine"
+
+
+def test_a_staging_folder_left_by_kill_9_is_removed_on_the_next_run(tmp_path):
+    from rlhf.train.common import earlier_stage_output
+
+    left = tmp_path / "ppo.incomplete"
+    left.mkdir()
+    (left / MARKER).write_text(json.dumps({"command": "ppo", "files": []}))
+    (left / "model.safetensors").write_bytes(b"half")
+    old = tmp_path / "sft.incomplete"  # left by a version before the marker: checkpoint files only
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(b"half")
+    for name in ("ppo", "sft"):
+        with output_folder(tmp_path / name, name, earlier=earlier_stage_output(name)) as staging:
+            (staging / "rlhf.json").write_text(json.dumps({"stage": name}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ppo", "sft"]
+    assert not (tmp_path / "ppo" / "model.safetensors").exists()
+
+
+def test_label_export_into_a_foreign_folder_and_over_its_own(tmp_path, capsys, monkeypatch):
+    from label_helpers import PASSWORD
+
+    database = tmp_path / "labels.db"
+    monkeypatch.setenv("RLHF_LABEL_PASSWORD", PASSWORD)
+    assert main(["label", "add-user", "--db", str(database), "ann"]) == 0
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "comparisons.jsonl").write_text('{"prompt": "kept", "chosen": "a", "rejected": "b"}\n')
+    capsys.readouterr()
+    code, error = run(capsys, "label", "export", "--db", database, "--output", theirs, "--overwrite")
+    assert_refused(code, error, "holds files rlhf label export did not write")
+    assert (theirs / "comparisons.jsonl").read_text().startswith('{"prompt": "kept"')
+    out = tmp_path / "labeled"
+    assert run(capsys, "label", "export", "--db", database, "--output", out)[0] == 0
+    code, error = run(capsys, "label", "export", "--db", database, "--output", out)
+    assert_refused(code, error, "pass --overwrite")
+    assert run(capsys, "label", "export", "--db", database, "--output", out, "--overwrite")[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "comparisons.jsonl", "demonstrations.jsonl"]
+
+
+def test_a_run_folder_written_before_the_marker_is_recognised_by_its_config(tmp_path):
+    from rlhf.config import PipelineConfig, dump_config
+    from rlhf.pipeline import is_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("model: mine\nlr: 3\n")  # somebody's own config
+    assert not is_run_dir(run_dir)
+    (run_dir / "config.yaml").write_text(dump_config(PipelineConfig()))
+    assert is_run_dir(run_dir)

@@ -187,13 +187,13 @@ def run_eval(args: argparse.Namespace) -> None:
 def run_data(args: argparse.Namespace) -> None:
     import json
 
-    from rlhf.data.curate import comparison_pairs, curate, earlier_curation, read_any, to_canonical, write_curated
+    from rlhf.data.curate import EARLIER_CURATION, comparison_pairs, curate, read_any, to_canonical, write_curated
     from rlhf.data.formats import FieldMap
     from rlhf.outputs import check_output_file, check_output_folder, write_jsonl
 
     # refuse a destructive output before spending time on the data
     if args.action == "curate":
-        check_output_folder(args.output, "data curate", [args.file], args.overwrite, legacy=earlier_curation)
+        check_output_folder(args.output, "data curate", [args.file], args.overwrite, earlier=EARLIER_CURATION)
     elif args.action == "convert":
         check_output_file(args.output, [args.file], args.overwrite)
     field_map = FieldMap(**{f: getattr(args, f"{f}_field") for f in
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> None:
         from rlhf.pipeline import is_run_dir
 
         if not is_run_dir(args.run_dir):
-            raise DataError(f"{args.run_dir}: not an rlhf run folder (no config.yaml with metrics.jsonl); "
+            raise DataError(f"{args.run_dir}: not an rlhf run folder (no pipeline config.yaml); "
                             "give the --run-dir of a pipeline run")
         print(write_html_report(args.run_dir))
     elif args.command == "config":
@@ -284,14 +284,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
-        where = _reading_location(error.__traceback__)
+        where = None if isinstance(error, BrokenPipeError) else _reading_location(error.__traceback__)
         if where is None:
             raise
         logging.getLogger("rlhf").debug("unexpected error while reading %s", where, exc_info=True)
         print(f"rlhf: error: {where}: could not be read ({type(error).__name__}: {_one_line(error)}); "
               "this is a bug in rlhf, please report it with this line (-v shows the traceback)", file=sys.stderr)
-        return 2
+        return BUG_EXIT
     return 0
+
+
+BUG_EXIT = 70  # EX_SOFTWARE: an internal error (bad input is 2)
+READ_PATH = (f"rlhf{os.sep}data{os.sep}formats.py", f"rlhf{os.sep}data{os.sep}readers.py")
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:
@@ -301,11 +305,12 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
 
 def _reading_location(traceback) -> str | None:
     """Last resort: when an unexpected exception was raised while a data file was being read (a frame in
-    ``rlhf/data/``), the innermost ``where`` (file:line) or ``path`` that frame knew; else None."""
+    ``rlhf/data/formats.py`` or ``readers.py``), the innermost ``where`` (file:line) or ``path`` that
+    frame knew; else None."""
     found = None
     while traceback is not None:
         frame = traceback.tb_frame
-        if f"rlhf{os.sep}data{os.sep}" in frame.f_code.co_filename:
+        if frame.f_code.co_filename.endswith(READ_PATH):
             local = frame.f_locals
             for name in ("where", "path"):
                 if isinstance(local.get(name), (str, os.PathLike)):

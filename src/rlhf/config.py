@@ -18,14 +18,6 @@ class ConfigError(ValueError):
     """A config problem, naming the field: ``ppo.kl_coef: Input should be a valid number``."""
 
 
-def check_split_fractions(config):
-    """valid_fraction + test_fraction < 1, or nothing is left to train on."""
-    if config.valid_fraction + config.test_fraction >= 1:
-        raise ValueError(f"valid_fraction + test_fraction = {config.valid_fraction + config.test_fraction:g} "
-                         "leaves no training data; it must be < 1")
-    return config
-
-
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -48,7 +40,10 @@ class StageConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
-        return check_split_fractions(self)
+        from rlhf.data.collate import check_split_fractions
+
+        check_split_fractions(self.valid_fraction, self.test_fraction)  # a DataError is a ValueError
+        return self
 
 
 class SFTConfig(StageConfig):
@@ -173,7 +168,10 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
-        return check_split_fractions(self)
+        from rlhf.data.collate import check_split_fractions
+
+        check_split_fractions(self.valid_fraction, self.test_fraction)  # a DataError is a ValueError
+        return self
 
 
 STAGE_CONFIGS: dict[str, type[BaseModel]] = {

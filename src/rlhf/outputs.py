@@ -19,14 +19,20 @@ next run removes the staging folder it recognises as its own. Refusals are :clas
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.data.records import DataError
+
+logger = logging.getLogger(__name__)
 
 MARKER = ".rlhf-output.json"
 
@@ -39,17 +45,24 @@ def _resolved(path: str | Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(str(path))))
 
 
+def _real(path: str | Path) -> Path:
+    """Where a path really leads (symbolic links followed), for comparing two paths."""
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
 def _local_inputs(inputs: Iterable[str | Path | None]) -> list[Path]:
-    return [_resolved(p) for p in inputs if p and not str(p).startswith("hf:")]
+    return [Path(p) for p in inputs if p and not str(p).startswith("hf:")]
 
 
 def _check_not_input(path: Path, inputs: list[Path], what: str) -> None:
+    """Neither the output nor anything in it may be an input, however either is spelt (``..``, links)."""
     for source in inputs:
-        if _is_within(source, path) or (path.exists() and source.exists() and os.path.samefile(path, source)):
+        same = path.exists() and source.exists() and os.path.samefile(path, source)
+        if same or _is_within(_real(source), _real(path)):
             raise OutputError(f"{path}: the output {what} would replace the input {source}; choose another path")
 
 
@@ -70,16 +83,20 @@ def check_output_file(path: str | Path, inputs: Iterable = (), overwrite: bool =
     """Refuse an output file that is a folder, an input, or an existing file (without ``overwrite``,
     or that ``recognise`` does not take for one of ours)."""
     target = _resolved(path)
-    if str(path).endswith(("/", os.sep)) or target.is_dir():
-        raise OutputError(f"{path}: is a folder; the output must be a file path")
-    _check_not_input(target, _local_inputs(inputs), "file")
-    if target.exists() or target.is_symlink():
-        if not target.is_file() or target.is_symlink():
-            raise OutputError(f"{path}: exists and is not a regular file; refusing to replace it")
-        if not overwrite:
-            raise OutputError(f"{path}: exists; pass --overwrite to replace it")
-        if not recognise(target):
-            raise OutputError(f"{path}: exists and does not look like a file rlhf wrote; refusing to overwrite it")
+    with _inspecting(path):
+        if str(path).endswith(("/", os.sep)) or target.is_dir():
+            raise OutputError(f"{path}: is a folder; the output must be a file path")
+        if any(parent.exists() and not parent.is_dir() for parent in target.parents):
+            raise OutputError(f"{path}: a folder on its path is a file")
+        _check_not_input(target, _local_inputs(inputs), "file")
+        if target.exists() or target.is_symlink():
+            if not target.is_file() or target.is_symlink():
+                raise OutputError(f"{path}: exists and is not a regular file; refusing to replace it")
+            if not overwrite:
+                raise OutputError(f"{path}: exists; pass --overwrite to replace it")
+            if not recognise(target):
+                raise OutputError(f"{path}: exists and does not look like a file rlhf wrote; "
+                                  "refusing to overwrite it")
     return target
 
 
@@ -106,13 +123,15 @@ def output_file(path: str | Path, inputs: Iterable = (), overwrite: bool = False
                 recognise: Callable[[Path], bool] = looks_like_jsonl) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed."""
     target = check_output_file(path, inputs, overwrite, recognise)
-    created = _make_parents(target.parent)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with _inspecting(path):
+        created = _make_parents(target.parent)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(handle)
     temporary = Path(temporary)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())
+        # mkstemp makes 0600; give the file the mode a plain open() would (or the replaced file's)
+        os.chmod(temporary, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~UMASK)
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -120,10 +139,13 @@ def output_file(path: str | Path, inputs: Iterable = (), overwrite: bool = False
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; set back at once, at import (before any thread)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict], inputs: Iterable = (), overwrite: bool = False) -> None:
@@ -148,78 +170,103 @@ def read_marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) and isinstance(marker.get("files"), list) else None
 
 
-def is_own_folder(folder: Path, command: str, legacy: Callable[[Path], bool] | None = None) -> bool:
-    """``folder`` was written by ``command``: its marker says so (or, for folders written before the
-    marker existed, ``legacy`` recognises it)."""
+@dataclass(frozen=True)
+class Earlier:
+    """How to recognise a folder a command wrote before folders carried the marker: every file name
+    in it matches ``names``; a finished one holds ``finished`` and passes ``check``."""
+
+    names: str  # a regular expression for one file name
+    finished: str
+    check: Callable[[Path], bool] | None = None
+
+    def owns(self, name: str) -> bool:
+        return re.fullmatch(self.names, name) is not None
+
+
+def ownership(folder: Path, command: str, earlier: Earlier | None = None) -> tuple[bool, list[str]]:
+    """(whether ``command`` wrote ``folder``, the entries in it that it did not write).
+
+    The marker answers both; a folder without one is ours when ``earlier`` recognises it, and then
+    any entry whose name ``command`` never writes is somebody else's."""
+    names = sorted(entry.name for entry in folder.iterdir())
+    marker = read_marker(folder)
+    if marker is not None:
+        ours = set(marker["files"]) | {MARKER}
+        return marker.get("command") == command, [name for name in names if name not in ours]
+    if earlier is None or earlier.finished not in names or (earlier.check and not earlier.check(folder)):
+        return False, names
+    return True, [name for name in names if not earlier.owns(name)]
+
+
+def is_staging(folder: Path, command: str, earlier: Earlier | None = None) -> bool:
+    """``folder`` is a staging folder of ``command``: its marker says so, or (left by a version before
+    the marker) it holds only names the command writes."""
     marker = read_marker(folder)
     if marker is not None:
         return marker.get("command") == command
-    return bool(legacy and legacy(folder))
+    return earlier is not None and all(earlier.owns(entry.name) for entry in folder.iterdir())
 
 
-def foreign_entries(folder: Path) -> list[str]:
-    """Entries of one of our folders that its marker does not list (a user's file put there later)."""
-    marker = read_marker(folder)
-    if marker is None:
-        return []
-    ours = set(marker["files"]) | {MARKER}
-    return sorted(entry.name for entry in folder.iterdir() if entry.name not in ours)
+@contextmanager
+def _inspecting(path: str | Path) -> Iterator[None]:
+    """A folder that cannot be listed or created is a refused output, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(f"{path}: cannot be used as an output ({error.strerror or error})") from None
 
 
 def check_output_folder(path: str | Path, command: str, inputs: Iterable = (), overwrite: bool = True,
-                        legacy: Callable[[Path], bool] | None = None) -> Path:
-    """Refuse a folder output that is a file, holds an input or the current folder, or exists with
-    content that is not an earlier output of ``command`` (or is, but ``overwrite`` is off)."""
+                        earlier: Earlier | None = None) -> Path:
+    """Refuse a folder output that is a link or a file, holds an input or the current folder, or exists
+    with content that is not an earlier output of ``command`` (or is, but ``overwrite`` is off)."""
     target = _resolved(path)
-    if target.is_symlink():
-        raise OutputError(f"{path}: is a symbolic link; give the real folder (nothing was changed)")
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{path}: exists and is a file; the output must be a folder")
-    if _is_within(_resolved(os.getcwd()), target):
-        raise OutputError(f"{path}: is the current folder or holds it; choose a new folder for the output")
-    _check_not_input(target, _local_inputs(inputs), "folder")
-    if target.is_dir() and any(target.iterdir()):
-        if not is_own_folder(target, command, legacy):
-            raise OutputError(f"{path}: exists and holds files rlhf {command} did not write; "
-                              "choose a new folder (nothing was changed)")
-        foreign = foreign_entries(target)
-        if foreign:
-            raise OutputError(f"{path}: holds {', '.join(foreign[:3])}, which rlhf {command} did not write; "
-                              "move it or choose a new folder (nothing was changed)")
-        if not overwrite:
-            raise OutputError(f"{path}: exists (an earlier output of rlhf {command}); "
-                              "pass --overwrite to replace it")
-    staging = target.with_name(target.name + ".incomplete")
-    if staging.exists() and not is_staging(staging, command):
-        raise OutputError(f"{staging}: exists and was not made by rlhf {command}; move it away first")
+    with _inspecting(path):
+        if target.is_symlink():
+            raise OutputError(f"{path}: is a symbolic link; give the real folder (nothing was changed)")
+        if target.exists() and not target.is_dir():
+            raise OutputError(f"{path}: exists and is a file; the output must be a folder")
+        if _is_within(_real(os.getcwd()), _real(target)):
+            raise OutputError(f"{path}: is the current folder or holds it; choose a new folder for the output")
+        _check_not_input(target, _local_inputs(inputs), "folder")
+        if target.is_dir() and any(target.iterdir()):
+            ours, foreign = ownership(target, command, earlier)
+            if not ours:
+                raise OutputError(f"{path}: exists and holds files rlhf {command} did not write; "
+                                  "choose a new folder (nothing was changed)")
+            if foreign:
+                raise OutputError(f"{path}: holds {', '.join(foreign[:3])}, which rlhf {command} did not write; "
+                                  "move it or choose a new folder (nothing was changed)")
+            if not overwrite:
+                raise OutputError(f"{path}: exists (an earlier output of rlhf {command}); "
+                                  "pass --overwrite to replace it")
+        staging = target.with_name(target.name + ".incomplete")
+        if staging.exists() and not (staging.is_dir() and is_staging(staging, command, earlier)):
+            raise OutputError(f"{staging}: exists and was not made by rlhf {command}; move it away first")
     return target
 
 
-def is_staging(folder: Path, command: str) -> bool:
-    marker = read_marker(folder)
-    return folder.is_dir() and marker is not None and marker.get("command") == command
-
-
-def begin_folder(target: Path, command: str) -> tuple[Path, list[Path]]:
-    """Create ``TARGET.incomplete/`` (removing an earlier one of ours) with its marker."""
+def begin_folder(target: Path, command: str, earlier: Earlier | None = None) -> tuple[Path, list[Path]]:
+    """Create ``TARGET.incomplete/`` (removing an earlier one of ours, e.g. after ``kill -9``) with its marker."""
     staging = target.with_name(target.name + ".incomplete")
-    if staging.exists():
-        if not is_staging(staging, command):
-            raise OutputError(f"{staging}: exists and was not made by rlhf {command}; move it away first")
-        shutil.rmtree(staging)
-    created = _make_parents(target.parent)
-    staging.mkdir()
+    with _inspecting(staging):
+        if staging.exists():
+            if not (staging.is_dir() and is_staging(staging, command, earlier)):
+                raise OutputError(f"{staging}: exists and was not made by rlhf {command}; move it away first")
+            shutil.rmtree(staging)
+        created = _make_parents(target.parent)
+        staging.mkdir()
     (staging / MARKER).write_text(json.dumps({"command": command, "files": []}))
     return staging, created
 
 
-def finish_folder(staging: Path, target: Path, command: str, legacy: Callable[[Path], bool] | None = None) -> None:
-    """Record what the staging folder holds in its marker and rename it into place; an earlier output
-    of ours is moved aside first and removed only once the new one is in place."""
+def finish_folder(staging: Path, target: Path, command: str, earlier: Earlier | None = None) -> None:
+    """Record what the staging folder holds in its marker and rename it into place. An earlier output
+    of ours is moved aside first and removed only once the new one is in place, and only if nothing
+    that is not ours appeared in it meanwhile."""
     files = sorted(entry.name for entry in staging.iterdir() if entry.name != MARKER)
     (staging / MARKER).write_text(json.dumps({"command": command, "files": files}, indent=1))
-    if target.is_dir() and any(target.iterdir()) and (
-            not is_own_folder(target, command, legacy) or foreign_entries(target)):
+    if target.is_dir() and any(target.iterdir()) and ownership(target, command, earlier) != (True, []):
         raise OutputError(f"{target}: files appeared there while rlhf {command} ran; the finished output is "
                           f"kept in {staging}")
     previous = None
@@ -227,8 +274,14 @@ def finish_folder(staging: Path, target: Path, command: str, legacy: Callable[[P
         previous = target.with_name(f"{target.name}.replaced-{os.getpid()}")
         target.rename(previous)
     staging.rename(target)
-    if previous is not None:
-        shutil.rmtree(previous)
+    if previous is None:
+        return
+    ours, foreign = ownership(previous, command, earlier)
+    if any(previous.iterdir()) and (not ours or foreign):  # appeared in the instant before the rename
+        logger.warning("%s: the earlier output holds %s, which rlhf %s did not write; it is kept in %s",
+                       target, ", ".join(foreign[:3]), command, previous)
+        return
+    shutil.rmtree(previous)
 
 
 def abandon_folder(staging: Path, created: list[Path]) -> None:
@@ -238,13 +291,13 @@ def abandon_folder(staging: Path, created: list[Path]) -> None:
 
 @contextmanager
 def output_folder(path: str | Path, command: str, inputs: Iterable = (), overwrite: bool = True,
-                  legacy: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+                  earlier: Earlier | None = None) -> Iterator[Path]:
     """Yield ``PATH.incomplete/`` to write into; renamed to ``PATH`` on success, removed on failure."""
-    target = check_output_folder(path, command, inputs, overwrite, legacy)
-    staging, created = begin_folder(target, command)
+    target = check_output_folder(path, command, inputs, overwrite, earlier)
+    staging, created = begin_folder(target, command, earlier)
     try:
         yield staging
     except BaseException:
         abandon_folder(staging, created)
         raise
-    finish_folder(staging, target, command, legacy)
+    finish_folder(staging, target, command, earlier)

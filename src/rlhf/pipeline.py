@@ -10,6 +10,8 @@ import json
 import logging
 from pathlib import Path
 
+import yaml
+
 from rlhf.config import PipelineConfig, dump_config
 from rlhf.data.readers import DataError
 from rlhf.data.synthetic import write_synthetic_data
@@ -63,12 +65,16 @@ RUN_MARKER = ".rlhf-run"
 
 
 def is_run_dir(folder: str | Path) -> bool:
-    """A run folder of ours: its marker, or (written before the marker) a config and metrics or stages."""
+    """A run folder of ours: its marker, or (written before the marker) a ``config.yaml`` that is a
+    pipeline config (it has the sft, reward and ppo sections)."""
     folder = Path(folder)
-    if (folder / RUN_MARKER).exists():
+    if (folder / RUN_MARKER).is_file():
         return True
-    return (folder / "config.yaml").is_file() and any(
-        (folder / name).exists() for name in ("metrics.jsonl", "summary.json", "sft"))
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and {"sft", "reward", "ppo"} <= set(config)
 
 
 def prepare_run_dir(run_dir: Path) -> None:

@@ -218,6 +218,16 @@ def sample_records(records: list, limit: int | None, seed: int) -> list:
     return [records[i] for i in keep]
 
 
+def check_split_fractions(valid_fraction: float, test_fraction: float) -> None:
+    """Each fraction in [0, 1) and their sum below 1, or nothing is left to train on."""
+    for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise DataError(f"{name} must be in [0, 1), got {value:g}")
+    if valid_fraction + test_fraction >= 1:
+        raise DataError(f"valid_fraction + test_fraction = {valid_fraction + test_fraction:g} leaves no training "
+                        "data; it must be < 1")
+
+
 def split_records(records: list, seed: int, valid_fraction: float, test_fraction: float) -> dict[str, list]:
     splits: dict[str, list] = {"train": [], "valid": [], "test": []}
     for record in records:

@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rlhf.data.collate import split_records
+from rlhf.data.collate import check_split_fractions, split_records
 from rlhf.data.records import Comparison, Conversation, DataError, Demonstration
-from rlhf.outputs import output_folder
+from rlhf.outputs import Earlier, output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +111,6 @@ class CurationReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_fractions(valid_fraction: float, test_fraction: float) -> None:
-    for name, value in (("valid fraction", valid_fraction), ("test fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise DataError(f"curate: {name} must be in [0, 1), got {value}")
-    if valid_fraction + test_fraction >= 1:
-        raise DataError(f"curate: valid fraction + test fraction = {valid_fraction + test_fraction:g} leaves no "
-                        "training data; it must be < 1")
-
-
 def split_warnings(splits: dict[str, list], fractions: dict[str, float]) -> list[str]:
     """An empty split that was asked for, and why it usually happens (few users: splits go by user)."""
     users = len({r.user_id for split in splits.values() for r in split if r.user_id is not None})
@@ -136,7 +127,7 @@ def curate(records: list, prefix_chars: int = 64, max_per_user: int = 200, seed:
            scrub_pii: bool = True) -> tuple[dict[str, list], CurationReport]:
     if prefix_chars < 1 or max_per_user < 1:
         raise DataError(f"curate: prefix chars and max per user must be ≥ 1, got {prefix_chars} and {max_per_user}")
-    check_fractions(valid_fraction, test_fraction)
+    check_split_fractions(valid_fraction, test_fraction)
     kept, dropped = drop_shared_prefixes(records, prefix_chars)
     kept, over_cap = cap_per_user(kept, max_per_user)
     splits = split_records(kept, seed, valid_fraction, test_fraction)
@@ -155,20 +146,15 @@ def curate(records: list, prefix_chars: int = 64, max_per_user: int = 200, seed:
     return splits, report
 
 
-CURATED_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "curation_report.json")
-
-
-def earlier_curation(folder: Path) -> bool:
-    """A folder written by ``data curate`` before outputs carried their marker: only our four files."""
-    names = {entry.name for entry in folder.iterdir()}
-    return "curation_report.json" in names and names <= set(CURATED_FILES)
+# a folder written by ``data curate`` before outputs carried their marker: our four files and nothing else
+EARLIER_CURATION = Earlier(names=r"(train|valid|test)\.jsonl|curation_report\.json", finished="curation_report.json")
 
 
 def write_curated(output_dir: str | Path, splits: dict[str, list], report: CurationReport,
                   inputs: tuple = (), overwrite: bool = False) -> Path:
     """OUTPUT/{train,valid,test}.jsonl and curation_report.json, built in OUTPUT.incomplete/ and renamed
     into place when complete (see :mod:`rlhf.outputs` for what may be replaced)."""
-    with output_folder(output_dir, "data curate", inputs, overwrite, legacy=earlier_curation) as staging:
+    with output_folder(output_dir, "data curate", inputs, overwrite, earlier=EARLIER_CURATION) as staging:
         for name, split in splits.items():
             with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as handle:
                 for record in split:

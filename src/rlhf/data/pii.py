@@ -70,8 +70,7 @@ def _unicode_email_recognizer():
 
 # Spans the pattern recognisers take for PII but which are not: a version number (``v1.2.3.4``,
 # ``version 10.0.0.1``, ``1.2.3.4.5``) read as an IP address, a date or time read as a phone number.
-VERSION_BEFORE = re.compile(r"(?i)(?:\b(?:v|ver|version|release|rel|build|firmware|fw|update|patch|"
-                            r"kernel|python|node|chrome|release candidate)\.?\s*:?\s*|\bv)$")
+VERSION_BEFORE = re.compile(r"(?i)(?:\b(?:v|ver|version|release|build|firmware)\.?\s*:?\s*|\bv)$")
 DATE_LIKE = re.compile(r"^[\s(\[]*(?:(?P<y>\d{4})(?P<s1>[-/.])(?P<a>\d{1,2})(?P=s1)(?P<b>\d{1,2})|"
                        r"(?P<c>\d{1,2})(?P<s2>[-/.])(?P<d>\d{1,2})(?P=s2)(?P<z>\d{2}|\d{4}))"
                        r"(?:[ T]\d{1,2}(?::\d{2}){0,2})?[\s)\]]*$")

@@ -23,20 +23,28 @@ import hashlib
 import logging
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rlhf.data.formats import FieldMap, read_text_file, rows_and_errors
-from rlhf.data.records import Comparison, Conversation, DataError, Demonstration, Prompt, as_conversation, json_type
+from rlhf.data.records import (
+    Comparison,
+    Conversation,
+    DataError,
+    Demonstration,
+    Prompt,
+    as_conversation,
+    is_blank,
+    json_type,
+    same_text,
+    text_key,
+)
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zs", "Zl", "Zp")  # controls, format (U+200B–U+200D, U+2060, U+FEFF), spaces
-INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # Hangul fillers and the blank Braille pattern
 MAX_RANK = 2**31 - 1  # ranks may skip numbers (1, 3), but one past any int32 is no ranking (and no tensor)
 FIRST_LOCATIONS = 3  # locations shown for each problem when invalid records are counted
 
@@ -48,11 +56,6 @@ def fingerprint(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def is_blank(text: str) -> bool:
-    """True when nothing in ``text`` would show: only whitespace, control and zero-width characters."""
-    return all(ch in INVISIBLE_LETTERS or unicodedata.category(ch) in INVISIBLE_CATEGORIES for ch in text)
 
 
 def _shown(value) -> str:
@@ -167,7 +170,7 @@ def split_hh_dialogue(dialogue: str, where: str, field: str) -> tuple[Conversati
 
 
 def _pair(prompt: Conversation, chosen: str, rejected: str, obj: dict, where: str) -> Comparison:
-    if chosen.strip() == rejected.strip():
+    if same_text(chosen, rejected):
         raise DataError(f"{where}: fields 'chosen' and 'rejected' are the same response, so they make no pair")
     return Comparison(prompt, [chosen, rejected], [1, 2], _label(obj, "user_id", where), where,
                       _metadata(obj, where))
@@ -212,7 +215,7 @@ def _ranked(obj: dict, where: str) -> Comparison:
             raise DataError(f"{where}: field '{item}' must be an object with 'text' and 'rank'")
         texts.append(_text(response, "text", where, f"{item}.text"))
         ranks.append(_rank(response, item, where))
-        j = first_with_text.setdefault(texts[-1].strip(), i)
+        j = first_with_text.setdefault(text_key(texts[-1]), i)
         if ranks[j] != ranks[i]:
             raise DataError(f"{where}: fields 'responses[{j}]' and '{item}' are the same text with different ranks "
                             f"({ranks[j]} and {ranks[i]})")

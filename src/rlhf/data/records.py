@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 Conversation = list[dict[str, str]]
@@ -68,3 +69,21 @@ def json_type(value) -> str:
         if isinstance(value, kind):
             return name
     return type(value).__name__
+
+
+INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zs", "Zl", "Zp")  # controls, format (U+200B–U+200D, U+2060, U+FEFF), spaces
+INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # Hangul fillers and the blank Braille pattern
+
+
+def is_blank(text: str) -> bool:
+    """True when nothing in ``text`` would show: only whitespace, control and zero-width characters."""
+    return all(ch in INVISIBLE_LETTERS or unicodedata.category(ch) in INVISIBLE_CATEGORIES for ch in text)
+
+
+def text_key(text: str) -> str:
+    """What makes two responses the same text (leading and trailing whitespace does not count)."""
+    return text.strip()
+
+
+def same_text(a: str, b: str) -> bool:
+    return text_key(a) == text_key(b)

@@ -19,7 +19,7 @@ import statistics
 from collections import defaultdict
 from itertools import combinations
 
-from rlhf.data.records import Comparison, Demonstration
+from rlhf.data.records import Comparison, Demonstration, is_blank, json_type
 
 # The metadata the paper's labelers recorded for each output (InstructGPT, Table 3).
 FLAGS = {
@@ -93,12 +93,6 @@ def shown(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _json_type(value: object) -> str:
-    names = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "an array",
-             dict: "an object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1
 
@@ -111,7 +105,7 @@ def validate_answer(kind: str, num_responses: int, answer: object) -> dict:
     that is not a permutation of the response numbers (booleans and other types included),
     ratings that are not whole numbers 1–7, flags that are not known names."""
     if not isinstance(answer, dict):
-        raise AnswerError("body", f"expected a JSON object, got {_json_type(answer)}")
+        raise AnswerError("body", f"expected a JSON object, got {json_type(answer)}")
     shape = "skip" if "skip" in answer else kind
     for name in answer:
         if name not in ANSWER_FIELDS[shape]:
@@ -146,8 +140,8 @@ def _ranking(num_responses: int, answer: dict) -> dict:
 
 def _text(value: object, field: str, if_empty: str) -> str:
     if not isinstance(value, str):
-        raise AnswerError(field, f"expected a string, got {_json_type(value)}")
-    if not value.strip():
+        raise AnswerError(field, f"expected a string, got {json_type(value)}")
+    if is_blank(value):
         raise AnswerError(field, if_empty)
     if len(value) > MAX_TEXT_CHARS:
         raise AnswerError(field, f"longer than {MAX_TEXT_CHARS} characters")

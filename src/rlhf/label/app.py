@@ -210,12 +210,17 @@ def _own_assignment(assignment_id: str) -> dict:
 def _begin_login_attempt(connection, username: str, address: str) -> tuple[float, int | None]:
     """In one transaction: the seconds this attempt must still wait (then it is logged as
     throttled), or 0 and its audit row, logged as a failure until the password checks out, so
-    that guesses sent at the same moment count against the limit too."""
+    that guesses sent at the same moment count against the limit too.
+
+    An address with no failed login in the window is not held back by the account's count: a
+    guesser elsewhere cannot lock the account's owner out (each new address buys one guess)."""
     throttle, now = current_app.config["LABEL_THROTTLE"], time.time()
     since = now - throttle.window_s
     with db.transaction(connection):
-        wait = max(throttle.wait_s(db.failed_logins(connection, since, actor=username), throttle.per_account, now),
-                   throttle.wait_s(db.failed_logins(connection, since, client_ip=address), throttle.per_address, now))
+        from_here = db.failed_logins(connection, since, client_ip=address)
+        account = db.failed_logins(connection, since, actor=username) if from_here else []
+        wait = max(throttle.wait_s(account, throttle.per_account, now),
+                   throttle.wait_s(from_here, throttle.per_address, now))
         if wait:
             db.record(connection, "login_throttled", username, address, f"retry after {retry_after_header(wait)} s")
             return wait, None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rlhf.data.formats import iter_rows
 from rlhf.data.readers import parse_prompt, read_prompts
-from rlhf.data.records import DataError
+from rlhf.data.records import DataError, is_blank, text_key
 from rlhf.label import db
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def _response(value, where: str, k: int) -> dict:
         value = {"text": value}
     if not isinstance(value, dict) or not isinstance(value.get("text"), str):
         raise DataError(f"{where}: field 'responses[{k}]' must be a string or an object with 'text'")
-    if not value["text"].strip():
+    if is_blank(value["text"]):
         raise DataError(f"{where}: field 'responses[{k}]' is empty")
     return {"text": value["text"], "model": value.get("model")}
 
@@ -35,7 +35,7 @@ def first_of_each_text(responses: list[dict]) -> tuple[list[dict], list[tuple[in
     first: dict[str, int] = {}
     kept, repeats = [], []
     for index, response in enumerate(responses):
-        key = response["text"].strip()
+        key = text_key(response["text"])
         if key in first:
             repeats.append((index, first[key]))
             continue

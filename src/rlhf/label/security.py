@@ -154,7 +154,11 @@ def load_secret_key(database: str | Path) -> str:
     if not path.exists():
         _write_new_key(path)
     make_private(path)
-    value = path.read_text(encoding="ascii").strip()
+    try:
+        value = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: the signing key cannot be read ({error}); delete the file to make a new one "
+                        "(everyone logs in again)") from None
     if len(value) < MIN_SECRET_KEY_CHARS:
         raise DataError(f"{path}: the signing key is shorter than {MIN_SECRET_KEY_CHARS} characters; "
                         "delete the file to make a new one (everyone logs in again)")

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf.config import dump_config
-from rlhf.outputs import abandon_folder, begin_folder, check_output_folder, finish_folder
+from rlhf.outputs import Earlier, abandon_folder, begin_folder, check_output_folder, finish_folder
 
 logger = logging.getLogger(__name__)
 METADATA_FILE = "rlhf.json"
@@ -101,21 +101,29 @@ def config_inputs(config: BaseModel) -> list[str]:
     return paths
 
 
-def earlier_stage_output(stage: str):
-    """Recognises a stage folder written before outputs carried their marker (its ``rlhf.json``)."""
-    def recognise(folder: Path) -> bool:
+# what a stage writes: a Hugging Face checkpoint (weights, config, tokenizer) and our metadata
+CHECKPOINT_NAMES = (r"rlhf\.json|config\.yaml|config\.json|generation_config\.json|"
+                    r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
+                    r"tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
+                    r"merges\.txt|tokenizer\.model|chat_template\.(jinja|json)")
+
+
+def earlier_stage_output(stage: str) -> Earlier:
+    """A stage folder written before outputs carried their marker: checkpoint files only, and an
+    ``rlhf.json`` of this stage."""
+    def same_stage(folder: Path) -> bool:
         try:
             return json.loads((folder / METADATA_FILE).read_text()).get("stage") == stage
         except (OSError, ValueError, AttributeError):
             return False
-    return recognise
+    return Earlier(names=CHECKPOINT_NAMES, finished=METADATA_FILE, check=same_stage)
 
 
 def check_stage_output(config: BaseModel, stage: str) -> Path:
     """Refuse, before any training, an ``output_dir`` that is not a new folder or an earlier output of
     this stage (see :mod:`rlhf.outputs`)."""
     return check_output_folder(config.output_dir, stage, config_inputs(config), overwrite=True,
-                               legacy=earlier_stage_output(stage))
+                               earlier=earlier_stage_output(stage))
 
 
 @contextmanager
@@ -123,10 +131,12 @@ def staged_output(config: BaseModel, stage: str, accelerator: Accelerator):
     """Yield ``output_dir.incomplete/``; rename it into place only on success, so an interrupted stage
     never leaves a folder that looks finished. An earlier output of the same stage is replaced;
     anything else already at ``output_dir`` is refused before training starts."""
-    target = check_stage_output(config, stage)
+    target = Path(os.path.abspath(config.output_dir))  # every rank checked it at the start of the stage
     staging, created = target.with_name(target.name + ".incomplete"), []
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        staging, created = begin_folder(target, stage)
+        check_stage_output(config, stage)  # again: the folder may have changed while the models loaded
+        staging, created = begin_folder(target, stage, earlier_stage_output(stage))
     accelerator.wait_for_everyone()
     try:
         yield staging
