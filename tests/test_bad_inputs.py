@@ -2,6 +2,8 @@
 (or item) and the field, exit status 2, and no output file; ``data stats`` on each gets a table of what is
 valid or that same one-line error, never a traceback."""
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -316,6 +318,11 @@ CASES = {  # file: (--kind, message after "FILE", extra options...)
     "meaning/hh_without_blank_line_is_fine.jsonl": ("comparisons", r":2: missing field 'rejected'"),
     "meaning/hh_windows_line_ends_then_missing.jsonl": ("comparisons", r":2: missing field 'rejected'"),
     "meaning/hh_rejected_only.jsonl": ("comparisons", r":2: missing field 'chosen'"),
+    # found by a hostile tester after the corpus was written
+    "types/metadata_nan.jsonl": ("comparisons", r":2: field 'metadata\.score' is NaN or infinite, which JSON cannot"),
+    "types/metadata_infinity.jsonl": ("comparisons", r":2: field 'metadata\.scores\[1\]' is NaN or infinite"),
+    "kind/key_with_spaces.jsonl": ("demonstrations", r":2: not a demonstration: .*; found ' prompt', 'response'"),
+    "csv/stray_quote.csv": ("comparisons", r":3: malformed CSV \(',' expected after '\"'\)"),
 }
 
 
@@ -480,7 +487,7 @@ def test_stats_with_no_valid_record_is_an_error_that_says_why(capsys, tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"prompt": "a", "chosen": "b"}\n{"prompt": "a", "chosen": ""}\n')
     code, error, out = run_cli(capsys, "data", "stats", path, "--no-pii", "--kind", "comparisons")
-    assert code == 2 and not out
+    assert code == 2 and re.search(r"invalid records .*│ 2 ", out)  # the table of problems, then the error
     assert error == (f"rlhf: error: {path}: no usable records (2 invalid: 1 × missing field 'rejected' (:1); "
                      "1 × field 'chosen' is empty (:2))")
 
@@ -513,3 +520,60 @@ def test_errors_outside_reading_are_not_dressed_as_read_errors(tmp_path, monkeyp
     path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
     with pytest.raises(BrokenPipeError):
         main(["data", "stats", str(path), "--no-pii"])
+
+
+def test_a_stray_quote_spoils_only_its_own_row_with_skip_invalid(capsys, caplog, tmp_path):
+    code, error, output = convert(capsys, tmp_path, BAD / "csv/stray_quote.csv", "--skip-invalid")
+    assert code == 0 and "skipped 1 invalid record(s): 1 × malformed CSV" in caplog.text
+    assert [json.loads(line)["prompt"] for line in output.read_text().splitlines()] == ["Name a colour."]
+
+
+def test_a_pipe_is_refused_instead_of_read_forever(capsys, tmp_path):
+    fifo = tmp_path / "pairs.jsonl"
+    os.mkfifo(fifo)
+    code, error, _ = convert(capsys, tmp_path, fifo)  # would block in open() if it were tried
+    assert code == 2 and error.endswith("pairs.jsonl: not a regular file (a pipe, socket or device); give a file")
+
+
+def test_format_hub_needs_a_hub_name(capsys, tmp_path):
+    code, error, _ = convert(capsys, tmp_path, BAD / "basic/malformed_json.jsonl", "--format", "hub")
+    assert code == 2 and error.endswith("malformed_json.jsonl: a hub data set is named hf:NAME[:SPLIT]")
+
+
+def test_a_mapped_column_may_not_hide_a_field_of_that_name(capsys, tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("question,prompt,chosen,rejected\nq,p,a,b\n")
+    code, error, _ = convert(capsys, tmp_path, path, "--prompt-field", "question")
+    assert code == 2 and ":2: field 'prompt' is present and 'question' is mapped to it" in error
+
+
+def test_parquet_timestamps_decimals_and_bytes_become_json_or_a_located_error(capsys, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "chosen": ["a"], "rejected": ["b"], "blob": [b"\xff"],
+                             "metadata": [{"when": datetime.datetime(2024, 1, 2, 3, 4), "d": decimal.Decimal("1.5"),
+                                           "tag": b"utf-8 text"}]}), good)
+    code, error, output = convert(capsys, tmp_path, good)
+    assert code == 0, error  # an unused binary column is no obstacle
+    assert json.loads(output.read_text())["metadata"] == {"when": "2024-01-02T03:04:00", "d": 1.5, "tag": "utf-8 text"}
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "chosen": ["a"], "rejected": ["b"], "metadata": [{"raw": b"\xff"}]}),
+                   bad)
+    code, error, _ = run_cli(capsys, "data", "convert", bad, "--output", tmp_path / "bad.jsonl")
+    assert code == 2 and error.endswith("bad.parquet:row 1: field 'metadata.raw' holds bytes, which JSON cannot hold")
+
+
+def test_the_kind_is_the_one_most_rows_show(capsys, tmp_path):
+    """One stray prompt row before many pairs: with --skip-invalid the stray row goes, not the pairs."""
+    path = tmp_path / "mostly_pairs.jsonl"
+    rows = [{"prompt": "a lone prompt"}] + [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(5)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, error, _ = convert(capsys, tmp_path, path)
+    assert code == 2 and ":1: a prompt record, but " in error and ":2 holds a comparison" in error
+    code, error, output = convert(capsys, tmp_path, path, "--skip-invalid")
+    assert code == 0 and len(output.read_text().splitlines()) == 5

@@ -148,3 +148,29 @@ def test_two_runs_of_one_stage_are_separate_curves():
     assert title == "PPO reward-model score"
     assert series == [("ppo: objective/scores", [(1, 0.0), (2, 0.5)]),
                       ("ppo-noptx: objective/scores", [(1, 1.0), (2, 1.5)])]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"winner": ["policy"]}', "field 'winner' must be one of policy, baseline, tie"),
+    ('{"winner": {"a": 1}}', "field 'winner' must be one of policy, baseline, tie"),
+    ('{"winner": "policy", "category": ["qa"]}', "field 'category' must be"),
+])
+def test_malformed_human_labels_are_one_line(tmp_path, capsys, line, message):
+    from rlhf.cli import main
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"winner": "tie", "category": "qa"}\n' + line + "\n")
+    assert main(["eval", "winrate", "--labels", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"{path}:2: {message}" in error
+
+
+def test_integer_categories_are_categories(tmp_path, capsys):
+    from rlhf.cli import main
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"winner": "policy", "category": 0}\n{"winner": "tie", "category": "0"}\n'
+                    '{"winner": "baseline", "category": "qa"}\n')
+    assert main(["eval", "winrate", "--labels", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  0: 0.750" in out and "n=2" in out and "(none)" not in out

@@ -1,6 +1,7 @@
 """The labeling app: answers, assignment, agreement, export, and every route of the web app."""
 
 import json
+import os
 import re
 import sqlite3
 
@@ -409,3 +410,32 @@ def test_sampled_repeats_are_left_out_so_that_the_export_reads_back(tmp_path, mo
     assert [t["prompt"][0]["content"] for t in tasks] == ["question 1"]  # 0 and 2: one distinct text only
     assert sorted(r["text"] for r in tasks[0]["responses"]) == ["distinct a", "distinct b"]
     assert "2 sampled response(s) repeated" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"", b"not sqlite at all\n", b'{"prompt": "a jsonl file"}\n', "sqlite"])
+@pytest.mark.parametrize("action", [["export", "--output", "OUT"], ["agreement"], ["add-user", "ann"]])
+def test_a_file_that_is_not_a_labeling_database_is_left_as_it_is(tmp_path, monkeypatch, capsys, content, action):
+    path = tmp_path / "labels.db"
+    if content == "sqlite":  # somebody's own SQLite database
+        connection = sqlite3.connect(path)
+        connection.execute("CREATE TABLE notes (text)")
+        connection.commit()
+        connection.close()
+    else:
+        path.write_bytes(content)
+    os.chmod(path, 0o644)
+    before = path.read_bytes()
+    monkeypatch.setenv("RLHF_LABEL_PASSWORD", PASSWORD)
+    argv = ["label", action[0], "--db", str(path), *[str(tmp_path / a) if a == "OUT" else a for a in action[1:]]]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "not an rlhf labeling database" in error and "nothing was changed" in error
+    assert path.read_bytes() == before and os.stat(path).st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.db"]
+
+
+def test_a_response_model_must_be_a_name(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "responses": [{"text": "a", "model": ["m1"]}, "b"]}) + "\n")
+    with pytest.raises(DataError, match=r"tasks.jsonl:1: field 'responses\[0\]\.model' must be a string"):
+        read_ranking_tasks(path)

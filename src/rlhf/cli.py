@@ -179,7 +179,8 @@ def run_eval(args: argparse.Namespace) -> None:
         print(f"win rate over {result['n']} prompts ({judge}): {result['win_rate']:.3f} "
               f"[{result['low']:.3f}, {result['high']:.3f}] (95% bootstrap, ties count half)")
         if any(c is not None for c in categories):
-            by = win_rate_by_category(policy_scores, baseline_scores, [c or "(none)" for c in categories])
+            named = ["(none)" if c is None else c for c in categories]
+            by = win_rate_by_category(policy_scores, baseline_scores, named)
             for category, r in by.items():
                 print(f"  {category}: {r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}] n={r['n']}")
 
@@ -199,7 +200,14 @@ def run_data(args: argparse.Namespace) -> None:
     field_map = FieldMap(**{f: getattr(args, f"{f}_field") for f in
                             ("prompt", "response", "chosen", "rejected", "responses", "messages", "user_id")})
     invalid = [] if args.action == "stats" else None  # data stats counts bad records by problem instead of stopping
-    kind, records = read_any(args.file, args.kind, args.format, field_map, args.skip_invalid, invalid)
+    try:
+        kind, records = read_any(args.file, args.kind, args.format, field_map, args.skip_invalid, invalid)
+    except DataError:
+        if invalid:  # not one usable record: the table of problems still tells what is wrong, then the error
+            from rlhf.data.stats import data_stats, print_stats
+
+            print_stats(args.file, data_stats(args.kind, [], pii=False, invalid=invalid))
+        raise
     if args.action == "curate":
         splits, report = curate(records, args.prefix_chars, args.max_per_user, args.seed, args.valid_fraction,
                                 args.test_fraction, scrub_pii=not args.no_scrub)

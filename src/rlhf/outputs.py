@@ -226,6 +226,8 @@ def check_output_folder(path: str | Path, command: str, inputs: Iterable = (), o
             raise OutputError(f"{path}: is a symbolic link; give the real folder (nothing was changed)")
         if target.exists() and not target.is_dir():
             raise OutputError(f"{path}: exists and is a file; the output must be a folder")
+        if any(parent.exists() and not parent.is_dir() for parent in target.parents):
+            raise OutputError(f"{path}: a folder on its path is a file")
         if _is_within(_real(os.getcwd()), _real(target)):
             raise OutputError(f"{path}: is the current folder or holds it; choose a new folder for the output")
         _check_not_input(target, _local_inputs(inputs), "folder")

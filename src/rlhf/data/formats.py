@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime
+import decimal
 import gzip
 import io
 import json
 import re
+import stat
 import sys
 import zlib
 from collections import deque
@@ -82,6 +85,9 @@ class FieldMap:
         for source, name in renames.items():
             if source not in row:
                 raise DataError(f"{where}: missing field '{source}' (mapped to '{name}')")
+            if name in row and name not in renames:  # the row's own field of that name would vanish unseen
+                raise DataError(f"{where}: field '{name}' is present and '{source}' is mapped to it; "
+                                f"map '{name}' elsewhere or drop one of them")
         mapped = {key: value for key, value in row.items() if key not in renames}
         mapped.update({name: row[source] for source, name in renames.items()})
         return mapped
@@ -122,6 +128,8 @@ def rows_and_errors(path: str | Path, format: str = "auto",
         raise DataError(f"{path}: unknown format '{fmt}'; expected one of {', '.join(FORMATS)}")
     if missing:
         raise DataError(f"{path}: file does not exist")
+    if fmt != "hub":
+        refuse_special_file(path)
     reader = {"jsonl": _jsonl, "json": _json_array, "csv": _delimited, "tsv": _delimited, "parquet": _parquet,
               "datasets": _datasets, "hub": _hub}[fmt]
     for where, row in reader(Path(path) if fmt != "hub" else path, "\t" if fmt == "tsv" else ","):
@@ -160,8 +168,19 @@ def unencodable_field(row: dict) -> str | None:
     return None
 
 
+def refuse_special_file(path: str | Path) -> None:
+    """A pipe, socket or device would block or never end: only regular files (and folders) are read."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return  # missing or unreachable: the caller's own message says so
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{path}: not a regular file (a pipe, socket or device); give a file")
+
+
 def open_binary(path: Path):
     """The file's bytes, gunzipped when they start with gzip's magic number (in any case of name)."""
+    refuse_special_file(path)
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
@@ -319,9 +338,14 @@ def _delimited(path: Path, separator: str) -> Iterator[tuple[str, dict | DataErr
     rows = [row for row in _csv_rows(read_text_file(path, errors="surrogateescape"), path, separator) if row[2]]
     if not rows:
         raise DataError(f"{path}: no header row")
+    if isinstance(rows[0][2], DataError):
+        raise rows[0][2]
     header = _header(rows[0], path, separator)
     for start, end, cells in rows[1:]:
         where = f"{path}:{start}"
+        if isinstance(cells, DataError):  # a stray quote spoils its own row only
+            yield where, cells
+            continue
         if len(cells) != len(header):
             spans = f" (a quoted cell runs from line {start} to {end}: is a quote unbalanced?)" if end > start else ""
             yield where, DataError(f"{where}: {len(cells)} cells, header has {len(header)}{spans}")
@@ -333,25 +357,30 @@ def _delimited(path: Path, separator: str) -> Iterator[tuple[str, dict | DataErr
         yield where, {name: _cell(name, cell) for name, cell in zip(header, cells) if name}
 
 
-def _csv_rows(text: str, path: Path, separator: str) -> list[tuple[int, int, list[str]]]:
+def _csv_rows(text: str, path: Path, separator: str) -> list[tuple[int, int, list[str] | DataError]]:
     """``(first line, last line, cells)`` of every row (a blank line has no cells); TSV without quoting, CSV
-    strict about quotes."""
+    strict about quotes. A row the csv module cannot split (a stray quote) is its DataError, and reading goes
+    on at the next line; a quote never closed, or a cell over the size limit, ends the file."""
     name, dialect = ("TSV", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}) if separator == "\t" \
         else ("CSV", {"strict": True})
     previous_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""), **dialect)
     rows, start = [], 1
     try:
-        for cells in reader:
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                problem = str(error)
+                if "unexpected end of data" in problem or "field larger than field limit" in problem:
+                    problem = "a quote opened in this row is never closed" if "unexpected" in problem \
+                        else f"a cell longer than {CSV_FIELD_LIMIT} characters"
+                    raise DataError(f"{path}:{start}: malformed {name} ({problem})") from None
+                cells = DataError(f"{path}:{start}: malformed {name} ({problem})")
             rows.append((start, reader.line_num, cells))
             start = reader.line_num + 1
-    except csv.Error as error:
-        problem = str(error)
-        if "unexpected end of data" in problem:
-            problem = "a quote opened in this row is never closed"
-        elif "field larger than field limit" in problem:
-            problem = f"a cell longer than {CSV_FIELD_LIMIT} characters"
-        raise DataError(f"{path}:{start}: malformed {name} ({problem})") from None
     finally:
         csv.field_size_limit(previous_limit)
     return rows
@@ -372,9 +401,36 @@ def _header(row: tuple[int, int, list[str]], path: Path, separator: str) -> list
     return names
 
 
-def _table_rows(table, path) -> Iterator[tuple[str, dict]]:
+def plain(value):
+    """A Parquet or ``datasets`` cell as the JSON value it stands for: a timestamp or date becomes its ISO
+    text, a decimal a number, UTF-8 bytes text (other bytes stay bytes: a field that needs text or JSON
+    then says so)."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(value)
+    return value
+
+
+def _table_row(where: str, row: dict) -> dict:
+    return {key: plain(_cell(key, value)) for key, value in row.items()}
+
+
+def _table_rows(table, path) -> Iterator[tuple[str, dict | DataError]]:
     for index, row in enumerate(table.to_pylist(), start=1):
-        yield f"{path}:row {index}", {key: _cell(key, value) for key, value in row.items()}
+        where = f"{path}:row {index}"
+        yield where, _table_row(where, row)
 
 
 def _parquet(path: Path, _sep) -> Iterator[tuple[str, dict]]:
@@ -403,16 +459,25 @@ def _datasets(path: Path, _sep) -> Iterator[tuple[str, dict]]:
             raise DataError(f"{path}: a DatasetDict without a 'train' split; splits: {', '.join(dataset)}")
         dataset = dataset["train"]
     for index, row in enumerate(dataset, start=1):
-        yield f"{path}:row {index}", {key: _cell(key, value) for key, value in row.items()}
+        where = f"{path}:row {index}"
+        yield where, _table_row(where, row)
 
 
 def _hub(name: str, _sep) -> Iterator[tuple[str, dict]]:
     from datasets import load_dataset
+    from datasets.utils import logging as datasets_logging
+    from huggingface_hub.utils import logging as hub_logging
 
-    _, dataset_name, *split = name.split(":")
+    hub_logging.set_verbosity_error()  # each retry would print a warning: a failed load is our one line
+    datasets_logging.set_verbosity_error()
+
+    if not str(name).startswith("hf:") or not str(name)[3:].strip(":"):
+        raise DataError(f"{name}: a hub data set is named hf:NAME[:SPLIT]")
+    _, dataset_name, *split = str(name).split(":", 2)
     try:
         dataset = load_dataset(dataset_name, split=split[0] if split else "train")
     except Exception as error:
         raise DataError(f"{name}: could not load from the hub ({error})") from None
     for index, row in enumerate(dataset, start=1):
-        yield f"{name}:row {index}", {key: _cell(key, value) for key, value in row.items()}
+        where = f"{name}:row {index}"
+        yield where, _table_row(where, row)

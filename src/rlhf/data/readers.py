@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def _optional_text(obj: dict, key: str, where: str, field: str | None = None) ->
     return value
 
 
-def _label(obj: dict, key: str, where: str) -> str | None:
+def label_field(obj: dict, key: str, where: str) -> str | None:
     """``user_id`` or ``category`` as a stripped string: null, blank and NaN are none; an integer (or an integral
     float, 7.0) is its digits, so 7, "7" and " 7 " are the same user."""
     value = obj.get(key)
@@ -103,13 +104,38 @@ def _label(obj: dict, key: str, where: str) -> str | None:
     raise DataError(f"{where}: field '{key}' must be a string or an integer, got {got}")
 
 
+def fields_found(obj: dict, most: int = 8) -> str:
+    """The record's own field names, for a message about a shape we do not know (`' prompt'` shows its space)."""
+    names = [repr(str(key))[:40] for key in list(obj)[:most]]
+    return "found " + (", ".join(names) + (", ..." if len(obj) > most else "") if names else "no fields")
+
+
 def _metadata(obj: dict, where: str) -> dict:
     metadata = obj.get("metadata")
     if metadata is None or metadata == "":  # "": an empty CSV cell
         return {}
     if not isinstance(metadata, dict):
         raise DataError(f"{where}: field 'metadata' must be an object, got {json_type(metadata)}")
+    problem = _not_json(metadata, "metadata")
+    if problem:
+        raise DataError(f"{where}: {problem}")
     return metadata
+
+
+def _not_json(value, field: str) -> str | None:
+    """What keeps ``value`` from being written as strict JSON, naming the field: NaN or ±infinity (Python's
+    json reads them; no other tool does), or a value of no JSON type (binary data from Parquet)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"field '{field}' is NaN or infinite, which JSON cannot hold"
+    if isinstance(value, dict):
+        items = [(f"{field}.{key}", item) for key, item in value.items()]
+    elif isinstance(value, list):
+        items = [(f"{field}[{i}]", item) for i, item in enumerate(value)]
+    elif value is None or isinstance(value, (str, int, float)):
+        return None
+    else:
+        return f"field '{field}' holds {json_type(value)}, which JSON cannot hold"
+    return next((problem for name, item in items if (problem := _not_json(item, name))), None)
 
 
 def _messages(value: list, key: str, where: str) -> Conversation:
@@ -172,7 +198,7 @@ def split_hh_dialogue(dialogue: str, where: str, field: str) -> tuple[Conversati
 def _pair(prompt: Conversation, chosen: str, rejected: str, obj: dict, where: str) -> Comparison:
     if same_text(chosen, rejected):
         raise DataError(f"{where}: fields 'chosen' and 'rejected' are the same response, so they make no pair")
-    return Comparison(prompt, [chosen, rejected], [1, 2], _label(obj, "user_id", where), where,
+    return Comparison(prompt, [chosen, rejected], [1, 2], label_field(obj, "user_id", where), where,
                       _metadata(obj, where))
 
 
@@ -221,7 +247,7 @@ def _ranked(obj: dict, where: str) -> Comparison:
                             f"({ranks[j]} and {ranks[i]})")
     if len(set(ranks)) < 2:
         raise DataError(f"{where}: field 'responses' has all ranks equal, so it makes no pair")
-    return Comparison(prompt, texts, ranks, _label(obj, "user_id", where), where, _metadata(obj, where))
+    return Comparison(prompt, texts, ranks, label_field(obj, "user_id", where), where, _metadata(obj, where))
 
 
 def parse_comparison(obj: dict, where: str) -> Comparison:
@@ -233,11 +259,11 @@ def parse_comparison(obj: dict, where: str) -> Comparison:
     if "chosen" in obj or "rejected" in obj:
         return _hh_comparison(obj, where)
     raise DataError(f"{where}: not a comparison: expected 'prompt'+'chosen'/'rejected', 'prompt'+'responses', "
-                    "or HH 'chosen'/'rejected' dialogues")
+                    f"or HH 'chosen'/'rejected' dialogues; {fields_found(obj)}")
 
 
 def parse_demonstrations(obj: dict, where: str) -> list[Demonstration]:
-    user_id, metadata = _label(obj, "user_id", where), _metadata(obj, where)
+    user_id, metadata = label_field(obj, "user_id", where), _metadata(obj, where)
     return [Demonstration(prompt, response, user_id, where, metadata)
             for prompt, response in _prompts_and_responses(obj, where)]
 
@@ -284,14 +310,15 @@ def _prompts_and_responses(obj: dict, where: str) -> list[tuple[Conversation, st
         return [(_conversation(obj, "prompt", where), _text(obj, key, where))]
     if "chosen" in obj:  # HH dialogue: the chosen reply is the demonstration
         return [split_hh_dialogue(_text(obj, "chosen", where), where, "chosen")]
-    raise DataError(f"{where}: not a demonstration: expected 'prompt'+'response', 'messages', "
-                    "'instruction'+'output', 'instruction'+'instances' or an HH 'chosen' dialogue")
+    raise DataError(f"{where}: not a demonstration: expected 'prompt'+'response', 'messages', 'instruction'+"
+                    f"'output', 'instruction'+'instances' or an HH 'chosen' dialogue; {fields_found(obj)}")
 
 
 def parse_prompt(obj: dict, where: str) -> Prompt:
-    category, metadata = _label(obj, "category", where), _metadata(obj, where)
+    category, metadata = label_field(obj, "category", where), _metadata(obj, where)
     if "prompt" in obj:
-        return Prompt(_conversation(obj, "prompt", where), _label(obj, "user_id", where), where, category, metadata)
+        user_id = label_field(obj, "user_id", where)
+        return Prompt(_conversation(obj, "prompt", where), user_id, where, category, metadata)
     demo = parse_demonstrations(obj, where)[0]
     return Prompt(demo.prompt, demo.user_id, where, category, metadata)
 
@@ -318,12 +345,20 @@ def detect_kind(row: dict) -> str | None:
 
 
 def _file_kind(rows: list) -> tuple[str, str | None]:
-    """The kind of the first row that shows one, and where it is; demonstrations when no row does."""
+    """The kind most rows show (on a tie, the one seen first) and where it is first seen; demonstrations
+    when no row shows one. A stray row of another kind is then the error (or, skipped, the loss), not
+    the many rows after it."""
+    first: dict[str, str] = {}
+    counts: Counter = Counter()
     for where, row in rows:
         kind = detect_kind(row) if isinstance(row, dict) else None
         if kind:
-            return kind, where
-    return "demonstrations", None
+            first.setdefault(kind, where)
+            counts[kind] += 1
+    if not counts:
+        return "demonstrations", None
+    kind = max(first, key=lambda name: counts[name])  # first is in order seen: max keeps the earliest on a tie
+    return kind, first[kind]
 
 
 def _same_kind(row: dict, where: str, kind: str, first_where: str) -> None:

@@ -38,16 +38,17 @@ def read_human_labels(path) -> tuple[list[float], list[str | None]]:
     """Human judgements as outcomes: JSONL rows ``{"winner": "policy" | "baseline" | "tie"}``
     (optionally with ``category``). Returns (outcomes, categories)."""
     from rlhf.data.formats import iter_rows
+    from rlhf.data.readers import label_field
     from rlhf.data.records import DataError
 
     values = {"policy": 1.0, "tie": 0.5, "baseline": 0.0}
     results, categories = [], []
     for where, row in iter_rows(path):
         winner = row.get("winner")
-        if winner not in values:
-            raise DataError(f"{where}: field 'winner' must be one of policy, baseline, tie; got {winner!r}")
+        if not isinstance(winner, str) or winner not in values:
+            raise DataError(f"{where}: field 'winner' must be one of policy, baseline, tie; got {winner!r}"[:300])
         results.append(values[winner])
-        categories.append(row.get("category"))
+        categories.append(label_field(row, "category", where))
     if not results:
         raise DataError(f"{path}: no labels")
     return results, categories

@@ -91,8 +91,8 @@ def _positive_int(text: str) -> int:
 def run_label(args: argparse.Namespace) -> None:
     from rlhf.label import db
 
-    if args.action != "add-user":  # only add-user creates a database: a typo must not make an empty one
-        db.require_database(args.db)
+    # only add-user creates a database (a typo must not make an empty one), and none opens a file of someone else's
+    db.require_database(args.db, create=args.action == "add-user")
     if args.action == "serve":
         _serve(args)
         return

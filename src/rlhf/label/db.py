@@ -121,10 +121,32 @@ def transaction(connection: sqlite3.Connection):
     connection.execute("COMMIT")
 
 
-def require_database(path: str | Path) -> None:
-    """Refuse a database that does not exist (only ``add-user`` creates one)."""
-    if not Path(path).is_file():
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def require_database(path: str | Path, create: bool = False) -> None:
+    """Refuse a database that does not exist (unless ``create``: only ``add-user`` creates one), and any
+    existing file that is not a labeling database of ours, before it is opened (opening would add our
+    tables to it and tighten its permissions: a file we did not create is left as it is)."""
+    path = Path(path)
+    if not path.exists():
+        if create:
+            return
         raise DataError(f"{path}: no such database (create one with 'rlhf label add-user --db {path} NAME')")
+    refused = f"{path}: not an rlhf labeling database"
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise DataError(f"{refused} (not an SQLite file); nothing was changed")
+        reader = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            reader.close()
+    except (OSError, sqlite3.DatabaseError) as error:
+        raise DataError(f"{refused} ({error}); nothing was changed") from None
+    if not {"users", "tasks", "assignments", "submissions"} <= tables:
+        raise DataError(f"{refused} (an SQLite database without the labeling tables); nothing was changed")
 
 
 def initialise(path: str | Path) -> sqlite3.Connection:

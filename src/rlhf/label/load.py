@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rlhf.data.formats import iter_rows
 from rlhf.data.readers import parse_prompt, read_prompts
-from rlhf.data.records import DataError, is_blank, text_key
+from rlhf.data.records import DataError, is_blank, json_type, text_key
 from rlhf.label import db
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,11 @@ def _response(value, where: str, k: int) -> dict:
         raise DataError(f"{where}: field 'responses[{k}]' must be a string or an object with 'text'")
     if is_blank(value["text"]):
         raise DataError(f"{where}: field 'responses[{k}]' is empty")
-    return {"text": value["text"], "model": value.get("model")}
+    model = value.get("model")
+    if model is not None and not isinstance(model, str):
+        raise DataError(f"{where}: field 'responses[{k}].model' must be a string (the checkpoint's name), "
+                        f"got {json_type(model)}")
+    return {"text": value["text"], "model": model}
 
 
 def first_of_each_text(responses: list[dict]) -> tuple[list[dict], list[tuple[int, int]]]:
