@@ -191,3 +191,19 @@ def test_two_processes_train_sft(tiny_run, tmp_path, tiny_path):
     assert meta["world_size"] == 2
     assert meta["metrics"]["steps"] == 4
     AutoModelForCausalLM.from_pretrained(output)
+
+
+def test_stage_folders_from_before_the_marker_are_recognised_as_their_own(tiny_run, tmp_path):
+    """What a real stage writes, without its marker (as older versions left it), is that stage's own."""
+    import shutil
+
+    from rlhf.outputs import MARKER, ownership
+    from rlhf.train.common import earlier_stage_output
+
+    run_dir, _ = tiny_run
+    for stage, folder in (("sft", "sft"), ("reward", "reward"), ("ppo", "ppo")):
+        old = tmp_path / folder
+        shutil.copytree(run_dir / folder, old)
+        (old / MARKER).unlink()
+        assert ownership(old, stage, earlier_stage_output(stage)) == (True, []), sorted(p.name for p in old.iterdir())
+        assert not ownership(old, "sft" if stage != "sft" else "reward", earlier_stage_output("x"))[0]

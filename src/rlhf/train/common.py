@@ -102,7 +102,7 @@ def config_inputs(config: BaseModel) -> list[str]:
 
 
 # what a stage writes: a Hugging Face checkpoint (weights, config, tokenizer) and our metadata
-CHECKPOINT_NAMES = (r"rlhf\.json|config\.yaml|config\.json|generation_config\.json|"
+CHECKPOINT_NAMES = (r"rlhf\.json|splits\.json|config\.yaml|config\.json|generation_config\.json|"
                     r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
                     r"tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
                     r"merges\.txt|tokenizer\.model|chat_template\.(jinja|json)")
