@@ -117,8 +117,8 @@ def test_a_failing_curate_leaves_nothing_behind(user_folder, tmp_path, capsys, m
 
     monkeypatch.setattr(curate, "to_canonical", explode)
     out = tmp_path / "new" / "deeper" / "curated"
-    with pytest.raises(KeyboardInterrupt):
-        main(["data", "curate", str(user_folder / "pairs.jsonl"), "--output", str(out), "--no-scrub"])
+    code, error = run(capsys, "data", "curate", user_folder / "pairs.jsonl", "--output", out, "--no-scrub")
+    assert code == 130 and error == "rlhf: interrupted"
     assert not (tmp_path / "new").exists()  # neither the staging folder nor the parents it created
 
 
@@ -338,3 +338,28 @@ def test_a_run_folder_written_before_the_marker_is_recognised_by_its_config(tmp_
     assert not is_run_dir(run_dir)
     (run_dir / "config.yaml").write_text(dump_config(PipelineConfig()))
     assert is_run_dir(run_dir)
+
+
+def test_sigterm_removes_a_stage_s_staging_folder(tmp_path):
+    """`kill PID` (or a scheduler's time limit) mid-training: no NAME.incomplete is left, one line, exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "demos.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {i}", "response": "word " * 20}) + "\n" for i in range(64)))
+    output = tmp_path / "sft"
+    process = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "sft", "model=tiny", f"data=[{data}]",
+                                f"output_dir={output}", "epochs=1000", "batch_size=2", "mixed_precision=fp32"],
+                               stderr=subprocess.PIPE, text=True)
+    staging = tmp_path / "sft.incomplete"
+    deadline = time.time() + 120
+    while not staging.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert staging.exists(), "training never started"
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == 130 and "rlhf: interrupted" in error and "Traceback" not in error, error[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos.jsonl"]

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
+from rlhf.arguments import COUNT, NON_NEGATIVE, POSITIVE_INT, Parser
 from rlhf.config import STAGE_CONFIGS, ConfigError, dump_config, load_config, preset_config_path
 from rlhf.data.formats import FORMATS
 from rlhf.data.records import DataError
@@ -33,7 +35,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf", description="InstructGPT: SFT → reward model → PPO-ptx")
+    parser = Parser(prog="rlhf", description="InstructGPT: SFT → reward model → PPO-ptx")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     for stage, text in (("sft", "supervised fine-tuning on demonstrations"),
@@ -47,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="sample from any stage's checkpoint")
     generate.add_argument("--model", required=True, help="HF folder, hub id or preset")
     generate.add_argument("--prompt", required=True, action="append", help="user message (repeatable)")
-    generate.add_argument("--max-new-tokens", type=int, default=128)
-    generate.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128)
+    generate.add_argument("--temperature", type=NON_NEGATIVE, default=0.7, help="0 = greedy")
+    generate.add_argument("--seed", type=COUNT, default=0)
     _add_data_commands(commands)
     _add_eval_commands(commands)
     add_label_commands(commands)
@@ -98,9 +100,9 @@ def _add_eval_commands(commands) -> None:
     bench = actions.add_parser("benchmarks", help="TruthfulQA MC1/MC2, CrowS-Pairs, Winogender by log-likelihood")
     bench.add_argument("--model", action="append", required=True, help="repeatable: models side by side")
     bench.add_argument("--data-dir", default="../shared/data")
-    bench.add_argument("--limit", type=int, help="first N items of each benchmark")
+    bench.add_argument("--limit", type=POSITIVE_INT, help="first N items of each benchmark")
     bench.add_argument("--pretraining", help="text file: perplexity on its held-out end (the alignment tax)")
-    bench.add_argument("--toxicity-contexts", type=int, default=32,
+    bench.add_argument("--toxicity-contexts", type=COUNT, default=32,
                        help="RealToxicityPrompts contexts to continue with and without a respectful instruction")
     wins = actions.add_parser("winrate", help="win rate of a policy over a baseline, judged by a reward model "
                                               "or by human labels")
@@ -109,10 +111,10 @@ def _add_eval_commands(commands) -> None:
     wins.add_argument("--judge", help="reward-model folder: the run's own, or a held-out one")
     wins.add_argument("--prompts", help="prompt file (any supported format; a 'category' field gives a breakdown)")
     wins.add_argument("--labels", help="human labels instead of a judge: JSONL of {winner: policy|baseline|tie}")
-    wins.add_argument("--limit", type=int, default=64)
-    wins.add_argument("--max-new-tokens", type=int, default=96)
-    wins.add_argument("--temperature", type=float, default=0.7)
-    wins.add_argument("--seed", type=int, default=0)
+    wins.add_argument("--limit", type=POSITIVE_INT, default=64)
+    wins.add_argument("--max-new-tokens", type=POSITIVE_INT, default=96)
+    wins.add_argument("--temperature", type=NON_NEGATIVE, default=0.7)
+    wins.add_argument("--seed", type=COUNT, default=0)
     samples = actions.add_parser("paper-samples", help="truthfulness and toxicity of the paper's released samples")
     samples.add_argument("--data-dir", default="../shared/data")
 
@@ -129,12 +131,14 @@ def run_eval(args: argparse.Namespace) -> None:
     elif args.action == "benchmarks":
         from pathlib import Path
 
-        from rlhf.eval.benchmarks import run_benchmarks
+        from rlhf.eval.benchmarks import BENCHMARK_FILES, check_data_dir, run_benchmarks
         from rlhf.eval.perplexity import held_out_perplexity
         from rlhf.eval.toxicity import read_contexts, scorer_agreement, toxicity_eval
         from rlhf.generate import generate
         from rlhf.models import load_causal_lm, load_tokenizer
 
+        toxicity = ("instructgpt-samples/real_toxicity_samples.csv",) if args.toxicity_contexts else ()
+        check_data_dir(Path(args.data_dir), BENCHMARK_FILES + toxicity)  # before any model is loaded
         samples = Path(args.data_dir) / "instructgpt-samples" / "real_toxicity_samples.csv"
         contexts = read_contexts(samples, args.toxicity_contexts) if args.toxicity_contexts else []
         results = {}
@@ -286,11 +290,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         run(args)
     except (ConfigError, DataError) as error:
         print(f"rlhf: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs under way were removed on the way out
+        print("rlhf: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:
         where = None if isinstance(error, BrokenPipeError) else _reading_location(error.__traceback__)
         if where is None:
@@ -299,7 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf: error: {where}: could not be read ({type(error).__name__}: {_one_line(error)}); "
               "this is a bug in rlhf, please report it with this line (-v shows the traceback)", file=sys.stderr)
         return BUG_EXIT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _terminated(signum, frame):
+    """SIGTERM (``kill``, a scheduler's time limit) unwinds like Ctrl-C, so that temporary outputs go."""
+    raise KeyboardInterrupt
 
 
 BUG_EXIT = 70  # EX_SOFTWARE: an internal error (bad input is 2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,7 +23,7 @@ class StageConfig(BaseModel):
 
     model: str = Field("tiny", description="input model: preset name, HF folder or hub id")
     output_dir: str = Field("runs/stage", description="where the finished HF folder is written")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="random seed (0 to 2**32 - 1)")
     mixed_precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto = bf16 autocast where the hardware has fast bf16, else fp32")
     max_length: int = Field(512, gt=8, description="longest prompt + response in tokens")
@@ -89,7 +89,7 @@ class PPOConfig(StageConfig):
     ppo_epochs: int = Field(1, ge=1, description="paper: 1")
     learning_rate: float = Field(9.65e-6, gt=0, description="policy LR (paper: 9.65e-6 at 1.3B)")
     value_learning_rate: float = Field(9e-6, gt=0, description="paper: 9e-6")
-    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
     adam_eps: float = Field(1e-5, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     temperature: float = Field(1.0, gt=0)
@@ -156,7 +156,7 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "tiny"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="random seed (0 to 2**32 - 1)")
     valid_fraction: float = Field(0.1, ge=0, lt=1, description="the same split for every stage")
     test_fraction: float = Field(0.1, ge=0, lt=1)
     compare_without_ptx: bool = Field(False, description="also train PPO with ptx_coef=0 into RUN_DIR/ppo-noptx")
@@ -197,7 +197,11 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else raw)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override '{item[:80]}': invalid YAML ({_one_line(error)})") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
@@ -220,14 +224,25 @@ def preset_config_path(name: str) -> Path:
     return Path(str(path))
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file (a config is a YAML file)")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or _one_line(error)
+        raise ConfigError(f"{where}: invalid YAML ({problem})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read as a YAML text file ({_one_line(error)})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return tree
@@ -251,7 +266,7 @@ def build_config(cls: type[BaseModel], tree: dict, where: str = "config"):
             field = ".".join(str(part) for part in item["loc"]) or "(top level)"
             got = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
             problems.append(f"{field}: {item['msg']}{got}")
-        raise ConfigError(f"invalid {where} config:\n  " + "\n  ".join(problems)) from None
+        raise ConfigError(f"invalid {where} config: " + "; ".join(problems)) from None
 
 
 def dump_config(config: BaseModel) -> str:

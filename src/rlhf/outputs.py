@@ -100,6 +100,19 @@ def check_output_file(path: str | Path, inputs: Iterable = (), overwrite: bool =
     return target
 
 
+def check_appendable(path: str | Path, inputs: Iterable = ()) -> Path:
+    """A JSONL file that rows are appended to (``metrics_file``): new, or JSONL already; never a folder,
+    an input, or a file of another kind."""
+    target = _resolved(path)
+    with _inspecting(path):
+        if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
+            raise OutputError(f"{path}: is a folder or lies under a file; a metrics file is a JSONL file path")
+        _check_not_input(target, _local_inputs(inputs), "file")
+        if target.exists() and not (target.is_file() and looks_like_jsonl(target)):
+            raise OutputError(f"{path}: exists and is not a JSONL file; rlhf appends metrics only to its own")
+    return target
+
+
 def _make_parents(folder: Path) -> list[Path]:
     """mkdir -p, returning the folders it created (deepest last) so that a failure can remove them."""
     created = []
@@ -155,9 +168,23 @@ def write_jsonl(path: str | Path, rows: Iterable[dict], inputs: Iterable = (), o
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def starts_like(text: str) -> Callable[[Path], bool]:
+    """Recognises a file we wrote by the first characters we always write (a report's heading)."""
+    def recognise(path: Path) -> bool:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                return handle.read(len(text) + 64).lstrip().startswith(text)
+        except OSError:
+            return False
+    return recognise
+
+
 def write_run_file(path: str | Path, text: str) -> Path:
-    """Replace a file a run folder of ours holds by name (``report.md``, ``eval.json``), atomically."""
-    with output_file(path, overwrite=True, recognise=lambda _: True) as temporary:
+    """Write or replace a file of a run folder (``report.md``, ``eval.json``, ``summary.json``)
+    atomically; an existing one is replaced only if it begins as ours does (a user's own
+    ``report.html`` put there is refused)."""
+    head = text.lstrip()[:24]
+    with output_file(path, overwrite=True, recognise=starts_like(head)) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
 

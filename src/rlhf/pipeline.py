@@ -15,7 +15,7 @@ import yaml
 from rlhf.config import PipelineConfig, dump_config
 from rlhf.data.readers import DataError
 from rlhf.data.synthetic import write_synthetic_data
-from rlhf.outputs import OutputError
+from rlhf.outputs import OutputError, write_run_file
 from rlhf.train.common import METADATA_FILE, is_finished
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
     prepare_run_dir(run_dir)
     paths = data_paths(config, run_dir)
     stages = stage_configs(config, run_dir, paths)
-    (run_dir / "config.yaml").write_text(dump_config(config))
+    write_run_file(run_dir / "config.yaml", dump_config(config))
     trainers = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo, "ppo-noptx": train_ppo}
     summary = {}
     for name, stage_config in stages.items():
@@ -108,7 +108,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
             summary[name] = json.loads((folder / METADATA_FILE).read_text())["metrics"]
             continue
         summary[name] = trainers[name](stage_config)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_run_file(run_dir / "summary.json", json.dumps(summary, indent=2))
     if config.eval.enabled and (run_dir / "eval.json").exists():
         logger.info("eval: finished earlier in %s, skipping", run_dir / "eval.json")
         summary["eval"] = json.loads((run_dir / "eval.json").read_text())

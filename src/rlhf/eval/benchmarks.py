@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from rlhf.data.collate import pad
+from rlhf.data.records import DataError
 
 QA_TEMPLATE = "Q: {question}\nA:"
 
@@ -119,8 +120,22 @@ def winogender(score, items: list[dict]) -> dict[str, float]:
             "winogender/occupations_mostly_male": sum(s > 0.5 for s in occupation_shares) / len(occupation_shares)}
 
 
+BENCHMARK_FILES = ("truthfulqa/TruthfulQA.csv", "crows-pairs/crows_pairs_anonymized.csv",
+                   "winogender/all_sentences.tsv")
+
+
+def check_data_dir(data_dir: Path, needed: tuple[str, ...] = BENCHMARK_FILES) -> None:
+    """The benchmark files are where ``--data-dir`` says, or one line says which is missing."""
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: no such folder (--data-dir: the shared data folder with the benchmarks)")
+    missing = [name for name in needed if not (data_dir / name).is_file()]
+    if missing:
+        raise DataError(f"{data_dir}: no {missing[0]} in it (--data-dir: the shared data folder)")
+
+
 def run_benchmarks(model, tokenizer, data_dir: str | Path, limit: int | None = None, autocast=None) -> dict:
     data_dir = Path(data_dir)
+    check_data_dir(data_dir)
 
     def score(pairs):
         return continuation_logprobs(model, tokenizer, pairs, autocast=autocast)

@@ -23,6 +23,7 @@ import logging
 import os
 from pathlib import Path
 
+from rlhf.arguments import COUNT, NON_NEGATIVE, PORT, POSITIVE_INT, number
 from rlhf.data.records import DataError
 from rlhf.outputs import check_output_folder, output_folder
 
@@ -48,8 +49,8 @@ def add_label_commands(commands) -> None:
     serve = parsers["serve"]
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; "
                                                            "then use HTTPS, see --behind-proxy)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--port", type=PORT, default=8000)
+    serve.add_argument("--threads", type=POSITIVE_INT, default=8)
     serve.add_argument("--secure-cookies", action="store_true",
                        help="always mark the session cookie Secure: browsers send it over HTTPS only "
                             "(when every request arrives over HTTPS)")
@@ -70,12 +71,12 @@ def add_label_commands(commands) -> None:
     load.add_argument("--kind", choices=["demonstration", "ranking"], default="ranking")
     load.add_argument("--model", action="append", default=[], help="checkpoint to sample responses from "
                                                                     "(repeatable; with --prompts)")
-    load.add_argument("-k", type=int, default=4, help="responses per prompt when sampling (paper: 4 to 9)")
-    load.add_argument("--max-new-tokens", type=int, default=128)
-    load.add_argument("--temperature", type=float, default=0.7)
+    load.add_argument("-k", type=number(int, 2), default=4, help="responses per prompt when sampling (paper: 4 to 9)")
+    load.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128)
+    load.add_argument("--temperature", type=NON_NEGATIVE, default=0.7)
     load.add_argument("--overlap", type=float, default=0.0, help="fraction of tasks given to several labelers")
-    load.add_argument("--replicas", type=int, default=2, help="labelers per overlapping task")
-    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--replicas", type=number(int, 2), default=2, help="labelers per overlapping task")
+    load.add_argument("--seed", type=COUNT, default=0)
     parsers["export"].add_argument("--output", required=True, help="new folder for the two JSONL files")
     parsers["export"].add_argument("--overwrite", action="store_true",
                                    help="replace an earlier export (nothing else is ever replaced)")

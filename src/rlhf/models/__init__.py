@@ -3,19 +3,56 @@
 from __future__ import annotations
 
 import math
+import re
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from rlhf.models.presets import resolve_model_path
+from rlhf.data.records import DataError
+from rlhf.models.presets import PRESETS, resolve_model_path
 
 REWARD_BIAS_KEY = "rlhf_reward_bias"
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # gpt2, HuggingFaceTB/SmolLM2-135M
+
+
+def model_source(name_or_path: str) -> str:
+    """A preset's folder, a local model folder, or a hub id; a path that cannot be a model is a
+    one-line :class:`DataError` before anything is loaded."""
+    path = resolve_model_path(name_or_path)
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise DataError(f"{name_or_path}: is a file, not a model folder (a Hugging Face folder with config.json)")
+        if not (local / "config.json").is_file():
+            raise DataError(f"{name_or_path}: not a model folder (no config.json in it)")
+        return str(local)
+    if not HUB_ID.fullmatch(path) or path.startswith((".", "~")):
+        raise DataError(f"{name_or_path}: no such model folder (nor a preset: {', '.join(PRESETS)})")
+    return path
+
+
+@contextmanager
+def loading(name_or_path: str):
+    """A model or tokenizer that transformers cannot load (corrupt weights, a broken config, no network
+    for a hub id) is one line naming it, not a traceback."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, ValueError, SafetensorError) as error:
+        problem = " ".join(str(error).split())[:300]
+        problem = problem if problem.startswith(str(name_or_path)) else f"{name_or_path}: cannot be loaded ({problem})"
+        raise DataError(problem) from None
 
 
 def load_tokenizer(name_or_path: str):
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    with loading(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(model_source(name_or_path))
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ValueError(
+        raise DataError(
             f"{name_or_path}: the tokenizer needs a PAD token distinct from EOS "
             f"(pad={tokenizer.pad_token!r}, eos={tokenizer.eos_token!r}); masking pads that are EOS "
             "teaches the model never to stop"
@@ -27,7 +64,8 @@ def load_tokenizer(name_or_path: str):
 def load_causal_lm(name_or_path: str, dropout: float = 0.0) -> PreTrainedModel:
     """Any HF causal LM folder, hub id or preset name, in fp32 (autocast handles bf16)."""
     kwargs = {"attention_dropout": dropout} if dropout else {}
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=torch.float32, **kwargs)
+    with loading(name_or_path):
+        return AutoModelForCausalLM.from_pretrained(model_source(name_or_path), dtype=torch.float32, **kwargs)
 
 
 def load_scalar_model(name_or_path: str, pad_token_id: int | None = None) -> ScalarModel:
@@ -36,8 +74,9 @@ def load_scalar_model(name_or_path: str, pad_token_id: int | None = None) -> Sca
     From a causal-LM folder the head is new and initialised N(0, 1/(d_model + 1)) as in the
     2019 RLHF code; from a reward-model folder it is loaded as trained.
     """
-    path = resolve_model_path(name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    with loading(name_or_path):
+        model = AutoModelForSequenceClassification.from_pretrained(model_source(name_or_path), num_labels=1,
+                                                                   dtype=torch.float32)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     if getattr(model.config, REWARD_BIAS_KEY, None) is None:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf.config import dump_config
-from rlhf.outputs import Earlier, abandon_folder, begin_folder, check_output_folder, finish_folder
+from rlhf.outputs import Earlier, abandon_folder, begin_folder, check_appendable, check_output_folder, finish_folder
 
 logger = logging.getLogger(__name__)
 METADATA_FILE = "rlhf.json"
@@ -121,7 +121,9 @@ def earlier_stage_output(stage: str) -> Earlier:
 
 def check_stage_output(config: BaseModel, stage: str) -> Path:
     """Refuse, before any training, an ``output_dir`` that is not a new folder or an earlier output of
-    this stage (see :mod:`rlhf.outputs`)."""
+    this stage (see :mod:`rlhf.outputs`), and a ``metrics_file`` that is not a JSONL file to append to."""
+    if config.metrics_file:
+        check_appendable(config.metrics_file, config_inputs(config))
     return check_output_folder(config.output_dir, stage, config_inputs(config), overwrite=True,
                                earlier=earlier_stage_output(stage))
 
