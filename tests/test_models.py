@@ -148,3 +148,45 @@ def test_response_lm_equals_the_full_logits_loss_and_its_gradients(tiny_path):
     selective.backward()
     assert selective.item() == pytest.approx(full.item(), rel=1e-5)
     torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight.grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def _sequence_classifier(tiny_path, folder, num_labels=1):
+    """A reward model saved by plain transformers (as TRL's RewardTrainer does): no rlhf bias in its config."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_path, num_labels=num_labels)
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_path).pad_token_id
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_path).save_pretrained(folder)
+    return model
+
+
+def test_a_reward_model_saved_elsewhere_keeps_its_trained_head(tiny_path, tmp_path):
+    from rlhf.models import REWARD_BIAS_KEY, load_scalar_model, scalar_head
+
+    saved = _sequence_classifier(tiny_path, tmp_path / "rm")
+    loaded = load_scalar_model(str(tmp_path / "rm"), trained=True)
+    assert torch.equal(scalar_head(loaded.hf).weight, scalar_head(saved).weight)  # not re-initialised
+    assert getattr(loaded.hf.config, REWARD_BIAS_KEY) == 0.0
+
+
+def test_a_causal_lm_is_no_reward_model_where_one_is_needed(tiny_path, tmp_path):
+    from rlhf.data.records import DataError
+    from rlhf.models import load_scalar_model
+
+    with pytest.raises(DataError, match="not a reward model .*LlamaForCausalLM"):
+        load_scalar_model(tiny_path, trained=True)
+    load_scalar_model(tiny_path)  # the reward stage starts from one: a fresh head
+
+
+def test_models_of_the_wrong_kind_are_one_line_errors(tiny_path, tmp_path):
+    from rlhf.data.records import DataError
+    from rlhf.models import load_causal_lm, load_scalar_model
+
+    _sequence_classifier(tiny_path, tmp_path / "two", num_labels=2)
+    with pytest.raises(DataError, match="a reward model has one output; this LlamaForSequenceClassification has "
+                                        "num_labels 2"):
+        load_scalar_model(str(tmp_path / "two"))
+    with pytest.raises(DataError, match="a LlamaForSequenceClassification is not a causal LM"):
+        load_causal_lm(str(tmp_path / "two"))

@@ -54,7 +54,7 @@ def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_siz
     from accelerate import Accelerator
 
     tokenizer = load_tokenizer(str(run_dir / "reward"))
-    model = load_scalar_model(str(run_dir / "reward"), tokenizer.pad_token_id)
+    model = load_scalar_model(str(run_dir / "reward"), tokenizer.pad_token_id, trained=True)
     examples = encode_comparisons(tokenizer, comparisons, max_length, "skip")
     loader = DataLoader(examples, batch_size=batch_size, collate_fn=lambda b: collate_ranked(b, tokenizer.pad_token_id))
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"), cpu=not torch.cuda.is_available())
@@ -66,7 +66,7 @@ def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_siz
 def reward_scores(reward_dir: Path, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[float]:
     """The run's reward model (normalised) on each (prompt, response)."""
     tokenizer = load_tokenizer(str(reward_dir))
-    model = load_scalar_model(str(reward_dir), tokenizer.pad_token_id).eval()
+    model = load_scalar_model(str(reward_dir), tokenizer.pad_token_id, trained=True).eval()
     sequences = [encode_prompt(tokenizer, as_conversation(p)) + encode_response(tokenizer, r or " ")
                  for p, r in zip(prompts, responses)]
     scores = []

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from rlhf.data.records import DataError
 from rlhf.models.presets import PRESETS, resolve_model_path
@@ -61,24 +67,50 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def architecture(name_or_path: str):
+    """(config, its first architecture class name or '') of a model folder, hub id or preset."""
+    with loading(name_or_path):
+        config = AutoConfig.from_pretrained(model_source(name_or_path))
+    return config, (getattr(config, "architectures", None) or [""])[0]
+
+
+def is_scalar_head(architecture_name: str) -> bool:
+    return architecture_name.endswith("ForSequenceClassification")
+
+
 def load_causal_lm(name_or_path: str, dropout: float = 0.0) -> PreTrainedModel:
     """Any HF causal LM folder, hub id or preset name, in fp32 (autocast handles bf16)."""
+    config, name = architecture(name_or_path)
+    if is_scalar_head(name) or getattr(config, "is_encoder_decoder", False):
+        raise DataError(f"{name_or_path}: a {name or config.model_type} is not a causal LM; a policy (and an SFT "
+                        "start) must load with AutoModelForCausalLM (decoder-only)")
     kwargs = {"attention_dropout": dropout} if dropout else {}
     with loading(name_or_path):
         return AutoModelForCausalLM.from_pretrained(model_source(name_or_path), dtype=torch.float32, **kwargs)
 
 
-def load_scalar_model(name_or_path: str, pad_token_id: int | None = None) -> ScalarModel:
+def load_scalar_model(name_or_path: str, pad_token_id: int | None = None, trained: bool = False) -> ScalarModel:
     """A backbone with a one-output linear head (``AutoModelForSequenceClassification``, 1 label).
 
-    From a causal-LM folder the head is new and initialised N(0, 1/(d_model + 1)) as in the
-    2019 RLHF code; from a reward-model folder it is loaded as trained.
+    A sequence-classification folder with one label keeps its head as trained — ours (with its
+    normalisation bias) or one saved by plain ``transformers`` or TRL (bias 0). From a causal-LM
+    folder the head is new and initialised N(0, 1/(d_model + 1)) as in the 2019 RLHF code, unless
+    ``trained`` asks for a reward model (PPO's reward, an evaluation judge): then it is an error.
     """
+    config, name = architecture(name_or_path)
+    if is_scalar_head(name) and config.num_labels != 1:
+        raise DataError(f"{name_or_path}: a reward model has one output; this {name} has num_labels "
+                        f"{config.num_labels}")
+    if trained and not is_scalar_head(name):
+        raise DataError(f"{name_or_path}: not a reward model (a {name or config.model_type}); give a folder "
+                        "written by `rlhf reward`, or any AutoModelForSequenceClassification with one label")
     with loading(name_or_path):
         model = AutoModelForSequenceClassification.from_pretrained(model_source(name_or_path), num_labels=1,
                                                                    dtype=torch.float32)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
+    if is_scalar_head(name) and getattr(model.config, REWARD_BIAS_KEY, None) is None:
+        setattr(model.config, REWARD_BIAS_KEY, 0.0)  # trained elsewhere: its head as it is, no normalisation
     if getattr(model.config, REWARD_BIAS_KEY, None) is None:
         head = scalar_head(model)
         torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(model.config.hidden_size + 1))

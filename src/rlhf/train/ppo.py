@@ -101,7 +101,7 @@ class PPOTrainer:
 
         policy = load_causal_lm(config.model)
         self.reference = freeze(load_causal_lm(config.model)).to(accelerator.device)
-        reward_model = load_scalar_model(config.reward_model, tokenizer.pad_token_id)
+        reward_model = load_scalar_model(config.reward_model, tokenizer.pad_token_id, trained=True)
         self.reward_model = freeze(reward_model).to(accelerator.device)
         value = load_scalar_model(config.value_model or config.reward_model, tokenizer.pad_token_id)
         policy.eval()  # dropout off for the whole run; gradients still flow
