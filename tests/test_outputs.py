@@ -363,3 +363,39 @@ def test_sigterm_removes_a_stage_s_staging_folder(tmp_path):
     _, error = process.communicate(timeout=60)
     assert process.returncode == 130 and "rlhf: interrupted" in error and "Traceback" not in error, error[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demos.jsonl"]
+
+
+def test_a_failed_preset_build_removes_only_its_own_staging_folder(tmp_path, monkeypatch):
+    import os
+
+    from rlhf.models import presets
+
+    monkeypatch.setenv("RLHF_CACHE", str(tmp_path))
+    theirs = tmp_path / f"tiny.tmp-{os.getpid()}"  # the name older versions used, here somebody's folder
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("mine")
+
+    def broken(folder):
+        (folder / "config.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(presets.PRESETS, "tiny", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        presets.resolve_model_path("tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]
+    assert (theirs / "keep.txt").read_text() == "mine"
+
+
+def test_the_signing_key_never_removes_a_file_it_did_not_create(tmp_path, monkeypatch):
+    from rlhf.label import security
+
+    database = tmp_path / "labels.db"
+    names = iter(["0" * 16, "1" * 16])
+    monkeypatch.setattr(security.secrets, "token_hex", lambda n: next(names, "k" * 2 * n))
+    theirs = tmp_path / f"labels.db.key.{'0' * 16}.tmp"
+    theirs.write_text("somebody's file")
+    monkeypatch.delenv(security.SECRET_KEY_VARIABLE, raising=False)
+    key = security.load_secret_key(database)
+    assert theirs.read_text() == "somebody's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, "labels.db.key"])
+    assert key == "k" * 64

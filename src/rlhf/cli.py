@@ -23,7 +23,7 @@ import sys
 from rlhf.arguments import COUNT, NON_NEGATIVE, POSITIVE_INT, Parser
 from rlhf.config import STAGE_CONFIGS, ConfigError, dump_config, load_config, preset_config_path
 from rlhf.data.formats import FORMATS
-from rlhf.data.records import DataError
+from rlhf.data.records import DataError, one_line
 from rlhf.label.cli import add_label_commands, run_label
 
 
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if where is None:
             raise
         logging.getLogger("rlhf").debug("unexpected error while reading %s", where, exc_info=True)
-        print(f"rlhf: error: {where}: could not be read ({type(error).__name__}: {_one_line(error)}); "
+        print(f"rlhf: error: {where}: could not be read ({type(error).__name__}: {one_line(error, 200)}); "
               "this is a bug in rlhf, please report it with this line (-v shows the traceback)", file=sys.stderr)
         return BUG_EXIT
     finally:
@@ -319,11 +319,6 @@ def _terminated(signum, frame):
 
 BUG_EXIT = 70  # EX_SOFTWARE: an internal error (bad input is 2)
 READ_PATH = (f"rlhf{os.sep}data{os.sep}formats.py", f"rlhf{os.sep}data{os.sep}readers.py")
-
-
-def _one_line(error: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _reading_location(traceback) -> str | None:

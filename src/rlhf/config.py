@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlhf.data.records import one_line
+
 
 class ConfigError(ValueError):
     """A config problem, naming the field: ``ppo.kl_coef: Input should be a valid number``."""
@@ -200,7 +202,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError as error:
-            raise ConfigError(f"override '{item[:80]}': invalid YAML ({_one_line(error)})") from None
+            raise ConfigError(f"override '{item[:80]}': invalid YAML ({one_line(error)})") from None
         _set_dotted(tree, key.strip(), value)
     return tree
 
@@ -224,10 +226,6 @@ def preset_config_path(name: str) -> Path:
     return Path(str(path))
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300]
-
-
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -239,10 +237,10 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(error, "problem", None) or _one_line(error)
+        problem = getattr(error, "problem", None) or one_line(error)
         raise ConfigError(f"{where}: invalid YAML ({problem})") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot be read as a YAML text file ({_one_line(error)})") from None
+        raise ConfigError(f"{path}: cannot be read as a YAML text file ({one_line(error)})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return tree

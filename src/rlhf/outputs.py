@@ -54,6 +54,11 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _under_a_file(path: Path) -> bool:
+    """A folder on the way to ``path`` is a file: nothing can be created there."""
+    return any(parent.exists() and not parent.is_dir() for parent in path.parents)
+
+
 def _local_inputs(inputs: Iterable[str | Path | None]) -> list[Path]:
     return [Path(p) for p in inputs if p and not str(p).startswith("hf:")]
 
@@ -86,7 +91,7 @@ def check_output_file(path: str | Path, inputs: Iterable = (), overwrite: bool =
     with _inspecting(path):
         if str(path).endswith(("/", os.sep)) or target.is_dir():
             raise OutputError(f"{path}: is a folder; the output must be a file path")
-        if any(parent.exists() and not parent.is_dir() for parent in target.parents):
+        if _under_a_file(target):
             raise OutputError(f"{path}: a folder on its path is a file")
         _check_not_input(target, _local_inputs(inputs), "file")
         if target.exists() or target.is_symlink():
@@ -105,7 +110,7 @@ def check_appendable(path: str | Path, inputs: Iterable = ()) -> Path:
     an input, or a file of another kind."""
     target = _resolved(path)
     with _inspecting(path):
-        if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
+        if target.is_dir() or _under_a_file(target):
             raise OutputError(f"{path}: is a folder or lies under a file; a metrics file is a JSONL file path")
         _check_not_input(target, _local_inputs(inputs), "file")
         if target.exists() and not (target.is_file() and looks_like_jsonl(target)):
@@ -253,7 +258,7 @@ def check_output_folder(path: str | Path, command: str, inputs: Iterable = (), o
             raise OutputError(f"{path}: is a symbolic link; give the real folder (nothing was changed)")
         if target.exists() and not target.is_dir():
             raise OutputError(f"{path}: exists and is a file; the output must be a folder")
-        if any(parent.exists() and not parent.is_dir() for parent in target.parents):
+        if _under_a_file(target):
             raise OutputError(f"{path}: a folder on its path is a file")
         if _is_within(_real(os.getcwd()), _real(target)):
             raise OutputError(f"{path}: is the current folder or holds it; choose a new folder for the output")

@@ -423,14 +423,14 @@ def plain(value):
     return value
 
 
-def _table_row(where: str, row: dict) -> dict:
+def _table_row(row: dict) -> dict:
     return {key: plain(_cell(key, value)) for key, value in row.items()}
 
 
 def _table_rows(table, path) -> Iterator[tuple[str, dict | DataError]]:
     for index, row in enumerate(table.to_pylist(), start=1):
         where = f"{path}:row {index}"
-        yield where, _table_row(where, row)
+        yield where, _table_row(row)
 
 
 def _parquet(path: Path, _sep) -> Iterator[tuple[str, dict]]:
@@ -460,7 +460,7 @@ def _datasets(path: Path, _sep) -> Iterator[tuple[str, dict]]:
         dataset = dataset["train"]
     for index, row in enumerate(dataset, start=1):
         where = f"{path}:row {index}"
-        yield where, _table_row(where, row)
+        yield where, _table_row(row)
 
 
 def _hub(name: str, _sep) -> Iterator[tuple[str, dict]]:
@@ -480,4 +480,4 @@ def _hub(name: str, _sep) -> Iterator[tuple[str, dict]]:
         raise DataError(f"{name}: could not load from the hub ({error})") from None
     for index, row in enumerate(dataset, start=1):
         where = f"{name}:row {index}"
-        yield where, _table_row(where, row)
+        yield where, _table_row(row)

@@ -87,3 +87,9 @@ def text_key(text: str) -> str:
 
 def same_text(a: str, b: str) -> bool:
     return text_key(a) == text_key(b)
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (for a message that quotes it)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "…"

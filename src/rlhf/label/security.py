@@ -168,8 +168,9 @@ def load_secret_key(database: str | Path) -> str:
 def _write_new_key(path: Path) -> None:
     """Write a random key to a private temporary file and link it into place: a second server
     starting at the same moment reads one complete key, never an empty file."""
-    staging = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-    create_private_file(staging)
+    staging = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
+    while not create_private_file(staging):  # that name is somebody else's file: never ours to remove
+        staging = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         staging.write_text(secrets.token_hex(32) + "\n", encoding="ascii")
         os.link(staging, path)

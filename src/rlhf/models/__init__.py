@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from rlhf.data.records import DataError
+from rlhf.data.records import DataError, one_line
 from rlhf.models.presets import PRESETS, resolve_model_path
 
 REWARD_BIAS_KEY = "rlhf_reward_bias"
@@ -49,7 +49,7 @@ def loading(name_or_path: str):
     except DataError:
         raise
     except (OSError, ValueError, SafetensorError) as error:
-        problem = " ".join(str(error).split())[:300]
+        problem = one_line(error)
         problem = problem if problem.startswith(str(name_or_path)) else f"{name_or_path}: cannot be loaded ({problem})"
         raise DataError(problem) from None
 

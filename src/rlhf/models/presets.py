@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -120,12 +121,13 @@ def resolve_model_path(name_or_path: str) -> str:
     folder = cache_dir() / name_or_path
     if (folder / "config.json").exists():
         return str(folder)
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    PRESETS[name_or_path](staging)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))  # new, ours
     try:
+        PRESETS[name_or_path](staging)
         staging.rename(folder)
-    except OSError:  # another process finished first
+    except BaseException:  # a failed build, or another process finished first: only our staging goes
         shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / "config.json").exists():
+            raise
     return str(folder)
