@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from rlhf.data.collate import collate_ranked, encode_comparisons, pad
 from rlhf.data.records import Comparison
+from rlhf.decode import sample_responses
 from rlhf.losses import ranking_loss, response_lm_loss
 from rlhf.models import (
     ResponseLM,
@@ -18,7 +19,6 @@ from rlhf.models import (
     positions_from_mask,
     sequence_scores,
 )
-from rlhf.rollout import sample_responses
 from rlhf.train.common import add_residual_dropout
 from rlhf.train.reward import ranked_scores
 
@@ -104,7 +104,7 @@ def test_sampling_stops_at_eos_and_masks_after_it(tiny_path):
 
 
 def test_gumbel_sampling_follows_the_distribution(tiny_path):
-    from rlhf.rollout import gumbel_sample
+    from rlhf.decode import gumbel_sample
 
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).repeat(20000, 1)
     counts = torch.bincount(gumbel_sample(logits, 1.0, torch.Generator().manual_seed(0)), minlength=3) / 20000

@@ -113,6 +113,11 @@ class PPOConfig(StageConfig):
     ptx_batch_size: int = Field(8, ge=1, description="pretraining blocks per minibatch")
     ptx_block_size: int = Field(128, ge=8)
     eval_prompts: int = Field(64, ge=1, description="held-out prompts for the final PPO-vs-SFT comparison")
+    rollout_engine: Literal["static", "eager"] = Field(
+        "static", description="static: a static KV cache (CUDA graphs on a GPU, pre-packed bf16 weights on a CPU); "
+        "eager: the plain dynamic-cache loop")
+    compile_decode: bool | None = Field(
+        None, description="torch.compile the decode step (null: on a GPU only, with CUDA graphs)")
     ptx_held_out_fraction: float = Field(
         0.1, ge=0, lt=1, description="the end of the pretraining text never trained on (alignment-tax perplexity)")
 

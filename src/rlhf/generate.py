@@ -1,4 +1,4 @@
-"""Sampling from any stage's checkpoint with the same rollout code PPO uses."""
+"""Sampling from any stage's checkpoint with the same decoder PPO's rollouts use."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import torch
 
 from rlhf.data.collate import encode_prompt, pad
 from rlhf.data.records import as_conversation
+from rlhf.decode import Decoder
 from rlhf.models import load_causal_lm, load_tokenizer
-from rlhf.rollout import sample_responses
-from rlhf.train.common import inference_autocast
+from rlhf.rollout import response_stop_ids
+from rlhf.train.common import inference_autocast, inference_dtype
 
 
 def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.7,
@@ -16,15 +17,17 @@ def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, tem
     """One response per prompt (rendered with the chat template), in prompt order."""
     tokenizer = tokenizer or load_tokenizer(model_name)
     model = (model or load_causal_lm(model_name)).eval()
-    generator = torch.Generator().manual_seed(seed)
+    decoder = Decoder(model, inference_dtype(), batch_bucket=min(batch_size, len(prompts)) or 1)
+    eos_ids = response_stop_ids(tokenizer, model)
+    generator = torch.Generator(device=decoder.device).manual_seed(seed)
     responses = []
     for start in range(0, len(prompts), batch_size):
         chunk = [encode_prompt(tokenizer, as_conversation(p)) for p in prompts[start:start + batch_size]]
         ids, mask = pad(chunk, tokenizer.pad_token_id, side="left")
-        ids, mask = ids.to(model.device), mask.to(model.device)
+        ids, mask = ids.to(decoder.device), mask.to(decoder.device)
         with inference_autocast():
-            response_ids, response_mask = sample_responses(model, ids, mask, max_new_tokens, tokenizer.eos_token_id,
-                                                           tokenizer.pad_token_id, temperature, generator)
+            response_ids, response_mask = decoder.sample(ids, mask, max_new_tokens, eos_ids, tokenizer.pad_token_id,
+                                                         temperature, generator)
         for row, row_mask in zip(response_ids, response_mask):
             responses.append(tokenizer.decode(row[row_mask.bool()], skip_special_tokens=True).strip())
     return responses

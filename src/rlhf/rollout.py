@@ -1,4 +1,5 @@
-"""Batched sampling with a KV cache, and the typed container where rollout meets optimisation."""
+"""The rollout, whole: sample from the policy, score with policy, reference, value and reward
+model, and hand optimisation one typed :class:`RolloutBatch` (``train/ppo.py`` keeps the update)."""
 
 from __future__ import annotations
 
@@ -6,48 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf.models import positions_from_mask
-
-
-def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """argmax(logits/T + Gumbel noise) ~ softmax(logits/T): a third of the cost of softmax +
-    multinomial over a 49k vocabulary. logits (B, V) → tokens (B,)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
-    return (logits.float() / temperature - torch.log(-torch.log(uniform))).argmax(-1)
-
-
-@torch.no_grad()
-def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-                     eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample up to ``max_new_tokens`` per left-padded prompt, stopping early once every row has
-    emitted EOS. Returns (response_ids, response_mask), both (B, R): the mask covers the tokens
-    up to and including the first EOS; later positions are PAD."""
-    batch = prompt_ids.shape[0]
-    positions = positions_from_mask(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    attention_mask = prompt_mask
-    next_position = positions[:, -1:] + 1
-    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
-    tokens, masks = [], []
-    for _ in range(max_new_tokens):
-        token = gumbel_sample(logits, temperature, generator)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        masks.append(~finished)
-        tokens.append(token)
-        finished = finished | (token == eos_token_id)
-        if finished.all() or len(tokens) == max_new_tokens:
-            break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        out = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=next_position,
-                    past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
-        next_position = next_position + 1
-    return torch.stack(tokens, 1), torch.stack(masks, 1).long()
+from rlhf.data.collate import pad
+from rlhf.decode import Decoder, sample_responses, stop_ids
+from rlhf.losses import token_logprobs
+from rlhf.models import positions_from_mask, sequence_scores
 
 
 @dataclass
@@ -87,3 +50,112 @@ class RolloutBatch:
     def select(self, index: torch.Tensor) -> RolloutBatch:
         return RolloutBatch(**{name: (None if value is None else value[index])
                                for name, value in self.__dict__.items()})
+
+
+def response_logprobs(model, input_ids, attention_mask, response_ids, temperature: float):
+    """log π(y_t | x, y_<t) for each response token, and the logits behind them.
+
+    input_ids/attention_mask (B, P + R) hold prompt + response; response_ids (B, R).
+    Only the last R + 1 positions go through the LM head (the prompt's logits are never needed).
+    """
+    response_length = response_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=positions_from_mask(attention_mask), logits_to_keep=response_length + 1).logits
+    logits = logits[:, :-1]
+    return token_logprobs(logits, response_ids, temperature), logits
+
+
+def response_values(value_model, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
+    """V(x, y_<t) for each response token t, read at the position before it: (B, R)."""
+    values = value_model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=positions_from_mask(attention_mask))
+    return values[:, prompt_length - 1:-1]
+
+
+def response_stop_ids(tokenizer, model) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the model's generation_config EOS
+    (an int or a list, as Llama-3 has)."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return list(dict.fromkeys(i for i in ids + configured if i is not None and i != tokenizer.pad_token_id))
+
+
+class RolloutEngine:
+    """Sampling and scoring for PPO, each model forwarded once per batch.
+
+    ``policy`` and ``reference`` sample (through a :class:`~rlhf.decode.Decoder` each, or the eager
+    loop with ``engine="eager"``); ``value`` and ``reward_model`` are :class:`~rlhf.models.ScalarModel`.
+    ``autocast`` is the context the scoring forwards run under (the accelerator's); ``dtype`` the
+    precision to sample in (bf16 under bf16 mixed precision, else ``None``).
+    """
+
+    def __init__(self, policy, reference, value, reward_model, tokenizer, *, max_new_tokens: int,
+                 temperature: float, no_eos_score: float | None, autocast, generator: torch.Generator,
+                 dtype: torch.dtype | None = None, engine: str = "static", compile: bool | None = None,
+                 batch_size: int = 1):
+        self.models = {"policy": policy, "reference": reference}
+        self.value, self.reward_model, self.tokenizer = value, reward_model, tokenizer
+        self.max_new_tokens, self.temperature, self.no_eos_score = max_new_tokens, temperature, no_eos_score
+        self.autocast, self.generator = autocast, generator
+        self.eos_ids = response_stop_ids(tokenizer, policy)
+        self.engine, self.dtype, self.compile, self.batch_size = engine, dtype, compile, batch_size
+        self.decoders: dict[str, Decoder] = {}
+
+    def decoder(self, source: str) -> Decoder:
+        if source not in self.decoders:  # the reference's only when evaluation first samples from it
+            self.decoders[source] = Decoder(self.models[source], self.dtype, compile=self.compile,
+                                            batch_bucket=self.batch_size)
+        return self.decoders[source]
+
+    @torch.no_grad()
+    def sample(self, prompts: list[list[int]], source: str = "policy"):
+        """Left-padded prompts (B, P) and the sampled responses (B, R), with their masks."""
+        model = self.models[source]
+        device = next(model.parameters()).device
+        pad_id = self.tokenizer.pad_token_id
+        query_ids, query_mask = (t.to(device) for t in pad(prompts, pad_id, side="left"))
+        with self.autocast():
+            if self.engine == "eager":
+                response_ids, response_mask = sample_responses(
+                    model, query_ids, query_mask, self.max_new_tokens, self.eos_ids, pad_id, self.temperature,
+                    self.generator)
+            else:
+                decoder = self.decoder(source)
+                if source == "policy":
+                    decoder.sync()  # the policy has changed since the last rollout
+                response_ids, response_mask = decoder.sample(
+                    query_ids, query_mask, self.max_new_tokens, self.eos_ids, pad_id, self.temperature, self.generator)
+        return query_ids, query_mask, response_ids, response_mask
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[int]], source: str = "policy", score_policy: bool = True) -> RolloutBatch:
+        """Sample from ``source`` and compute everything the update needs, each exactly once.
+
+        ``score_policy=False`` leaves the policy's log-probs and the values at zero, to be filled by
+        :meth:`take_policy_scores` from the update's own first forward (one minibatch)."""
+        query_ids, query_mask, response_ids, response_mask = self.sample(prompts, source)
+        ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
+        with self.autocast():
+            ref_logprobs, _ = response_logprobs(self.models["reference"], ids, mask, response_ids, self.temperature)
+            if score_policy:
+                logprobs, _ = response_logprobs(self.models["policy"], ids, mask, response_ids, self.temperature)
+                values = response_values(self.value, ids, mask, query_ids.shape[1])
+            else:
+                logprobs, values = torch.zeros_like(ref_logprobs), torch.zeros_like(ref_logprobs)
+            scores = sequence_scores(self.reward_model(ids, mask, positions_from_mask(mask)), mask,
+                                     self.reward_model.reward_bias)
+        ended_with_eos = (torch.isin(response_ids, stop_ids(self.eos_ids, response_ids.device))
+                          & response_mask.bool()).any(1)
+        if self.no_eos_score is not None:
+            scores = torch.where(ended_with_eos, scores, torch.full_like(scores, self.no_eos_score))
+        response_mask = response_mask.float()
+        return RolloutBatch(query_ids, query_mask, response_ids, response_mask, logprobs * response_mask,
+                            ref_logprobs * response_mask, values * response_mask, scores, ended_with_eos)
+
+    @staticmethod
+    def take_policy_scores(batch: RolloutBatch, forward: dict[str, torch.Tensor]) -> None:
+        """The one-minibatch step: the update's first forward, before any weight changes, is the
+        rollout policy's; its log-probs and values complete the batch (no second forward)."""
+        batch.logprobs = forward["logprobs"].detach() * batch.response_mask
+        batch.values = forward["values"].detach() * batch.response_mask

@@ -46,10 +46,15 @@ def resolve_mixed_precision(setting: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "no"
 
 
+def inference_dtype() -> torch.dtype | None:
+    """bf16 where the hardware has fast bf16 (scoring and sampling outside a training loop), else None."""
+    return torch.bfloat16 if resolve_mixed_precision("auto") == "bf16" else None
+
+
 def inference_autocast():
     """bf16 autocast for scoring and sampling outside a training loop, where the hardware has fast bf16."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=resolve_mixed_precision("auto") == "bf16")
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=inference_dtype() is not None)
 
 
 def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerator:

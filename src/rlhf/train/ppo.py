@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf.config import PPOConfig
-from rlhf.data.collate import encode_prompts, pack_text, pad, sample_records, split_records
+from rlhf.data.collate import encode_prompts, pack_text, sample_records, split_records
 from rlhf.data.readers import DataError, read_prompts, read_text
 from rlhf.eval.perplexity import split_text
 from rlhf.losses import (
@@ -29,17 +29,10 @@ from rlhf.losses import (
     ppo_ptx_loss,
     ppo_value_loss,
     response_lm_loss,
-    token_logprobs,
     whiten,
 )
-from rlhf.models import (
-    load_causal_lm,
-    load_scalar_model,
-    load_tokenizer,
-    positions_from_mask,
-    sequence_scores,
-)
-from rlhf.rollout import RolloutBatch, sample_responses
+from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer
+from rlhf.rollout import RolloutBatch, RolloutEngine, response_logprobs, response_values
 from rlhf.train.common import (
     MetricsLog,
     check_stage_output,
@@ -49,26 +42,6 @@ from rlhf.train.common import (
     staged_output,
     write_metadata,
 )
-
-
-def response_logprobs(model, input_ids, attention_mask, response_ids, temperature: float):
-    """log π(y_t | x, y_<t) for each response token, and the logits behind them.
-
-    input_ids/attention_mask (B, P + R) hold prompt + response; response_ids (B, R).
-    Only the last R + 1 positions go through the LM head (the prompt's logits are never needed).
-    """
-    response_length = response_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=positions_from_mask(attention_mask), logits_to_keep=response_length + 1).logits
-    logits = logits[:, :-1]
-    return token_logprobs(logits, response_ids, temperature), logits
-
-
-def response_values(value_model, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
-    """V(x, y_<t) for each response token t, read at the position before it: (B, R)."""
-    values = value_model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=positions_from_mask(attention_mask))
-    return values[:, prompt_length - 1:-1]
 
 
 def freeze(model):
@@ -124,6 +97,13 @@ class PPOTrainer:
             config.seed + 1000 * accelerator.process_index)
         self.ptx_order = torch.Generator().manual_seed(config.seed + 1)
         self._prompt_queue: list[int] = []
+        self.engine = RolloutEngine(
+            accelerator.unwrap_model(self.policy), self.reference, self.value, self.reward_model, tokenizer,
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature, no_eos_score=config.no_eos_score,
+            autocast=accelerator.autocast, generator=self.sampling,
+            dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else None,
+            engine=config.rollout_engine, compile=config.compile_decode,
+            batch_size=config.rollout_batch_size // accelerator.num_processes)
 
     # ---- data -------------------------------------------------------------------------
     def next_prompts(self, count: int) -> list[list[int]]:
@@ -139,47 +119,16 @@ class PPOTrainer:
         index = torch.randint(len(self.ptx_blocks), (self.config.ptx_batch_size,), generator=self.ptx_order)
         return self.ptx_blocks[index].to(self.accelerator.device)
 
-    # ---- rollout ----------------------------------------------------------------------
-    @torch.no_grad()
-    def rollout(self, prompts: list[list[int]], policy=None, score_policy: bool = True) -> RolloutBatch:
-        """Sample responses and compute everything the update needs, each exactly once.
-
-        ``score_policy=False`` leaves the policy's log-probs and the values at zero: with one
-        minibatch the update's own forward gives them before any weight changes (see ``step``)."""
-        config, tokenizer, device = self.config, self.tokenizer, self.accelerator.device
-        policy = policy or self.accelerator.unwrap_model(self.policy)
-        query_ids, query_mask = (t.to(device) for t in pad(prompts, tokenizer.pad_token_id, side="left"))
-        with self.accelerator.autocast():
-            response_ids, response_mask = sample_responses(
-                policy, query_ids, query_mask, config.max_new_tokens, tokenizer.eos_token_id,
-                tokenizer.pad_token_id, config.temperature, self.sampling)
-            ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
-            ref_logprobs, _ = response_logprobs(self.reference, ids, mask, response_ids, config.temperature)
-            if score_policy:
-                logprobs, _ = response_logprobs(policy, ids, mask, response_ids, config.temperature)
-                values = response_values(self.value, ids, mask, query_ids.shape[1])
-            else:
-                logprobs, values = torch.zeros_like(ref_logprobs), torch.zeros_like(ref_logprobs)
-            scores = sequence_scores(self.reward_model(ids, mask, positions_from_mask(mask)), mask,
-                                     self.reward_model.reward_bias)
-        ended_with_eos = ((response_ids == tokenizer.eos_token_id) & response_mask.bool()).any(1)
-        if config.no_eos_score is not None:
-            scores = torch.where(ended_with_eos, scores, torch.full_like(scores, config.no_eos_score))
-        response_mask = response_mask.float()
-        return RolloutBatch(query_ids, query_mask, response_ids, response_mask, logprobs * response_mask,
-                            ref_logprobs * response_mask, values * response_mask, scores, ended_with_eos)
-
     # ---- one PPO step -----------------------------------------------------------------
     def step(self, prompts: list[list[int]]) -> dict[str, float]:
         config, accelerator = self.config, self.accelerator
         started = time.perf_counter()
-        batch = self.rollout(prompts, score_policy=not self.score_in_update)
+        batch = self.engine.rollout(prompts, score_policy=not self.score_in_update)
         rollout_time = time.perf_counter() - started
         first_forward = None
         if self.score_in_update:  # one minibatch: its forward, before any update, is the rollout policy's
             first_forward = self.forward_minibatch(batch)
-            batch.logprobs = first_forward["logprobs"].detach() * batch.response_mask
-            batch.values = first_forward["values"].detach() * batch.response_mask
+            self.engine.take_policy_scores(batch, first_forward)
 
         batch.rewards, kl = kl_penalized_rewards(batch.scores, batch.logprobs, batch.ref_logprobs,
                                                  batch.response_mask, self.kl_coef)
@@ -273,11 +222,10 @@ class PPOTrainer:
         """Fresh samples from the policy and from the SFT reference on the same prompts:
         mean RM scores, win rate of policy over SFT (ties count half) and KL(policy ‖ SFT)."""
         policy_scores, sft_scores, kls = [], [], []
-        policy = self.accelerator.unwrap_model(self.policy)
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            ours = self.rollout(chunk, policy)
-            theirs = self.rollout(chunk, self.reference)
+            ours = self.engine.rollout(chunk, "policy")
+            theirs = self.engine.rollout(chunk, "reference")
             policy_scores.append(ours.scores)
             sft_scores.append(theirs.scores)
             kls.append((ours.logprobs - ours.ref_logprobs).sum(1))

@@ -1,0 +1,295 @@
+"""Decoding: the eager reference sampler, and :class:`Decoder`, the fast one PPO and ``generate`` use.
+
+:class:`Decoder` samples with a static KV cache allocated once per shape bucket (prompt rounded up
+to ``prompt_bucket`` tokens, plus ``max_new_tokens``), so the decode step always sees the same
+shapes: on a GPU that step is compiled with CUDA graphs (``torch.compile(mode="reduce-overhead")``),
+which removes the kernel-launch cost that dominates a small model's decode. Under bf16 mixed
+precision it samples from a bf16 copy of the model (refreshed by :meth:`Decoder.sync` after each
+optimizer step); on a CPU that copy's linear layers hold oneDNN pre-packed weights, which halves
+the cost of the small-batch matrix products that dominate decode there (``BENCHMARKS.md``).
+
+Left padding with positions from the mask, Gumbel-max sampling and early stop once every row has
+ended are shared with :func:`sample_responses`, the plain dynamic-cache loop kept as the eager path
+and as the reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+
+import torch
+from transformers import StaticCache
+from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+from transformers.pytorch_utils import Conv1D
+
+from rlhf.models import positions_from_mask
+
+log = logging.getLogger(__name__)
+
+
+def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """argmax(logits/T + Gumbel noise) ~ softmax(logits/T): a third of the cost of softmax +
+    multinomial over a 49k vocabulary. logits (B, V) → tokens (B,)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
+    return (logits.float() / temperature - torch.log(-torch.log(uniform))).argmax(-1)
+
+
+def stop_ids(eos_token_id: int | list[int] | tuple[int, ...], device) -> torch.Tensor:
+    """EOS as a 1-D tensor of ids: any of them ends a response (Llama-3 lists several)."""
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+                     eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager path: sample up to ``max_new_tokens`` per left-padded prompt with the model's own
+    dynamic cache, stopping early once every row has emitted EOS. Returns (response_ids,
+    response_mask), both (B, R): the mask covers the tokens up to and including the first EOS;
+    later positions are PAD."""
+    eos = stop_ids(eos_token_id, prompt_ids.device)
+    batch = prompt_ids.shape[0]
+    positions = positions_from_mask(prompt_mask)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    attention_mask = prompt_mask
+    next_position = positions[:, -1:] + 1
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    tokens, masks = [], []
+    for _ in range(max_new_tokens):
+        token = gumbel_sample(logits, temperature, generator)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        masks.append(~finished)
+        tokens.append(token)
+        finished = finished | torch.isin(token, eos)
+        if finished.all() or len(tokens) == max_new_tokens:
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        out = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=next_position,
+                    past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        next_position = next_position + 1
+    return torch.stack(tokens, 1), torch.stack(masks, 1).long()
+
+
+class _CastingLayer(StaticLayer):
+    """A static cache layer that stores keys in the values' dtype: under autocast, rotary embeddings
+    in fp32 make the keys fp32 while the values are bf16, and ``index_copy_`` needs one dtype."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return super().update(key_states.to(value_states.dtype), value_states, *args, **kwargs)
+
+
+class _CastingSlidingLayer(StaticSlidingWindowLayer):
+    def update(self, key_states, value_states, *args, **kwargs):
+        return super().update(key_states.to(value_states.dtype), value_states, *args, **kwargs)
+
+
+def static_cache(config, max_cache_len: int) -> StaticCache:
+    """transformers' StaticCache for this model's layer layout, with dtype-safe layers."""
+    cache = StaticCache(config=config, max_cache_len=max_cache_len)
+    for layer in cache.layers:
+        if type(layer) is StaticLayer:
+            layer.__class__ = _CastingLayer
+        elif type(layer) is StaticSlidingWindowLayer:
+            layer.__class__ = _CastingSlidingLayer
+    return cache
+
+
+class PackedLinear(torch.nn.Module):
+    """``y = x Wᵀ + b`` with W held in oneDNN's blocked layout (bf16, CPU). A plain bf16 ``linear``
+    re-packs W on every call; packing once per weight update halves the decode step's matmul time
+    at batch 1–16 on this project's CPUs, with bit-identical results (tested)."""
+
+    def __init__(self, source: torch.nn.Module, batch_hint: int):
+        super().__init__()
+        self.source, self.batch_hint = [source], batch_hint  # a list: not a submodule of this copy
+        self.transposed = isinstance(source, Conv1D)  # GPT-2 stores W as (in, out)
+        self.out_features = source.weight.shape[1 if self.transposed else 0]
+        self.sync()
+
+    def sync(self) -> None:
+        source = self.source[0]
+        weight = source.weight.detach().to(torch.bfloat16)
+        weight = weight.t().contiguous() if self.transposed else weight
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.batch_hint)
+        self.bias = None if source.bias is None else source.bias.detach().to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def can_pack() -> bool:
+    """Whether this CPU build of torch has the oneDNN ops :class:`PackedLinear` needs (and they run)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        probe = PackedLinear(torch.nn.Linear(8, 8), 1)
+        probe(torch.zeros(1, 8))
+        return True
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def _pack_linears(copy_module: torch.nn.Module, source_module: torch.nn.Module, batch_hint: int) -> list[PackedLinear]:
+    packed = []
+    for (name, child), source in zip(list(copy_module.named_children()), source_module.children()):
+        if isinstance(child, (torch.nn.Linear, Conv1D)) and type(child) in (torch.nn.Linear, Conv1D):
+            module = PackedLinear(source, batch_hint)
+            setattr(copy_module, name, module)
+            packed.append(module)
+        else:
+            packed += _pack_linears(child, source, batch_hint)
+    return packed
+
+
+def round_up(value: int, multiple: int) -> int:
+    return multiple * math.ceil(value / multiple)
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    if message not in _NOTED:
+        _NOTED.add(message)
+        log.warning(message)
+
+
+class Decoder:
+    """Fast sampling from one causal LM, with the contract of :func:`sample_responses`.
+
+    ``dtype``: the precision to sample in — ``torch.bfloat16`` under bf16 mixed precision (an fp32
+    model is then copied once into bf16 and that copy is what runs, outside autocast; call
+    :meth:`sync` after the model's weights change), ``None`` to run the model itself as it is.
+    ``compile``: compile the decode step (``None``: on CUDA only, with CUDA graphs; on a CPU the
+    measured gain is small next to a minute of compilation, see ``BENCHMARKS.md``).
+    ``pack``: oneDNN pre-packed weights for the bf16 copy (``None``: on a CPU where available).
+    ``batch_bucket``: batches are padded up to a multiple of it (repeating row 0) so that a last,
+    smaller batch reuses the compiled step; ``prompt_bucket`` likewise for prompt lengths.
+    """
+
+    def __init__(self, model, dtype: torch.dtype | None = None, compile: bool | None = None,
+                 pack: bool | None = None, prompt_bucket: int = 32, batch_bucket: int = 1):
+        self.source = model
+        device = next(model.parameters()).device
+        self.device = device
+        own_dtype = next(model.parameters()).dtype
+        self.copied = dtype is not None and dtype != own_dtype
+        cuda = device.type == "cuda"
+        self.compile = cuda if compile is None else compile
+        self.pack = (not cuda and self.copied and dtype == torch.bfloat16) if pack is None else pack
+        if self.pack and not can_pack():
+            _note_once("decode: oneDNN weight packing is unavailable in this torch build; bf16 linear layers instead")
+            self.pack = False
+        self.prompt_bucket, self.batch_bucket = prompt_bucket, batch_bucket
+        self.model = model
+        self._packed: list[PackedLinear] = []
+        self._params: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.copied:
+            self.model = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+            if self.pack:
+                self._packed = _pack_linears(self.model, model, batch_bucket)
+            # what the packed layers do not hold (embeddings, norms, a tied input embedding), by name
+            sources = dict(model.named_parameters(remove_duplicate=False))
+            self._params = [(param, sources[name]) for name, param in self.model.named_parameters()]
+        self._caches: dict[tuple[int, int], StaticCache] = {}
+        self._step = self._decode_step
+        if self.compile:
+            mode = "reduce-overhead" if cuda else "default"
+            self._step = torch.compile(self._decode_step, mode=mode, dynamic=False)
+        self._graphs = cuda and self.compile
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Copy the model's current weights into the sampling copy (in place: compiled steps and
+        CUDA graphs stay valid). Nothing to do when the model itself is sampled from."""
+        for param, source in self._params:
+            param.copy_(source)
+        for module in self._packed:
+            module.sync()
+
+    def _cache(self, batch: int, length: int) -> StaticCache:
+        key = (batch, length)
+        if key not in self._caches:
+            if len(self._caches) >= 4:  # a few buckets at most: drop the oldest
+                self._caches.pop(next(iter(self._caches)))
+            self._caches[key] = static_cache(self.model.config, length)
+            if self._step is not self._decode_step and any(layer.is_sliding for layer in self._caches[key].layers):
+                # transformers tracks a sliding window's fill with a Python int: one compilation per step
+                _note_once("decode: sliding-window attention recompiles at every step; decoding eagerly")
+                self._step = self._decode_step
+        cache = self._caches[key]
+        cache.reset()
+        return cache
+
+    def _decode_step(self, token, position, attention_mask, cache):
+        return self.model(input_ids=token, attention_mask=attention_mask, position_ids=position,
+                          past_key_values=cache, use_cache=True).logits[:, -1].float()
+
+    def _run_step(self, token, position, attention_mask, cache):
+        if self._step is not self._decode_step:
+            try:
+                if self._graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                return self._step(token, position, attention_mask, cache).clone()
+            except Exception as error:  # noqa: BLE001 — any compiler failure: the eager step still works
+                _note_once(f"decode: torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
+                           "decoding eagerly")
+                self._step = self._decode_step
+        return self._decode_step(token, position, attention_mask, cache)
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+               eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(response_ids, response_mask), both (B, R), as :func:`sample_responses`."""
+        rows, prompt_length = prompt_ids.shape
+        batch = round_up(rows, self.batch_bucket)
+        padded = round_up(prompt_length, self.prompt_bucket)
+        ids = torch.full((batch, padded), pad_token_id, dtype=prompt_ids.dtype, device=prompt_ids.device)
+        mask = torch.zeros((batch, padded), dtype=prompt_mask.dtype, device=prompt_mask.device)
+        ids[:rows, padded - prompt_length:], mask[:rows, padded - prompt_length:] = prompt_ids, prompt_mask
+        ids[rows:], mask[rows:] = ids[0], mask[0]  # filler rows: a copy of row 0, dropped at the end
+        length = padded + max_new_tokens
+        cache = self._cache(batch, length)
+        full_mask = torch.zeros((batch, length), dtype=mask.dtype, device=mask.device)
+        full_mask[:, :padded] = mask
+        positions = positions_from_mask(mask)
+        eos = stop_ids(eos_token_id, ids.device)
+        # the bf16 copy runs as it is; the model itself under the caller's autocast, if any
+        with torch.autocast(ids.device.type, enabled=False) if self.copied else contextlib.nullcontext():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            next_position = positions[:, -1:] + 1
+            finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+            tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=ids.dtype, device=ids.device)
+            masks = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=ids.device)
+            check_every = 8 if ids.device.type == "cuda" else 1  # a host sync per check
+            produced = 0
+            for step in range(max_new_tokens):
+                token = gumbel_sample(logits[:rows], temperature, generator)  # the noise of the eager path
+                token = torch.cat([token, token[:1].expand(batch - rows)])  # filler rows follow row 0
+                token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+                masks[:, step] = (~finished).long()
+                tokens[:, step] = token
+                produced = step + 1
+                finished = finished | torch.isin(token, eos)
+                if produced == max_new_tokens or ((step + 1) % check_every == 0 and bool(finished[:rows].all())):
+                    break
+                full_mask[:, padded + step] = 1
+                logits = self._run_step(token.unsqueeze(1), next_position, full_mask, cache)
+                next_position = next_position + 1
+        tokens, masks = tokens[:rows, :produced], masks[:rows, :produced]
+        ended = masks.sum(0) > 0  # trailing steps where every row had already ended (checked late)
+        keep = int(ended.nonzero().max()) + 1 if bool(ended.any()) else 1
+        return tokens[:, :keep], masks[:, :keep]
