@@ -22,17 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER_VENVS = {"trl": ROOT / "benchmarks" / ".venv-trl", "trl112": ROOT / "benchmarks" / ".venv-trl112"}
 
 
-def measured_bf16_peak(size: int = 2048, seconds: float = 3.0) -> float:
+def measured_bf16_peak(size: int = 2048, seconds: float = 3.0, device=None) -> float:
     """FLOP/s of a square bf16 matrix product on this machine (the ceiling for model FLOP/s)."""
     import torch
 
-    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+    cuda = device is not None and torch.device(device).type == "cuda"
+    size = 8192 if cuda else size
+    a, b = (torch.randn(size, size, dtype=torch.bfloat16, device=device) for _ in range(2))
     for _ in range(3):
         a @ b
+    if cuda:
+        torch.cuda.synchronize()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
+        if cuda and count % 10 == 0:
+            torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     return 2 * size**3 * count / (time.perf_counter() - start)
 
 
@@ -82,15 +90,16 @@ def report(result: dict) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def alternate(script: str, contenders: list[tuple[str, str, str]], args: list[str], rounds: int) -> dict[str, list]:
-    """Run (label, side, worker) contenders in turn, ``rounds`` times: ours, peer, ours, peer, …"""
-    results: dict[str, list] = {label: [] for label, _, _ in contenders}
+def alternate(script: str, contenders: list[tuple], args: list[str], rounds: int) -> dict[str, list]:
+    """Run (label, side, worker[, extra args]) contenders in turn, ``rounds`` times: ours, peer, ours, …"""
+    results: dict[str, list] = {contender[0]: [] for contender in contenders}
     for round_index in range(rounds):
-        for label, side, worker in contenders:
-            result = run_worker(script, side, worker, args)
+        for label, side, worker, *extra in contenders:
+            result = run_worker(script, side, worker, args + [a for group in extra for a in group])
             results[label].append(result)
-            print(f"  round {round_index + 1}: {label:<28} {result['rate']:9.2f} {result['unit']}"
-                  f"   peak RSS {result['peak_rss_mib']:7.0f} MiB", flush=True)
+            note = f"   rollout {result['rollout_fraction']:.0%}" if "rollout_fraction" in result else ""
+            print(f"  round {round_index + 1}: {label:<32} {result['rate']:9.2f} {result['unit']}"
+                  f"   peak RSS {result['peak_rss_mib']:7.0f} MiB{note}", flush=True)
     return results
 
 

@@ -2,6 +2,8 @@
 that ships it, in its own virtual environment) and current TRL's critic-free `RLOOTrainer`.
 
     python benchmarks/ppo.py --model smollm2-135m --episodes 64 --rounds 2
+    python benchmarks/ppo.py --peers none --rounds 2          # our rollout engines only: static vs eager
+    python benchmarks/ppo.py --model .gpu/smollm2 --random-weights --peers none --batch 64 --episodes 512  # GPU
 
 Same policy (also the frozen reference), the same reward model (a scalar head on the same base;
 also the value model's initialisation), the same HH-harmless prompts (only those within
@@ -25,13 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 HH = harness.ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl.gz"
-BATCH = 16
+BATCH = 16  # episodes per step (--batch)
 
 
-def write_data(folder: Path, model: str, max_prompt_length: int, count: int) -> None:
-    """Prompts (our JSONL; TRL PPO's token ids; RLOO's conversations) and a reward-model folder."""
+def write_data(folder: Path, model: str, max_prompt_length: int, count: int, random_weights: bool = False) -> str:
+    """Prompts (our JSONL; TRL PPO's token ids; RLOO's conversations) and a reward-model folder;
+    returns the policy's folder (``model``, or random weights built from its config)."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from rlhf.data.collate import encode_prompt
     from rlhf.data.readers import read_prompts
@@ -45,10 +48,15 @@ def write_data(folder: Path, model: str, max_prompt_length: int, count: int) -> 
     write_jsonl(folder / "trl.jsonl", [{"input_ids": encode_prompt(tokenizer, p.prompt)} for p in prompts])
     write_jsonl(folder / "rloo.jsonl", [{"prompt": p.prompt} for p in prompts])
     torch.manual_seed(0)
+    if random_weights:
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).save_pretrained(folder / "policy")
+        tokenizer.save_pretrained(folder / "policy")
+        model = str(folder / "policy")
     reward = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1)
     reward.config.pad_token_id = tokenizer.pad_token_id
     reward.save_pretrained(folder / "reward")
     tokenizer.save_pretrained(folder / "reward")
+    return model
 
 
 def _flops_per_episode(n: int, prompt_tokens: float, response_tokens: float) -> float:
@@ -70,7 +78,8 @@ def worker_ours(args) -> dict:
     data = Path(args.data)
     metrics_file = data / f"metrics-{time.time_ns()}.jsonl"
     config = PPOConfig(model=args.model, reward_model=str(data / "reward"), prompts=[str(data / "ours.jsonl")],
-                       total_episodes=args.episodes, rollout_batch_size=BATCH, num_minibatches=1, ppo_epochs=1,
+                       total_episodes=args.episodes, rollout_batch_size=args.batch, rollout_engine=args.engine,
+                       num_minibatches=1, ppo_epochs=1,
                        max_new_tokens=args.response_length, max_prompt_length=args.max_prompt_length,
                        max_length=args.max_prompt_length + args.response_length, kl_coef=0.02, temperature=1.0,
                        ptx_coef=0.0, valid_fraction=0.0, eval_prompts=2, mixed_precision="bf16",
@@ -82,7 +91,9 @@ def worker_ours(args) -> dict:
     n = harness.matmul_params(load_causal_lm(args.model))
     rate = summary["episodes_per_s"]
     flops = rate * _flops_per_episode(n, _prompt_tokens(data / "trl.jsonl"), response_tokens)
-    return {"rate": rate, "unit": "episodes/s", "model_flops_per_s": flops, "response_tokens": response_tokens}
+    rollout = harness.metrics_rows(metrics_file, "time/rollout_fraction")
+    return {"rate": rate, "unit": "episodes/s", "model_flops_per_s": flops, "response_tokens": response_tokens,
+            "rollout_fraction": sum(rollout[1:]) / max(1, len(rollout) - 1)}  # the first step compiles
 
 
 def worker_trl_ppo(args) -> dict:
@@ -98,8 +109,9 @@ def worker_trl_ppo(args) -> dict:
     reward = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
     dataset = load_dataset("json", data_files=str(data / "trl.jsonl"), split="train")
-    config = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
-                       num_mini_batches=1, num_ppo_epochs=1, total_episodes=args.episodes,
+    config = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
+                       gradient_accumulation_steps=1, num_mini_batches=1, num_ppo_epochs=1,
+                       total_episodes=args.episodes,
                        response_length=args.response_length, stop_token="eos", temperature=1.0, kl_coef=0.02,
                        bf16=True, use_cpu=True, num_sample_generations=0, save_strategy="no", report_to=[],
                        gradient_checkpointing=args.checkpointing != "off",
@@ -127,8 +139,9 @@ def worker_rloo(args) -> dict:
     reward = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
     reward_tokenizer = AutoTokenizer.from_pretrained(data / "reward")
     dataset = load_dataset("json", data_files=str(data / "rloo.jsonl"), split="train")
-    config = RLOOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
-                        num_generations=2, max_steps=args.episodes // BATCH, max_completion_length=args.response_length,
+    config = RLOOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
+                        gradient_accumulation_steps=1, num_generations=2, max_steps=args.episodes // args.batch,
+                        max_completion_length=args.response_length,
                         temperature=1.0, beta=0.02, num_iterations=1, bf16=True, use_cpu=True, save_strategy="no",
                         gradient_checkpointing=args.checkpointing != "off",
                         report_to=[], logging_steps=10_000, seed=0, dataloader_num_workers=0)
@@ -151,6 +164,11 @@ def main() -> None:
     parser.add_argument("--max-prompt-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-rloo", action="store_true", help="leave TRL's RLOOTrainer out")
+    parser.add_argument("--peers", choices=["all", "none"], default="all",
+                        help="none: only our two rollout engines (static and eager), no peer environments needed")
+    parser.add_argument("--batch", type=int, default=BATCH, help="episodes per PPO step")
+    parser.add_argument("--random-weights", action="store_true", help="--model is a config folder: random weights")
+    parser.add_argument("--engine", choices=["static", "eager"], default="static")
     parser.add_argument("--checkpointing", choices=["defaults", "on", "off"], default="defaults",
                         help="gradient checkpointing: each tool's default (ours off, TRL on), or the same for all")
     parser.add_argument("--worker", choices=["ours", "trl_ppo", "rloo"])
@@ -160,19 +178,27 @@ def main() -> None:
         workers = {"ours": worker_ours, "trl_ppo": worker_trl_ppo, "rloo": worker_rloo}
         harness.report(workers[args.worker](args))
         return
-    model = harness.resolve_model(args.model)
-    contenders = [("rlhf train_ppo", "ours", "ours"), ("TRL 1.12 PPOTrainer", "trl112", "trl_ppo")]
-    if not args.no_rloo:
-        contenders.append(("TRL RLOOTrainer (k = 2)", "trl", "rloo"))
+    model = args.model if args.random_weights else harness.resolve_model(args.model)
+    if args.peers == "none":
+        contenders = [("rlhf train_ppo (static)", "ours", "ours"),
+                      ("rlhf train_ppo (eager rollout)", "ours", "ours", ["--engine", "eager"])]
+        baseline = "rlhf train_ppo (eager rollout)"
+    else:
+        contenders = [("rlhf train_ppo", "ours", "ours"), ("TRL 1.12 PPOTrainer", "trl112", "trl_ppo")]
+        baseline = "TRL 1.12 PPOTrainer"
+        if not args.no_rloo:
+            contenders.append(("TRL RLOOTrainer (k = 2)", "trl", "rloo"))
     with tempfile.TemporaryDirectory() as folder:
-        write_data(Path(folder), model, args.max_prompt_length, 4 * args.episodes)
+        model = write_data(Path(folder), model, args.max_prompt_length, 4 * args.episodes, args.random_weights)
         worker_args = ["--model", model, "--episodes", str(args.episodes), "--response-length",
                        str(args.response_length), "--max-prompt-length", str(args.max_prompt_length), "--data", folder,
-                       "--checkpointing", args.checkpointing]
-        peak = harness.measured_bf16_peak()
+                       "--checkpointing", args.checkpointing, "--batch", str(args.batch)]
+        import torch
+
+        peak = harness.measured_bf16_peak(device="cuda" if torch.cuda.is_available() else None)
         results = harness.alternate(__file__, contenders, worker_args, args.rounds)
-    harness.summarise(f"PPO, {args.model}, {BATCH} episodes per step, {args.episodes} episodes, responses up to "
-                      f"{args.response_length} tokens", results, peak, baseline="TRL 1.12 PPOTrainer")
+    harness.summarise(f"PPO, {args.model}, {args.batch} episodes per step, {args.episodes} episodes, responses up to "
+                      f"{args.response_length} tokens", results, peak, baseline=baseline)
 
 
 if __name__ == "__main__":

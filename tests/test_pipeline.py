@@ -108,6 +108,27 @@ def test_first_ppo_minibatch_has_ratio_one_and_zero_kl(tiny_run, tmp_path):
     assert second["objective/kl"] != 0.0  # the update moved the policy
 
 
+@pytest.mark.parametrize("engine", ["static", "eager"])
+def test_bf16_rollout_ratio_is_one_at_the_first_minibatch(tiny_run, tmp_path, engine):
+    """bf16 mixed precision, two minibatches: the rollout samples from a bf16 copy of the policy
+    (static engine) or the policy itself (eager); either way the old log-probs come from the scoring
+    pass, so before the first optimizer step the ratio is exactly 1 and the policy == reference."""
+    run_dir, _ = tiny_run
+    config = load_config("ppo", [], [
+        f"model={run_dir / 'sft'}", f"reward_model={run_dir / 'reward'}", f"prompts=[{run_dir / 'data/prompts.jsonl'}]",
+        "ptx_coef=0", "rollout_batch_size=8", "num_minibatches=2", "max_new_tokens=16", "max_prompt_length=64",
+        "max_length=128", "mixed_precision=bf16", f"rollout_engine={engine}", f"output_dir={tmp_path / 'ppo'}"])
+    trainer = PPOTrainer(config)
+    first: list[dict] = []
+    update = trainer.update
+    trainer.update = lambda mb, forward: (stats := update(mb, forward), first.append(stats))[0]
+    metrics = trainer.step(trainer.next_prompts(8))
+    assert len(first) == 2 and first[0]["ppo/policy/approxkl"] == 0.0 and first[0]["ppo/policy/clipfrac"] == 0.0
+    assert metrics["objective/kl"] == 0.0
+    if engine == "static":
+        assert trainer.engine.decoders["policy"].copied  # sampled from the bf16 copy, not the policy
+
+
 def test_ppo_gradient_checkpointing_changes_memory_not_the_update(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     results = []

@@ -251,8 +251,10 @@ class Decoder:
     @torch.no_grad()
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(response_ids, response_mask), both (B, R), as :func:`sample_responses`."""
+               generator: torch.Generator | None = None, return_logprobs: bool = False):
+        """(response_ids, response_mask), both (B, R), as :func:`sample_responses`; with
+        ``return_logprobs`` also the sampler's own log π(y_t | …) of each token at ``temperature``
+        (B, R), which the scoring pass reproduces within the sampling precision."""
         rows, prompt_length = prompt_ids.shape
         batch = round_up(rows, self.batch_bucket)
         padded = round_up(prompt_length, self.prompt_bucket)
@@ -274,10 +276,14 @@ class Decoder:
             finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
             tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=ids.dtype, device=ids.device)
             masks = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=ids.device)
+            logprobs = torch.zeros((rows, max_new_tokens), device=ids.device) if return_logprobs else None
             check_every = 8 if ids.device.type == "cuda" else 1  # a host sync per check
             produced = 0
             for step in range(max_new_tokens):
                 token = gumbel_sample(logits[:rows], temperature, generator)  # the noise of the eager path
+                if logprobs is not None:
+                    scaled = logits[:rows] / (temperature or 1.0)
+                    logprobs[:, step] = scaled.gather(1, token.unsqueeze(1)).squeeze(1) - scaled.logsumexp(-1)
                 token = torch.cat([token, token[:1].expand(batch - rows)])  # filler rows follow row 0
                 token = torch.where(finished, torch.full_like(token, pad_token_id), token)
                 masks[:, step] = (~finished).long()
@@ -292,4 +298,6 @@ class Decoder:
         tokens, masks = tokens[:rows, :produced], masks[:rows, :produced]
         ended = masks.sum(0) > 0  # trailing steps where every row had already ended (checked late)
         keep = int(ended.nonzero().max()) + 1 if bool(ended.any()) else 1
+        if logprobs is not None:
+            return tokens[:, :keep], masks[:, :keep], logprobs[:, :keep] * masks[:, :keep]
         return tokens[:, :keep], masks[:, :keep]
