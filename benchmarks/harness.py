@@ -98,6 +98,7 @@ def alternate(script: str, contenders: list[tuple], args: list[str], rounds: int
             result = run_worker(script, side, worker, args + [a for group in extra for a in group])
             results[label].append(result)
             note = f"   rollout {result['rollout_fraction']:.0%}" if "rollout_fraction" in result else ""
+            note += f"   after the first step {result['steady_rate']:.2f}" if "steady_rate" in result else ""
             print(f"  round {round_index + 1}: {label:<32} {result['rate']:9.2f} {result['unit']}"
                   f"   peak RSS {result['peak_rss_mib']:7.0f} MiB{note}", flush=True)
     return results

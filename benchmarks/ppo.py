@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -91,9 +92,11 @@ def worker_ours(args) -> dict:
     n = harness.matmul_params(load_causal_lm(args.model))
     rate = summary["episodes_per_s"]
     flops = rate * _flops_per_episode(n, _prompt_tokens(data / "trl.jsonl"), response_tokens)
-    rollout = harness.metrics_rows(metrics_file, "time/rollout_fraction")
+    rollout = harness.metrics_rows(metrics_file, "time/rollout_fraction")[1:]  # the first step compiles
+    steady = harness.metrics_rows(metrics_file, "time/episodes_per_s")[1:]
     return {"rate": rate, "unit": "episodes/s", "model_flops_per_s": flops, "response_tokens": response_tokens,
-            "rollout_fraction": sum(rollout[1:]) / max(1, len(rollout) - 1)}  # the first step compiles
+            "rollout_fraction": statistics.median(rollout or [0.0]),
+            "steady_rate": statistics.median(steady or [rate])}  # steps after the first: no compilation
 
 
 def worker_trl_ppo(args) -> dict:
