@@ -173,7 +173,8 @@ class Decoder:
     :meth:`sync` after the model's weights change), ``None`` to run the model itself as it is.
     ``compile``: compile the decode step (``None``: on CUDA only, with CUDA graphs; on a CPU the
     measured gain is small next to a minute of compilation, see ``BENCHMARKS.md``).
-    ``pack``: oneDNN pre-packed weights for the bf16 copy (``None``: on a CPU where available).
+    ``pack``: oneDNN pre-packed weights for the bf16 copy (``None``: on a CPU where available, unless
+    compiling).
     ``batch_bucket``: batches are padded up to a multiple of it (repeating row 0) so that a last,
     smaller batch reuses the compiled step; ``prompt_bucket`` likewise for prompt lengths.
     """
@@ -187,7 +188,11 @@ class Decoder:
         self.copied = dtype is not None and dtype != own_dtype
         cuda = device.type == "cuda"
         self.compile = cuda if compile is None else compile
-        self.pack = (not cuda and self.copied and dtype == torch.bfloat16) if pack is None else pack
+        # packed weights are oneDNN tensors the compiler cannot take: compiling on a CPU (measured no
+        # faster than packing, BENCHMARKS.md) decodes the bf16 copy unpacked
+        if pack is None:
+            pack = not cuda and not self.compile and self.copied and dtype == torch.bfloat16
+        self.pack = pack
         if self.pack and not can_pack():
             _note_once("decode: oneDNN weight packing is unavailable in this torch build; bf16 linear layers instead")
             self.pack = False
