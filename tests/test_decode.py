@@ -152,6 +152,27 @@ def test_compiled_step_is_compiled_once_per_bucket():
     assert again[0].tolist() == first[0].tolist() == Decoder(model).sample(ids, mask, 6, EOS, PAD, 0.0)[0].tolist()
 
 
+def test_a_compiler_failure_falls_back_to_the_eager_step_and_says_so_once(monkeypatch, caplog):
+    import rlhf.decode
+
+    def broken_compile(function, **_):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(rlhf.decode, "_NOTED", set())
+    model = build("llama")
+    ids, mask = prompts()
+    decoder = Decoder(model, compile=True)
+    with caplog.at_level("WARNING", logger="rlhf.decode"):
+        ours = decoder.sample(ids, mask, 8, EOS, PAD, temperature=0.0)[0]
+        decoder.sample(ids, mask, 8, EOS, PAD, temperature=0.0)
+    assert ours.tolist() == Decoder(model).sample(ids, mask, 8, EOS, PAD, temperature=0.0)[0].tolist()
+    notes = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(notes) == 1 and "no C++ compiler" in notes[0] and "decoding eagerly" in notes[0]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_graph_decode_equals_generate_and_is_captured_once_per_bucket():
     from torch._dynamo.utils import counters
