@@ -135,13 +135,14 @@ def test_batch_stops_once_every_row_has_ended():
 
 
 def test_compiled_step_is_compiled_once_per_bucket():
-    """Batches of 3 and 2 rows padded to 4, prompts of 7 and 5 tokens padded to 16: one shape, one
-    compilation, and no recompilation on later calls (the PPO loop's guarantee)."""
+    """With the defaults PPO uses: a batch of 3 rows then one of 2 (padded to the largest seen, 3),
+    prompts of 7 and 5 tokens (padded to 32): one shape, one compilation, and no recompilation on
+    later calls (the PPO loop's guarantee)."""
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
 
     model = build("llama")
-    decoder = Decoder(model, compile=True, batch_bucket=4, prompt_bucket=16)
+    decoder = Decoder(model, compile=True)
     ids, mask = prompts()
     first = decoder.sample(ids, mask, 6, EOS, PAD, 0.0)
     compiled = counters["stats"]["unique_graphs"]

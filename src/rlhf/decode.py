@@ -143,7 +143,7 @@ def can_pack() -> bool:
 def _pack_linears(copy_module: torch.nn.Module, source_module: torch.nn.Module, batch_hint: int) -> list[PackedLinear]:
     packed = []
     for (name, child), source in zip(list(copy_module.named_children()), source_module.children()):
-        if isinstance(child, (torch.nn.Linear, Conv1D)) and type(child) in (torch.nn.Linear, Conv1D):
+        if type(child) in (torch.nn.Linear, Conv1D):  # not subclasses (adapters, quantised layers)
             module = PackedLinear(source, batch_hint)
             setattr(copy_module, name, module)
             packed.append(module)
@@ -175,12 +175,14 @@ class Decoder:
     measured gain is small next to a minute of compilation, see ``BENCHMARKS.md``).
     ``pack``: oneDNN pre-packed weights for the bf16 copy (``None``: on a CPU where available, unless
     compiling).
-    ``batch_bucket``: batches are padded up to a multiple of it (repeating row 0) so that a last,
-    smaller batch reuses the compiled step; ``prompt_bucket`` likewise for prompt lengths.
+    ``batch_bucket``: batches are padded up to a multiple of it (repeating row 0); ``None``: when
+    compiling, a smaller batch is padded to the largest this decoder has sampled (the last
+    evaluation chunk reuses the step compiled for the rollouts), otherwise never.
+    ``prompt_bucket``: prompts are left-padded to a multiple of it (``None``: 32 when compiling, else 1).
     """
 
     def __init__(self, model, dtype: torch.dtype | None = None, compile: bool | None = None,
-                 pack: bool | None = None, prompt_bucket: int = 32, batch_bucket: int = 1):
+                 pack: bool | None = None, prompt_bucket: int | None = None, batch_bucket: int | None = None):
         self.source = model
         device = next(model.parameters()).device
         self.device = device
@@ -196,14 +198,15 @@ class Decoder:
         if self.pack and not can_pack():
             _note_once("decode: oneDNN weight packing is unavailable in this torch build; bf16 linear layers instead")
             self.pack = False
-        self.prompt_bucket, self.batch_bucket = prompt_bucket, batch_bucket
+        self.prompt_bucket = prompt_bucket or (32 if self.compile else 1)
+        self.batch_bucket, self._largest_batch = batch_bucket, 0
         self.model = model
         self._packed: list[PackedLinear] = []
         self._params: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.copied:
             self.model = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
             if self.pack:
-                self._packed = _pack_linears(self.model, model, batch_bucket)
+                self._packed = _pack_linears(self.model, model, batch_bucket or 16)
             # what the packed layers do not hold (embeddings, norms, a tied input embedding), by name
             sources = dict(model.named_parameters(remove_duplicate=False))
             self._params = [(param, sources[name]) for name, param in self.model.named_parameters()]
@@ -261,7 +264,11 @@ class Decoder:
         ``return_logprobs`` also the sampler's own log π(y_t | …) of each token at ``temperature``
         (B, R), which the scoring pass reproduces within the sampling precision."""
         rows, prompt_length = prompt_ids.shape
-        batch = round_up(rows, self.batch_bucket)
+        if self.batch_bucket:
+            batch = round_up(rows, self.batch_bucket)
+        else:
+            self._largest_batch = max(self._largest_batch, rows)
+            batch = self._largest_batch if self._step is not self._decode_step else rows
         padded = round_up(prompt_length, self.prompt_bucket)
         ids = torch.full((batch, padded), pad_token_id, dtype=prompt_ids.dtype, device=prompt_ids.device)
         mask = torch.zeros((batch, padded), dtype=prompt_mask.dtype, device=prompt_mask.device)

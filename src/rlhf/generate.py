@@ -17,7 +17,7 @@ def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, tem
     """One response per prompt (rendered with the chat template), in prompt order."""
     tokenizer = tokenizer or load_tokenizer(model_name)
     model = (model or load_causal_lm(model_name)).eval()
-    decoder = Decoder(model, inference_dtype(), batch_bucket=min(batch_size, len(prompts)) or 1)
+    decoder = Decoder(model, inference_dtype())
     eos_ids = response_stop_ids(tokenizer, model)
     generator = torch.Generator(device=decoder.device).manual_seed(seed)
     responses = []

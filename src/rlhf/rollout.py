@@ -92,20 +92,18 @@ class RolloutEngine:
 
     def __init__(self, policy, reference, value, reward_model, tokenizer, *, max_new_tokens: int,
                  temperature: float, no_eos_score: float | None, autocast, generator: torch.Generator,
-                 dtype: torch.dtype | None = None, engine: str = "static", compile: bool | None = None,
-                 batch_size: int = 1):
+                 dtype: torch.dtype | None = None, engine: str = "static", compile: bool | None = None):
         self.models = {"policy": policy, "reference": reference}
         self.value, self.reward_model, self.tokenizer = value, reward_model, tokenizer
         self.max_new_tokens, self.temperature, self.no_eos_score = max_new_tokens, temperature, no_eos_score
         self.autocast, self.generator = autocast, generator
         self.eos_ids = response_stop_ids(tokenizer, policy)
-        self.engine, self.dtype, self.compile, self.batch_size = engine, dtype, compile, batch_size
+        self.engine, self.dtype, self.compile = engine, dtype, compile
         self.decoders: dict[str, Decoder] = {}
 
     def decoder(self, source: str) -> Decoder:
         if source not in self.decoders:  # the reference's only when evaluation first samples from it
-            self.decoders[source] = Decoder(self.models[source], self.dtype, compile=self.compile,
-                                            batch_bucket=self.batch_size)
+            self.decoders[source] = Decoder(self.models[source], self.dtype, compile=self.compile)
         return self.decoders[source]
 
     @torch.no_grad()

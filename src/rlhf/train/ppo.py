@@ -102,8 +102,7 @@ class PPOTrainer:
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, no_eos_score=config.no_eos_score,
             autocast=accelerator.autocast, generator=self.sampling,
             dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else None,
-            engine=config.rollout_engine, compile=config.compile_decode,
-            batch_size=config.rollout_batch_size // accelerator.num_processes)
+            engine=config.rollout_engine, compile=config.compile_decode)
 
     # ---- data -------------------------------------------------------------------------
     def next_prompts(self, count: int) -> list[list[int]]:
