@@ -1,7 +1,8 @@
 """Stage 3: PPO-ptx against the reward model.
 
-One step, readable top to bottom in :meth:`PPOTrainer.step`: sample → score → per-token KL
-reward → GAE → clipped policy/value updates mixed with the pretraining loss → record.
+One step, readable top to bottom in :meth:`PPOTrainer.step`: the rollout engine
+(:class:`rlhf.rollout.RolloutEngine`) samples and scores → per-token KL reward → GAE → clipped
+policy/value updates mixed with the pretraining loss → record. This module keeps the optimisation.
 Policy and reference start from SFT, the value model from the (normalised) reward model;
 every model runs with dropout off, so at the first minibatch the ratio is exactly 1.
 """
