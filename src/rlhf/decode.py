@@ -205,6 +205,8 @@ class Decoder:
         self._params: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.copied:
             self.model = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+            for param in self.model.parameters():
+                param.grad = None  # a copy taken after a backward pass would carry the gradients
             if self.pack:
                 self._packed = _pack_linears(self.model, model, batch_bucket or 16)
             # what the packed layers do not hold (embeddings, norms, a tied input embedding), by name
