@@ -221,3 +221,19 @@ def test_on_too_long_truncate_keeps_the_record(tiny_path, caplog):
     [example] = encode_demonstrations(tokenizer, demos, 50, on_too_long="truncate")
     assert len(example.input_ids) == 50 and example.input_ids[-1] == tokenizer.eos_token_id
     assert "truncating d.jsonl:3" in caplog.text
+
+
+def test_deeply_nested_metadata_is_a_one_line_error_not_a_recursion(tmp_path):
+    """Found by the fuzz test: metadata nested 800–1,400 levels deep parsed, then exhausted Python's stack."""
+    import json as json_module
+
+    from rlhf.data.readers import DataError, read_demonstrations
+
+    deep = "[" * 800 + "]" * 800  # json reads it; walking it recursively did not
+    path = tmp_path / "deep.jsonl"
+    path.write_text(json_module.dumps({"prompt": "p", "response": "r"})[:-1] + f', "metadata": {{"x": {deep}}}}}\n')
+    with pytest.raises(DataError, match=r"deep.jsonl:1: field 'metadata' is nested deeper than 64 levels"):
+        read_demonstrations(path)
+    shallow = tmp_path / "ok.jsonl"
+    shallow.write_text(json_module.dumps({"prompt": "p", "response": "r", "metadata": {"x": [[1, {"y": 2.5}]]}}) + "\n")
+    assert read_demonstrations(shallow)[0].metadata == {"x": [[1, {"y": 2.5}]]}

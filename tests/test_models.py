@@ -190,3 +190,32 @@ def test_models_of_the_wrong_kind_are_one_line_errors(tiny_path, tmp_path):
         load_scalar_model(str(tmp_path / "two"))
     with pytest.raises(DataError, match="a LlamaForSequenceClassification is not a causal LM"):
         load_causal_lm(str(tmp_path / "two"))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_disable_dropout_makes_train_mode_forwards_identical(family):
+    """GPT-2's dropout lives in nn.Dropout modules built from resid/embd/attn_pdrop (setting a config
+    field after the build changes nothing); Llama's attention keeps attention_dropout as a float.
+    In train mode (as PPO's update runs with checkpointing) two forwards differ until it is off."""
+    from transformers import GPT2Config, LlamaConfig
+
+    from rlhf.rollout import response_logprobs
+    from rlhf.train.common import disable_dropout
+
+    torch.manual_seed(0)
+    config = (GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64) if family == "gpt2" else
+              LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, attention_dropout=0.3))
+    model = AutoModelForCausalLM.from_config(config).train()
+    ids, mask = torch.randint(3, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long)
+
+    def twice():
+        return [response_logprobs(model, ids, mask, ids[:, -5:], 1.0)[0] for _ in range(2)]
+
+    first, second = twice()
+    assert not torch.equal(first, second)  # dropout is really on in train mode
+    disable_dropout(model)
+    first, second = twice()
+    assert model.training and torch.equal(first, second)
+    assert all(value == 0.0 for key, value in model.config.to_dict().items()
+               if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")))

@@ -122,20 +122,30 @@ def _metadata(obj: dict, where: str) -> dict:
     return metadata
 
 
+MAX_METADATA_DEPTH = 64
+
+
 def _not_json(value, field: str) -> str | None:
     """What keeps ``value`` from being written as strict JSON, naming the field: NaN or ±infinity (Python's
-    json reads them; no other tool does), or a value of no JSON type (binary data from Parquet)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"field '{field}' is NaN or infinite, which JSON cannot hold"
-    if isinstance(value, dict):
-        items = [(f"{field}.{key}", item) for key, item in value.items()]
-    elif isinstance(value, list):
-        items = [(f"{field}[{i}]", item) for i, item in enumerate(value)]
-    elif value is None or isinstance(value, (str, int, float)):
-        return None
-    else:
-        return f"field '{field}' holds {json_type(value)}, which JSON cannot hold"
-    return next((problem for name, item in items if (problem := _not_json(item, name))), None)
+    json reads them; no other tool does), a value of no JSON type (binary data from Parquet), or nesting
+    deeper than ``MAX_METADATA_DEPTH`` (walked with a stack: a hostile file cannot exhaust Python's)."""
+    stack = [(field, value, 0)]
+    while stack:
+        name, item, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            return f"field '{field}' is nested deeper than {MAX_METADATA_DEPTH} levels"
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"field '{name}' is NaN or infinite, which JSON cannot hold"
+        if isinstance(item, dict):
+            children = [(f"{name}.{key}", child) for key, child in item.items()]
+        elif isinstance(item, list):
+            children = [(f"{name}[{i}]", child) for i, child in enumerate(item)]
+        elif item is None or isinstance(item, (str, int, float)):
+            continue
+        else:
+            return f"field '{name}' holds {json_type(item)}, which JSON cannot hold"
+        stack.extend((child_name, child, depth + 1) for child_name, child in reversed(children))
+    return None
 
 
 def _messages(value: list, key: str, where: str) -> Conversation:

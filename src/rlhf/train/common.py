@@ -227,6 +227,26 @@ def add_residual_dropout(model: torch.nn.Module, p: float) -> list:
     return handles
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout off in every forward, train mode included — PPO's old log-probs must be what the
+    update's forward computes. Every ``nn.Dropout`` gets p = 0 (GPT-2's ``resid_pdrop``,
+    ``embd_pdrop``, ``attn_pdrop`` live there), every module's functional rate (Llama-family
+    attention keeps ``attention_dropout`` as a float) becomes 0, and so does every dropout field of
+    the configs, for anything built from them later."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout", "dropout_rate"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if hasattr(config, "to_dict"):
+            for key, value in config.to_dict().items():
+                if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
+                    setattr(config, key, 0.0)
+    return model
+
+
 def enable_activation_checkpointing(model) -> None:
     """Recompute each layer's activations in the backward pass (``gradient_checkpointing=true``):
     memory for about a third more compute. HF recomputes only in train mode."""

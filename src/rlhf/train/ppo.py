@@ -37,6 +37,7 @@ from rlhf.rollout import RolloutBatch, RolloutEngine, response_logprobs, respons
 from rlhf.train.common import (
     MetricsLog,
     check_stage_output,
+    disable_dropout,
     enable_activation_checkpointing,
     make_accelerator,
     save_checkpoint,
@@ -78,11 +79,10 @@ class PPOTrainer:
         reward_model = load_scalar_model(config.reward_model, tokenizer.pad_token_id, trained=True)
         self.reward_model = freeze(reward_model).to(accelerator.device)
         value = load_scalar_model(config.value_model or config.reward_model, tokenizer.pad_token_id)
-        policy.eval()  # dropout off for the whole run; gradients still flow
-        value.eval()
+        for model in (policy, value):  # eval mode, and no dropout even in train mode (checkpointing)
+            disable_dropout(model.eval())
         if config.gradient_checkpointing:  # HF recomputes only in train mode: train mode with dropout 0
             for model in (policy, value.hf):
-                model.config.attention_dropout = 0.0
                 enable_activation_checkpointing(model)
         optimizer = torch.optim.AdamW(
             [{"params": policy.parameters(), "lr": config.learning_rate},
