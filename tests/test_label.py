@@ -403,6 +403,7 @@ def test_sampled_repeats_are_left_out_so_that_the_export_reads_back(tmp_path, mo
     answers = {"a": ["same", "distinct a", "twin"], "b": ["same ", "distinct b", "twin"]}
     monkeypatch.setattr(rlhf.models, "load_causal_lm", lambda name: name)
     monkeypatch.setattr(rlhf.models, "load_tokenizer", lambda name: name)
+    monkeypatch.setattr(rlhf.generate, "sampling_decoder", lambda model: model)
     monkeypatch.setattr(rlhf.generate, "generate", lambda name, prompts, *a, **k: answers[name])
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(3)))

@@ -45,6 +45,13 @@ def stop_ids(eos_token_id: int | list[int] | tuple[int, ...], device) -> torch.T
     return torch.tensor(ids, dtype=torch.long, device=device)
 
 
+def end_rows(token: torch.Tensor, finished: torch.Tensor, eos: torch.Tensor, pad_token_id: int):
+    """One decode step's bookkeeping: rows that ended earlier get PAD. token, finished (B,) →
+    (token, alive: the rows this token belongs to, finished after it)."""
+    token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+    return token, ~finished, finished | torch.isin(token, eos)
+
+
 @torch.no_grad()
 def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                      eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0,
@@ -64,11 +71,9 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, masks = [], []
     for _ in range(max_new_tokens):
-        token = gumbel_sample(logits, temperature, generator)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        masks.append(~finished)
+        token, alive, finished = end_rows(gumbel_sample(logits, temperature, generator), finished, eos, pad_token_id)
+        masks.append(alive)
         tokens.append(token)
-        finished = finished | torch.isin(token, eos)
         if finished.all() or len(tokens) == max_new_tokens:
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
@@ -183,9 +188,7 @@ class Decoder:
 
     def __init__(self, model, dtype: torch.dtype | None = None, compile: bool | None = None,
                  pack: bool | None = None, prompt_bucket: int | None = None, batch_bucket: int | None = None):
-        self.source = model
-        device = next(model.parameters()).device
-        self.device = device
+        self.device = device = next(model.parameters()).device
         own_dtype = next(model.parameters()).dtype
         self.copied = dtype is not None and dtype != own_dtype
         cuda = device.type == "cuda"
@@ -299,11 +302,10 @@ class Decoder:
                     scaled = logits[:rows] / (temperature or 1.0)
                     logprobs[:, step] = scaled.gather(1, token.unsqueeze(1)).squeeze(1) - scaled.logsumexp(-1)
                 token = torch.cat([token, token[:1].expand(batch - rows)])  # filler rows follow row 0
-                token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-                masks[:, step] = (~finished).long()
+                token, alive, finished = end_rows(token, finished, eos, pad_token_id)
+                masks[:, step] = alive.long()
                 tokens[:, step] = token
                 produced = step + 1
-                finished = finished | torch.isin(token, eos)
                 if produced == max_new_tokens or ((step + 1) % check_every == 0 and bool(finished[:rows].all())):
                     break
                 full_mask[:, padded + step] = 1

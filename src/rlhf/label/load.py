@@ -71,16 +71,16 @@ def sample_ranking_tasks(prompts_path: str | Path, models: list[str], k: int, ma
                          temperature: float, seed: int) -> list[dict]:
     """K responses per prompt, sampled in turn from each model (K = 4 and 2 models → 2 each),
     in a shuffled order."""
-    from rlhf.generate import generate
+    from rlhf.generate import generate, sampling_decoder
     from rlhf.models import load_causal_lm, load_tokenizer
 
     prompts = read_prompts(prompts_path)
     responses: list[list[dict]] = [[] for _ in prompts]
     for m, name in enumerate(models):
-        model, tokenizer = load_causal_lm(name), load_tokenizer(name)
-        for sample in range(m, k, len(models)):
+        decoder, tokenizer = sampling_decoder(load_causal_lm(name)), load_tokenizer(name)
+        for sample in range(m, k, len(models)):  # one decoder (one bf16 copy) for all of a model's samples
             texts = generate(name, [p.prompt for p in prompts], max_new_tokens, temperature, seed + sample,
-                             model=model, tokenizer=tokenizer)
+                             tokenizer=tokenizer, decoder=decoder)
             for row, text in zip(responses, texts):
                 row.append({"text": text or "(empty response)", "model": name})
     shuffle = random.Random(seed).shuffle  # no model always in the same place: labelers favour positions
