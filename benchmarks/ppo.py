@@ -3,6 +3,7 @@ that ships it, in its own virtual environment) and current TRL's critic-free `RL
 
     python benchmarks/ppo.py --model smollm2-135m --episodes 64 --rounds 2
     python benchmarks/ppo.py --peers none --rounds 2          # our rollout engines only: static vs eager
+    python benchmarks/ppo.py --peers lora --rounds 2          # ours, LoRA (r = 16) against full fine-tuning
     python benchmarks/ppo.py --model .gpu/smollm2 --random-weights --peers none --batch 64 --episodes 512  # GPU
 
 Same policy (also the frozen reference), the same reward model (a scalar head on the same base;
@@ -85,6 +86,7 @@ def worker_ours(args) -> dict:
                        max_length=args.max_prompt_length + args.response_length, kl_coef=0.02, temperature=1.0,
                        ptx_coef=0.0, valid_fraction=0.0, eval_prompts=2, mixed_precision="bf16",
                        gradient_checkpointing=args.checkpointing == "on",
+                       lora={"r": args.lora, "alpha": 2 * args.lora} if args.lora else None,
                        metrics_file=str(metrics_file), output_dir=tempfile.mkdtemp())
     summary = train_ppo(config)
     lengths = harness.metrics_rows(metrics_file, "rollout/response_length")
@@ -167,8 +169,10 @@ def main() -> None:
     parser.add_argument("--max-prompt-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-rloo", action="store_true", help="leave TRL's RLOOTrainer out")
-    parser.add_argument("--peers", choices=["all", "none"], default="all",
-                        help="none: only our two rollout engines (static and eager), no peer environments needed")
+    parser.add_argument("--peers", choices=["all", "none", "lora"], default="all",
+                        help="none: only our two rollout engines (static and eager); lora: ours with LoRA "
+                        "against ours in full (no peer environments needed for either)")
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank of policy and value (0: full fine-tuning)")
     parser.add_argument("--batch", type=int, default=BATCH, help="episodes per PPO step")
     parser.add_argument("--random-weights", action="store_true", help="--model is a config folder: random weights")
     parser.add_argument("--engine", choices=["static", "eager"], default="static")
@@ -186,6 +190,10 @@ def main() -> None:
         contenders = [("rlhf train_ppo (static)", "ours", "ours"),
                       ("rlhf train_ppo (eager rollout)", "ours", "ours", ["--engine", "eager"])]
         baseline = "rlhf train_ppo (eager rollout)"
+    elif args.peers == "lora":
+        contenders = [("rlhf train_ppo (full)", "ours", "ours"),
+                      ("rlhf train_ppo (LoRA r = 16)", "ours", "ours", ["--lora", "16"])]
+        baseline = "rlhf train_ppo (full)"
     else:
         contenders = [("rlhf train_ppo", "ours", "ours"), ("TRL 1.12 PPOTrainer", "trl112", "trl_ppo")]
         baseline = "TRL 1.12 PPOTrainer"

@@ -26,3 +26,14 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data file {path} is not present")
     return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Each test's Accelerator gets the mixed precision it asks for: accelerate keeps one per process
+    (and module fixtures, such as a whole pipeline run, create theirs before the test starts)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()

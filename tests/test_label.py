@@ -401,7 +401,7 @@ def test_sampled_repeats_are_left_out_so_that_the_export_reads_back(tmp_path, mo
     from rlhf.label.load import sample_ranking_tasks
 
     answers = {"a": ["same", "distinct a", "twin"], "b": ["same ", "distinct b", "twin"]}
-    monkeypatch.setattr(rlhf.models, "load_causal_lm", lambda name: name)
+    monkeypatch.setattr(rlhf.models, "load_causal_lm", lambda name, **kwargs: name)
     monkeypatch.setattr(rlhf.models, "load_tokenizer", lambda name: name)
     monkeypatch.setattr(rlhf.generate, "sampling_decoder", lambda model: model)
     monkeypatch.setattr(rlhf.generate, "generate", lambda name, prompts, *a, **k: answers[name])

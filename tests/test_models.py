@@ -25,7 +25,7 @@ from rlhf.train.reward import ranked_scores
 
 def test_scalar_head_init_and_last_token_read(tiny_path):
     tokenizer = load_tokenizer(tiny_path)
-    model = load_scalar_model(tiny_path, tokenizer.pad_token_id).eval()
+    model = load_scalar_model(tiny_path, tokenizer).eval()
     head = model.hf.score.weight
     assert head.shape == (1, 256)
     assert head.std().item() == pytest.approx(1 / math.sqrt(257), rel=0.15)
@@ -49,7 +49,7 @@ def test_left_padding_does_not_change_real_logits(tiny_path):
 
 def test_k_forwards_equal_naive_all_pairs(tiny_path):
     tokenizer = load_tokenizer(tiny_path)
-    model = load_scalar_model(tiny_path, tokenizer.pad_token_id).eval()
+    model = load_scalar_model(tiny_path, tokenizer).eval()
     torch.nn.init.normal_(model.hf.score.weight, std=0.5)  # make scores spread out
     comparisons = [Comparison([{"role": "user", "content": "a"}], ["x", "yy", "zzz", "w"], [1, 2, 2, 3]),
                    Comparison([{"role": "user", "content": "bb"}], ["p", "qqqq"], [2, 1])]

@@ -81,12 +81,11 @@ def test_metrics_file_has_the_ppo_names(tiny_run):
 def test_reward_is_normalised_on_demonstrations(tiny_run):
     run_dir, _ = tiny_run
     tokenizer = load_tokenizer(str(run_dir / "reward"))
-    model = load_scalar_model(str(run_dir / "reward"), tokenizer.pad_token_id).eval()
+    model = load_scalar_model(str(run_dir / "reward"), tokenizer).eval()
     demos = read_demonstrations(run_dir / "data" / "demonstrations.jsonl")
     batch = collate_sft(encode_demonstrations(tokenizer, demos, 128), tokenizer.pad_token_id)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        scores = sequence_scores(model(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"],
-                                 model.reward_bias)
+        scores = sequence_scores(model(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"])
     assert model.reward_bias != 0.0
     assert abs(scores.mean().item()) < 0.05 * scores.std().item()
 
@@ -106,6 +105,50 @@ def test_first_ppo_minibatch_has_ratio_one_and_zero_kl(tiny_run, tmp_path):
     assert metrics["ppo/loss/ptx"] > 0.0
     second = trainer.step(trainer.next_prompts(8))
     assert second["objective/kl"] != 0.0  # the update moved the policy
+
+
+def _ppo_trainer(run_dir, tmp_path, *extra):
+    config = load_config("ppo", [], [
+        f"model={run_dir / 'sft'}", f"reward_model={run_dir / 'reward'}", f"prompts=[{run_dir / 'data/prompts.jsonl'}]",
+        "ptx_coef=0", "rollout_batch_size=8", "max_new_tokens=16", "max_prompt_length=64", "max_length=128",
+        "mixed_precision=fp32", f"output_dir={tmp_path / 'ppo'}", *extra])
+    return PPOTrainer(config)
+
+
+def test_the_value_model_starts_at_the_normalised_reward(tiny_run, tmp_path):
+    """At step 0, V at the last token of an episode = the plain classifier's logit + the stored bias."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    run_dir, _ = tiny_run
+    trainer = _ppo_trainer(run_dir, tmp_path)
+    batch = trainer.engine.rollout(*zip(*trainer.next_prompts(8)))
+    ids, mask = batch.full_sequence()
+    bias = json.loads((run_dir / "reward" / "config.json").read_text())["rlhf_reward_bias"]
+    assert abs(bias) > 1e-3
+    plain = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward").eval()
+    for row in range(8):
+        real = ids[row][mask[row].bool()][None]
+        with torch.no_grad():
+            value = trainer.value(real, torch.ones_like(real))[0, -1]
+            expected = plain(input_ids=real).logits[0, 0] + bias
+        assert value.item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("no_eos_score", [-1.0, None])
+def test_a_response_that_never_ends_scores_no_eos_score(tiny_run, tmp_path, no_eos_score):
+    run_dir, _ = tiny_run
+    extra = [] if no_eos_score == -1.0 else ["no_eos_score=null"]  # -1 is the default
+    trainer = _ppo_trainer(run_dir, tmp_path, "max_new_tokens=3", *extra)
+    assert trainer.config.no_eos_score == no_eos_score
+    batch = trainer.engine.rollout(*zip(*trainer.next_prompts(8)))
+    assert not batch.ended_with_eos.all()  # 3 tokens: the synthetic responses are longer
+    unended = batch.scores[~batch.ended_with_eos]
+    if no_eos_score is None:
+        assert (unended != -1.0).all()  # the reward model's own scores
+    else:
+        assert (unended == -1.0).all()
 
 
 @pytest.mark.parametrize("engine", ["static", "eager"])

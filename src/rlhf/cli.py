@@ -143,7 +143,8 @@ def run_eval(args: argparse.Namespace) -> None:
         contexts = read_contexts(samples, args.toxicity_contexts) if args.toxicity_contexts else []
         results = {}
         for name in args.model:
-            model, tokenizer = load_causal_lm(name), load_tokenizer(name)
+            tokenizer = load_tokenizer(name)
+            model = load_causal_lm(name, tokenizer=tokenizer)
             results[name] = run_benchmarks(model, tokenizer, args.data_dir, args.limit, autocast=inference_autocast)
             if args.pretraining:
                 results[name]["held_out_perplexity"] = held_out_perplexity(model, tokenizer, args.pretraining)

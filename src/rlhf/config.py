@@ -20,6 +20,21 @@ class ConfigError(ValueError):
     """A config problem, naming the field: ``ppo.kl_coef: Input should be a valid number``."""
 
 
+class LoraSettings(BaseModel):
+    """LoRA adapters (PEFT) in place of full fine-tuning: ``lora: {r: 16}`` in YAML, ``sft.lora={}`` for
+    the defaults. The stage's output is still a merged, plain HF folder; the adapter is saved beside
+    it in ``adapter/``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, description="rank of each adapter")
+    alpha: float = Field(16.0, gt=0, description="scaling: the update is (alpha / r) · B A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt (e.g. [q_proj, v_proj]); all-linear: every linear "
+        "layer but the output layer")
+
+
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -39,6 +54,10 @@ class StageConfig(BaseModel):
         None, ge=1, description="train on only the first N training records after the split (time budgets)")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~30 % more compute")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template (the text, or a file holding it) replacing the tokenizer's; "
+        "a tokenizer without one gets the plain '### User:' / '### Assistant:' template")
+    lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of every weight")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -83,6 +102,7 @@ class PPOConfig(StageConfig):
     model: str = Field("tiny", description="the SFT policy; also the frozen reference")
     reward_model: str = Field("", description="reward-model folder")
     value_model: str | None = Field(None, description="value init; default: the reward model")
+    value_lora: bool = Field(True, description="with lora: the value model trains adapters too (else in full)")
     prompts: list[str] = Field(default_factory=list, description="prompt files")
     pretraining: str | None = Field(None, description="text file for the PPO-ptx mix")
     total_episodes: int = Field(256, ge=1)
@@ -102,7 +122,8 @@ class PPOConfig(StageConfig):
     target_kl: float = Field(6.0, gt=0, description="nats per episode, for adaptive β")
     kl_horizon: int = Field(10000, ge=1, description="episodes, for adaptive β")
     no_eos_score: float | None = Field(
-        None, description="replace the RM score of responses that hit max_new_tokens without EOS")
+        -1.0, description="the score of a response that hits max_new_tokens without ending (EOS), in place of "
+        "the reward model's (lm-human-preferences, 'N+ implementation details': -1); null keeps the RM's")
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     clip_range: float = Field(0.2, gt=0)
@@ -167,6 +188,8 @@ class PipelineConfig(BaseModel):
     valid_fraction: float = Field(0.1, ge=0, lt=1, description="the same split for every stage")
     test_fraction: float = Field(0.1, ge=0, lt=1)
     compare_without_ptx: bool = Field(False, description="also train PPO with ptx_coef=0 into RUN_DIR/ppo-noptx")
+    chat_template: str | None = Field(
+        None, description="chat template for every stage (text or file); default: the tokenizer's, else plain")
     data: DataPaths = Field(default_factory=DataPaths)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)

@@ -23,7 +23,7 @@ def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, tem
     """One response per prompt (rendered with the chat template), in prompt order. Pass the
     ``decoder`` of an earlier call to sample the same model again without another bf16 copy."""
     tokenizer = tokenizer or load_tokenizer(model_name)
-    decoder = decoder or sampling_decoder(model or load_causal_lm(model_name))
+    decoder = decoder or sampling_decoder(model or load_causal_lm(model_name, tokenizer=tokenizer))
     eos_ids = response_stop_ids(tokenizer, decoder.model)  # a copy keeps the generation config
     generator = torch.Generator(device=decoder.device).manual_seed(seed)
     responses = []

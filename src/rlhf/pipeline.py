@@ -43,7 +43,7 @@ def data_paths(config: PipelineConfig, run_dir: Path) -> dict:
 def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
     common = {"seed": config.seed, "skip_invalid": config.data.skip_invalid,
               "valid_fraction": config.valid_fraction, "test_fraction": config.test_fraction,
-              "metrics_file": str(run_dir / "metrics.jsonl")}
+              "metrics_file": str(run_dir / "metrics.jsonl"), "chat_template": config.chat_template}
     sft_dir, reward_dir = str(run_dir / "sft"), str(run_dir / "reward")
     ppo_update = {"model": sft_dir, "reward_model": reward_dir, "output_dir": str(run_dir / "ppo"),
                   "prompts": paths["prompts"], "pretraining": paths["pretraining"], **common}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf.data.collate import pad
+from rlhf.data.collate import encode_prompt, encode_response, pad
 from rlhf.decode import Decoder, sample_responses, stop_ids
 from rlhf.losses import token_logprobs
 from rlhf.models import positions_from_mask, sequence_scores
@@ -87,14 +87,18 @@ class RolloutEngine:
     ``policy`` and ``reference`` sample (through a :class:`~rlhf.decode.Decoder` each, or the eager
     loop with ``engine="eager"``); ``value`` and ``reward_model`` are :class:`~rlhf.models.ScalarModel`.
     ``autocast`` is the context the scoring forwards run under (the accelerator's); ``dtype`` the
-    precision to sample in (bf16 under bf16 mixed precision, else ``None``).
+    precision to sample in (bf16 under bf16 mixed precision, else ``None``). A ``reward_tokenizer``
+    (one that differs from the policy's) makes the reward model read each episode re-rendered in its
+    own tokens and chat template: the conversation, then the decoded response.
     """
 
     def __init__(self, policy, reference, value, reward_model, tokenizer, *, max_new_tokens: int,
                  temperature: float, no_eos_score: float | None, autocast, generator: torch.Generator,
-                 dtype: torch.dtype | None = None, engine: str = "static", compile: bool | None = None):
+                 dtype: torch.dtype | None = None, engine: str = "static", compile: bool | None = None,
+                 reward_tokenizer=None):
         self.models = {"policy": policy, "reference": reference}
         self.value, self.reward_model, self.tokenizer = value, reward_model, tokenizer
+        self.reward_tokenizer = reward_tokenizer
         self.max_new_tokens, self.temperature, self.no_eos_score = max_new_tokens, temperature, no_eos_score
         self.autocast, self.generator = autocast, generator
         self.eos_ids = response_stop_ids(tokenizer, policy)
@@ -127,8 +131,10 @@ class RolloutEngine:
         return query_ids, query_mask, response_ids, response_mask
 
     @torch.no_grad()
-    def rollout(self, prompts: list[list[int]], source: str = "policy", score_policy: bool = True) -> RolloutBatch:
+    def rollout(self, prompts: list[list[int]], conversations: list | None = None, source: str = "policy",
+                score_policy: bool = True) -> RolloutBatch:
         """Sample from ``source`` and compute everything the update needs, each exactly once.
+        ``conversations`` (the prompts' messages) are needed only with a ``reward_tokenizer``.
 
         ``score_policy=False`` leaves the policy's log-probs and the values at zero, to be filled by
         :meth:`take_policy_scores` from the update's own first forward (one minibatch)."""
@@ -141,8 +147,7 @@ class RolloutEngine:
                 values = response_values(self.value, ids, mask, query_ids.shape[1])
             else:
                 logprobs, values = torch.zeros_like(ref_logprobs), torch.zeros_like(ref_logprobs)
-            scores = sequence_scores(self.reward_model(ids, mask, positions_from_mask(mask)), mask,
-                                     self.reward_model.reward_bias)
+            scores = self.reward_scores(ids, mask, response_ids, response_mask, conversations)
         ended_with_eos = (torch.isin(response_ids, stop_ids(self.eos_ids, response_ids.device))
                           & response_mask.bool()).any(1)
         if self.no_eos_score is not None:
@@ -150,6 +155,22 @@ class RolloutEngine:
         response_mask = response_mask.float()
         return RolloutBatch(query_ids, query_mask, response_ids, response_mask, logprobs * response_mask,
                             ref_logprobs * response_mask, values * response_mask, scores, ended_with_eos)
+
+    def reward_scores(self, ids, mask, response_ids, response_mask, conversations) -> torch.Tensor:
+        """r(x, y) for each episode, (B,): read from the policy's tokens when the reward model shares
+        the tokenizer, else from the episode rendered again with the reward model's tokenizer."""
+        if self.reward_tokenizer is None:
+            return sequence_scores(self.reward_model(ids, mask, positions_from_mask(mask)), mask)
+        if conversations is None:
+            raise ValueError("a reward model with its own tokenizer needs the prompts' conversations")
+        tokenizer = self.reward_tokenizer
+        texts = self.tokenizer.batch_decode([row[m.bool()] for row, m in zip(response_ids, response_mask)],
+                                            skip_special_tokens=True)
+        sequences = [encode_prompt(tokenizer, conversation) + encode_response(tokenizer, text)
+                     for conversation, text in zip(conversations, texts)]
+        device = next(self.reward_model.parameters()).device
+        ids, mask = (t.to(device) for t in pad(sequences, tokenizer.pad_token_id))
+        return sequence_scores(self.reward_model(ids, mask), mask)
 
     @staticmethod
     def take_policy_scores(batch: RolloutBatch, forward: dict[str, torch.Tensor]) -> None:

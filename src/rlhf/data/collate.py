@@ -98,12 +98,14 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int
 
 
 def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_length: int,
-                   on_too_long: str = "skip") -> list[list[int]]:
+                   on_too_long: str = "skip") -> list[tuple[list[int], Conversation]]:
+    """The prompts that fit (or are truncated to fit), each as (token ids, its conversation): the
+    conversation is what a reward model with another tokenizer re-renders."""
     encoded = []
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt.prompt)
         if _fits(len(ids), max_prompt_length, prompt.source, on_too_long):
-            encoded.append(ids[-max_prompt_length:])
+            encoded.append((ids[-max_prompt_length:], prompt.prompt))
     _report_dropped("prompts", len(prompts), len(encoded), max_prompt_length)
     return encoded
 

@@ -54,7 +54,7 @@ def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_siz
     from accelerate import Accelerator
 
     tokenizer = load_tokenizer(str(run_dir / "reward"))
-    model = load_scalar_model(str(run_dir / "reward"), tokenizer.pad_token_id, trained=True)
+    model = load_scalar_model(str(run_dir / "reward"), tokenizer, trained=True)
     examples = encode_comparisons(tokenizer, comparisons, max_length, "skip")
     loader = DataLoader(examples, batch_size=batch_size, collate_fn=lambda b: collate_ranked(b, tokenizer.pad_token_id))
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"), cpu=not torch.cuda.is_available())
@@ -66,14 +66,14 @@ def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_siz
 def reward_scores(reward_dir: Path, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[float]:
     """The run's reward model (normalised) on each (prompt, response)."""
     tokenizer = load_tokenizer(str(reward_dir))
-    model = load_scalar_model(str(reward_dir), tokenizer.pad_token_id, trained=True).eval()
+    model = load_scalar_model(str(reward_dir), tokenizer, trained=True).eval()
     sequences = [encode_prompt(tokenizer, as_conversation(p)) + encode_response(tokenizer, r or " ")
                  for p, r in zip(prompts, responses)]
     scores = []
     for start in range(0, len(sequences), batch_size):
         ids, mask = pad(sequences[start:start + batch_size], tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE)
         with inference_autocast():
-            scores += sequence_scores(model(ids, mask), mask, model.reward_bias).tolist()
+            scores += sequence_scores(model(ids, mask), mask).tolist()
     return scores
 
 
@@ -95,8 +95,8 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
 
     prompts = HARMFUL_PROMPTS + ORDINARY_PROMPTS
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
-        model = load_causal_lm(path).eval()
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(path, config.chat_template)
+        model = load_causal_lm(path, tokenizer=tokenizer).eval()
         responses = generate(path, prompts, eval_config.max_new_tokens, eval_config.temperature,
                              seed=config.seed, model=model, tokenizer=tokenizer)
         harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):]

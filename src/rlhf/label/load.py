@@ -77,7 +77,8 @@ def sample_ranking_tasks(prompts_path: str | Path, models: list[str], k: int, ma
     prompts = read_prompts(prompts_path)
     responses: list[list[dict]] = [[] for _ in prompts]
     for m, name in enumerate(models):
-        decoder, tokenizer = sampling_decoder(load_causal_lm(name)), load_tokenizer(name)
+        tokenizer = load_tokenizer(name)
+        decoder = sampling_decoder(load_causal_lm(name, tokenizer=tokenizer))
         for sample in range(m, k, len(models)):  # one decoder (one bf16 copy) for all of a model's samples
             texts = generate(name, [p.prompt for p in prompts], max_new_tokens, temperature, seed + sample,
                              tokenizer=tokenizer, decoder=decoder)

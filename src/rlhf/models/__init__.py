@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from transformers import (
 from rlhf.data.records import DataError, one_line
 from rlhf.models.presets import PRESETS, resolve_model_path
 
+logger = logging.getLogger(__name__)
 REWARD_BIAS_KEY = "rlhf_reward_bias"
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # gpt2, HuggingFaceTB/SmolLM2-135M
 
@@ -54,17 +56,98 @@ def loading(name_or_path: str):
         raise DataError(problem) from None
 
 
-def load_tokenizer(name_or_path: str):
+# Used when a tokenizer has no chat template (a base model) and the config gives none. Plain text
+# roles, one EOS after each assistant turn (the token a response ends with), so that history and a
+# sampled response end the same way. ``chat_template:`` in a stage's config replaces it.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}### User:\n{{ message['content'] }}\n\n"
+    "{% else %}### Assistant:\n{{ message['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
+)
+NEW_PAD_TOKEN = "<|pad|>"
+
+
+def read_chat_template(value: str) -> str:
+    """``chat_template:`` of a config: a Jinja string, or the path of a file holding one."""
+    if "{" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise DataError(f"chat_template: {value}: no such file (give a Jinja template string or a file with one)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"chat_template: {value}: cannot be read ({one_line(error)})") from None
+
+
+def load_tokenizer(name_or_path: str, chat_template: str | None = None):
+    """The model's tokenizer, ready for every stage: a chat template (``chat_template``, else its own,
+    else :data:`PLAIN_CHAT_TEMPLATE`), an EOS, and a PAD token distinct from EOS (see
+    :func:`ensure_pad_token`). Saved with each stage's output, so the next stage reads the same."""
     with loading(name_or_path):
         tokenizer = AutoTokenizer.from_pretrained(model_source(name_or_path))
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise DataError(
-            f"{name_or_path}: the tokenizer needs a PAD token distinct from EOS "
-            f"(pad={tokenizer.pad_token!r}, eos={tokenizer.eos_token!r}); masking pads that are EOS "
-            "teaches the model never to stop"
-        )
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"{name_or_path}: the tokenizer has no EOS token; responses could never end "
+                        "(set eos_token in its tokenizer_config.json)")
+    tokenizer.rlhf_vocab_size = len(tokenizer)  # before any token of ours: what the model must already fit
+    if chat_template:
+        tokenizer.chat_template = read_chat_template(chat_template)
+    elif not tokenizer.chat_template:
+        logger.info("%s: the tokenizer has no chat template; using the plain one (### User: / ### Assistant:)",
+                    name_or_path)
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    ensure_pad_token(tokenizer)
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """PAD must exist and differ from EOS: masking pads that are EOS teaches the model never to stop.
+
+    A tokenizer without one (GPT-2, Llama-3 and Mistral base models) gets an existing special token
+    that is not EOS or BOS — one named like a pad, else UNK, else a reserved one — and only when
+    none exists a new ``<|pad|>`` (the model's embeddings then grow by a row: :func:`fit_embeddings`)."""
+    taken = {tokenizer.eos_token_id, tokenizer.bos_token_id}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in taken:
+        return
+    specials = [token.content for _, token in sorted(tokenizer.added_tokens_decoder.items()) if token.special]
+    candidates = ([t for t in specials if "pad" in t.lower()] + [tokenizer.unk_token]
+                  + [t for t in specials if "reserved" in t.lower()])
+    for token in candidates:
+        if token is not None and tokenizer.convert_tokens_to_ids(token) not in taken:
+            tokenizer.pad_token = token
+            return
+    tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+
+
+def same_tokenizer(a, b, texts_too: bool = True) -> bool:
+    """Whether two tokenizers give the same ids (vocabulary and special tokens) — and, with
+    ``texts_too``, render a conversation the same way (chat template)."""
+    same_ids = (a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
+                and a.pad_token_id == b.pad_token_id)
+    return same_ids and (not texts_too or a.chat_template == b.chat_template)
+
+
+def fit_embeddings(model: PreTrainedModel, tokenizer, name_or_path: str) -> None:
+    """Check that the tokenizer belongs to the model, grow the embeddings by the PAD row
+    :func:`ensure_pad_token` may have added, and record PAD in the model's configs."""
+    rows = model.get_input_embeddings().num_embeddings
+    own = getattr(tokenizer, "rlhf_vocab_size", len(tokenizer))
+    if own > rows:
+        raise DataError(f"{name_or_path}: the tokenizer has {own} tokens but the model's embeddings only "
+                        f"{rows} rows; the tokenizer belongs to another model")
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():  # the new PAD row: the mean embedding (never attended to, but finite)
+            for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+                if embedding is not None and embedding.weight.shape[0] == len(tokenizer):
+                    embedding.weight[rows:] = embedding.weight[:rows].mean(0)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def architecture(name_or_path: str):
@@ -78,26 +161,45 @@ def is_scalar_head(architecture_name: str) -> bool:
     return architecture_name.endswith("ForSequenceClassification")
 
 
-def load_causal_lm(name_or_path: str, dropout: float = 0.0) -> PreTrainedModel:
-    """Any HF causal LM folder, hub id or preset name, in fp32 (autocast handles bf16)."""
+ATTENTION_DROPOUT_FIELDS = ("attention_dropout", "attn_pdrop")
+
+
+def dropout_fields(config, attention: float) -> dict[str, float]:
+    """Config overrides that leave one dropout: ``attention`` on attention probabilities, none
+    elsewhere (GPT-2's ``resid_pdrop``/``embd_pdrop`` default to 0.1; residual dropout, where a stage
+    wants it, is :func:`rlhf.train.common.add_residual_dropout`, the same for every family)."""
+    return {key: attention if key in ATTENTION_DROPOUT_FIELDS else 0.0 for key, value in config.to_dict().items()
+            if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop"))}
+
+
+def load_causal_lm(name_or_path: str, dropout: float = 0.0, tokenizer=None) -> PreTrainedModel:
+    """Any HF causal LM folder, hub id or preset name, in fp32 (autocast handles bf16). With the
+    ``tokenizer`` of :func:`load_tokenizer`, its embeddings are fitted to it (:func:`fit_embeddings`)."""
     config, name = architecture(name_or_path)
     if is_scalar_head(name) or getattr(config, "is_encoder_decoder", False):
         raise DataError(f"{name_or_path}: a {name or config.model_type} is not a causal LM; a policy (and an SFT "
                         "start) must load with AutoModelForCausalLM (decoder-only)")
-    kwargs = {"attention_dropout": dropout} if dropout else {}
     with loading(name_or_path):
-        return AutoModelForCausalLM.from_pretrained(model_source(name_or_path), dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_source(name_or_path), dtype=torch.float32,
+                                                     **dropout_fields(config, dropout))
+    if tokenizer is not None:
+        fit_embeddings(model, tokenizer, name_or_path)
+    return model
 
 
-def load_scalar_model(name_or_path: str, pad_token_id: int | None = None, trained: bool = False) -> ScalarModel:
+def load_scalar_model(name_or_path: str, tokenizer=None, trained: bool = False) -> ScalarModel:
     """A backbone with a one-output linear head (``AutoModelForSequenceClassification``, 1 label).
 
     A sequence-classification folder with one label keeps its head as trained — ours (with its
     normalisation bias) or one saved by plain ``transformers`` or TRL (bias 0). From a causal-LM
     folder the head is new and initialised N(0, 1/(d_model + 1)) as in the 2019 RLHF code, unless
     ``trained`` asks for a reward model (PPO's reward, an evaluation judge): then it is an error.
+    With ``tokenizer`` (:func:`load_tokenizer`), the embeddings are fitted to it.
     """
     config, name = architecture(name_or_path)
+    if getattr(config, "is_encoder_decoder", False):
+        raise DataError(f"{name_or_path}: a {name or config.model_type} is an encoder-decoder model; reward and "
+                        "value models are decoder-only (AutoModelForSequenceClassification with one label)")
     if is_scalar_head(name) and config.num_labels != 1:
         raise DataError(f"{name_or_path}: a reward model has one output; this {name} has num_labels "
                         f"{config.num_labels}")
@@ -106,9 +208,9 @@ def load_scalar_model(name_or_path: str, pad_token_id: int | None = None, traine
                         "written by `rlhf reward`, or any AutoModelForSequenceClassification with one label")
     with loading(name_or_path):
         model = AutoModelForSequenceClassification.from_pretrained(model_source(name_or_path), num_labels=1,
-                                                                   dtype=torch.float32)
-    if pad_token_id is not None:
-        model.config.pad_token_id = pad_token_id
+                                                                   dtype=torch.float32, **dropout_fields(config, 0.0))
+    if tokenizer is not None:
+        fit_embeddings(model, tokenizer, name_or_path)
     if is_scalar_head(name) and getattr(model.config, REWARD_BIAS_KEY, None) is None:
         setattr(model.config, REWARD_BIAS_KEY, 0.0)  # trained elsewhere: its head as it is, no normalisation
     if getattr(model.config, REWARD_BIAS_KEY, None) is None:
@@ -120,10 +222,11 @@ def load_scalar_model(name_or_path: str, pad_token_id: int | None = None, traine
     return ScalarModel(model)
 
 
-def scalar_head(model: PreTrainedModel) -> torch.nn.Linear:
+def scalar_head(model: PreTrainedModel) -> torch.nn.Module:
+    """The one-output linear head (or, under LoRA, PEFT's trainable copy of it)."""
     for name in ("score", "classifier", "v_head"):
         head = getattr(model, name, None)
-        if isinstance(head, torch.nn.Linear):
+        if isinstance(head, torch.nn.Linear) or isinstance(getattr(head, "original_module", None), torch.nn.Linear):
             return head
     raise TypeError(f"{type(model).__name__} has no linear scalar head (score/classifier)")
 
@@ -131,8 +234,9 @@ def scalar_head(model: PreTrainedModel) -> torch.nn.Linear:
 class ScalarModel(torch.nn.Module):
     """An ``AutoModelForSequenceClassification`` (one label) seen as a per-token value function.
 
-    ``forward`` returns the head at every position, (B, T) → (B, T) float: the value model uses
-    all of them, the reward model reads the last real one (:func:`sequence_scores`). Wrapping it
+    ``forward`` returns the head plus the normalisation bias at every position, (B, T) → (B, T)
+    float: the value model uses all of them (so it starts from the *normalised* reward), the reward
+    model reads the last real one (:func:`sequence_scores`). Wrapping it
     here lets DDP see the forward that is really run. ``hf`` is what ``save_pretrained`` writes.
     """
 
@@ -149,16 +253,31 @@ class ScalarModel(torch.nn.Module):
         hidden = self.hf.base_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
-        return scalar_head(self.hf)(hidden).squeeze(-1).float()
+        return scalar_head(self.hf)(hidden).squeeze(-1).float() + self.reward_bias
+
+
+def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's own logits from its last hidden states: the output layer, then the final scaling
+    some families apply in their ``forward`` (Gemma-2/3 softcapping, Cohere's ``logit_scale``,
+    Granite's ``logits_scaling``). (..., d) → (..., V)."""
+    logits = model.get_output_embeddings()(hidden)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "logit_scale", None):  # Cohere
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):  # Granite
+        logits = logits / config.logits_scaling
+    if getattr(config, "final_logit_softcapping", None):  # Gemma-2/3
+        logits = torch.tanh(logits / config.final_logit_softcapping) * config.final_logit_softcapping
+    return logits
 
 
 class ResponseLM(torch.nn.Module):
     """A causal LM whose forward is the SFT loss, with the output layer applied only where a
     response token is predicted: (M, V) logits for the M targets instead of (B, T, V).
 
-    loss = −Σ_t m_t · log p(x_t | x_<t) / Σ_t m_t (as :func:`rlhf.losses.response_lm_loss`), for
-    models whose logits are ``output_embeddings(last_hidden_state)`` (Llama, Qwen, Mistral, GPT-2,
-    SmolLM…). Wrapping the model lets DDP see the forward that is really run; ``hf`` is saved.
+    loss = −Σ_t m_t · log p(x_t | x_<t) / Σ_t m_t (as :func:`rlhf.losses.response_lm_loss`), with the
+    model's own logits (:func:`output_logits`). Wrapping the model lets DDP see the forward that is
+    really run; ``hf`` is saved.
     """
 
     def __init__(self, hf_model: PreTrainedModel):
@@ -168,7 +287,7 @@ class ResponseLM(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         targets = loss_mask[:, 1:].bool()  # position t − 1 predicts token t
-        logits = self.hf.get_output_embeddings()(hidden[:, :-1][targets])  # (M, V)
+        logits = output_logits(self.hf, hidden[:, :-1][targets])  # (M, V)
         return torch.nn.functional.cross_entropy(logits.float(), input_ids[:, 1:][targets])
 
 

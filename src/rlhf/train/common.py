@@ -13,12 +13,15 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf.config import dump_config
+from rlhf.models import dropout_fields
+from rlhf.models.lora import merged_copy, save_adapter, trainable_parameters
 from rlhf.outputs import Earlier, abandon_folder, begin_folder, check_appendable, check_output_folder, finish_folder
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,9 @@ def inference_autocast():
 
 
 def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerator:
+    """The stage's Accelerator. accelerate keeps one mixed-precision setting per process: the state a
+    previous stage of the pipeline left is dropped first (the process group is kept)."""
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         gradient_accumulation_steps=gradient_accumulation_steps,
@@ -110,7 +116,7 @@ def config_inputs(config: BaseModel) -> list[str]:
 CHECKPOINT_NAMES = (r"rlhf\.json|splits\.json|config\.yaml|config\.json|generation_config\.json|"
                     r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
                     r"tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
-                    r"merges\.txt|tokenizer\.model|chat_template\.(jinja|json)")
+                    r"merges\.txt|tokenizer\.model|chat_template\.(jinja|json)|adapter")
 
 
 def earlier_stage_output(stage: str) -> Earlier:
@@ -160,12 +166,15 @@ def staged_output(config: BaseModel, stage: str, accelerator: Accelerator):
 
 
 def save_checkpoint(folder: Path, model, tokenizer, accelerator: Accelerator) -> None:
-    """``save_pretrained`` of the unwrapped model (safetensors) and the tokenizer, main process only."""
+    """``save_pretrained`` of the unwrapped model (safetensors) and the tokenizer, main process only.
+    A LoRA model is saved merged (a plain HF folder) with its adapter in ``adapter/``."""
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped = getattr(unwrapped, "hf", unwrapped)  # ScalarModel → its HF model
-        unwrapped.config.attention_dropout = 0.0
-        unwrapped.save_pretrained(folder, safe_serialization=True)
+        save_adapter(unwrapped, folder)
+        merged = merged_copy(unwrapped)
+        merged.config.update(dropout_fields(merged.config, 0.0))  # a checkpoint loads without dropout
+        merged.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
 
 
@@ -285,8 +294,8 @@ class SupervisedRun:
         steps_per_epoch = -(-len(train_loader) // (config.grad_accum_steps * accelerator.num_processes))
         self.total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
         optimizer, schedule = make_optimizer_and_schedule(
-            model.parameters(), config.learning_rate, self.total_steps, config.warmup_ratio, config.min_lr_ratio,
-            config.weight_decay)
+            trainable_parameters(model), config.learning_rate, self.total_steps, config.warmup_ratio,
+            config.min_lr_ratio, config.weight_decay)
         self.model, self.optimizer, self.train_loader, self.schedule = accelerator.prepare(
             model, optimizer, train_loader, schedule)
         self.valid_loader = accelerator.prepare(valid_loader) if valid_loader is not None else None

@@ -32,7 +32,8 @@ from rlhf.losses import (
     response_lm_loss,
     whiten,
 )
-from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer
+from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, same_tokenizer
+from rlhf.models.lora import WithoutAdapters, add_lora, trainable_parameters
 from rlhf.rollout import RolloutBatch, RolloutEngine, response_logprobs, response_values
 from rlhf.train.common import (
     MetricsLog,
@@ -60,7 +61,7 @@ class PPOTrainer:
             raise DataError("ppo: no reward model given (set reward_model=FOLDER)")
         self.config = config
         self.accelerator = accelerator = make_accelerator(config)
-        self.tokenizer = tokenizer = load_tokenizer(config.model)
+        self.tokenizer = tokenizer = load_tokenizer(config.model, config.chat_template)
         prompts = [p for path in config.prompts for p in read_prompts(path, config.skip_invalid)]
         self.splits = splits = split_records(prompts, config.seed, config.valid_fraction, config.test_fraction)
         train_records = sample_records(splits["train"], config.max_examples, config.seed)
@@ -74,19 +75,29 @@ class PPOTrainer:
             train_text, _ = split_text(read_text(config.pretraining), config.ptx_held_out_fraction)
             self.ptx_blocks = pack_text(tokenizer, train_text, config.ptx_block_size)
 
-        policy = load_causal_lm(config.model)
-        self.reference = freeze(load_causal_lm(config.model)).to(accelerator.device)
-        reward_model = load_scalar_model(config.reward_model, tokenizer.pad_token_id, trained=True)
+        policy = load_causal_lm(config.model, tokenizer=tokenizer)
+        if config.lora:  # the reference is the policy's backbone: one copy of the weights serves both
+            self.reference = WithoutAdapters(add_lora(policy, config.lora))
+        else:
+            self.reference = freeze(load_causal_lm(config.model, tokenizer=tokenizer)).to(accelerator.device)
+        reward_tokenizer = load_tokenizer(config.reward_model)
+        reward_model = load_scalar_model(config.reward_model, reward_tokenizer, trained=True)
         self.reward_model = freeze(reward_model).to(accelerator.device)
-        value = load_scalar_model(config.value_model or config.reward_model, tokenizer.pad_token_id)
+        if not same_tokenizer(tokenizer, reward_tokenizer, texts_too=False) and not config.value_model:
+            raise DataError(f"ppo.value_model: the reward model {config.reward_model} has another vocabulary than "
+                            f"the policy {config.model}, and the value model reads the policy's tokens; set "
+                            "value_model to a model with the policy's tokenizer (e.g. the SFT model)")
+        value = load_scalar_model(config.value_model or config.reward_model, tokenizer)
+        if config.lora and config.value_lora:
+            add_lora(value.hf, config.lora, scalar_head=True)
         for model in (policy, value):  # eval mode, and no dropout even in train mode (checkpointing)
             disable_dropout(model.eval())
         if config.gradient_checkpointing:  # HF recomputes only in train mode: train mode with dropout 0
             for model in (policy, value.hf):
                 enable_activation_checkpointing(model)
         optimizer = torch.optim.AdamW(
-            [{"params": policy.parameters(), "lr": config.learning_rate},
-             {"params": value.parameters(), "lr": config.value_learning_rate}],
+            [{"params": trainable_parameters(policy), "lr": config.learning_rate},
+             {"params": trainable_parameters(value), "lr": config.value_learning_rate}],
             betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
         self.policy, self.value, self.optimizer = accelerator.prepare(policy, value, optimizer)
         self.kl_coef = config.kl_coef
@@ -103,10 +114,11 @@ class PPOTrainer:
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, no_eos_score=config.no_eos_score,
             autocast=accelerator.autocast, generator=self.sampling,
             dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else None,
-            engine=config.rollout_engine, compile=config.compile_decode)
+            engine=config.rollout_engine, compile=config.compile_decode,
+            reward_tokenizer=None if same_tokenizer(tokenizer, reward_tokenizer) else reward_tokenizer)
 
     # ---- data -------------------------------------------------------------------------
-    def next_prompts(self, count: int) -> list[list[int]]:
+    def next_prompts(self, count: int) -> list[tuple[list[int], list]]:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         chosen = []
         for _ in range(count * world):
@@ -120,10 +132,11 @@ class PPOTrainer:
         return self.ptx_blocks[index].to(self.accelerator.device)
 
     # ---- one PPO step -----------------------------------------------------------------
-    def step(self, prompts: list[list[int]]) -> dict[str, float]:
+    def step(self, prompts: list[tuple[list[int], list]]) -> dict[str, float]:
+        """One PPO step on this process's share of prompts, each (token ids, conversation)."""
         config, accelerator = self.config, self.accelerator
         started = time.perf_counter()
-        batch = self.engine.rollout(prompts, score_policy=not self.score_in_update)
+        batch = self.engine.rollout(*zip(*prompts), score_policy=not self.score_in_update)
         rollout_time = time.perf_counter() - started
         first_forward = None
         if self.score_in_update:  # one minibatch: its forward, before any update, is the rollout policy's
@@ -218,14 +231,14 @@ class PPOTrainer:
 
     # ---- evaluation -------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, prompts: list[list[int]], batch_size: int) -> dict[str, float]:
+    def evaluate(self, prompts: list[tuple[list[int], list]], batch_size: int) -> dict[str, float]:
         """Fresh samples from the policy and from the SFT reference on the same prompts:
         mean RM scores, win rate of policy over SFT (ties count half) and KL(policy ‖ SFT)."""
         policy_scores, sft_scores, kls = [], [], []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            ours = self.engine.rollout(chunk, "policy")
-            theirs = self.engine.rollout(chunk, "reference")
+            ours = self.engine.rollout(*zip(*chunk), source="policy")
+            theirs = self.engine.rollout(*zip(*chunk), source="reference")
             policy_scores.append(ours.scores)
             sft_scores.append(theirs.scores)
             kls.append((ours.logprobs - ours.ref_logprobs).sum(1))

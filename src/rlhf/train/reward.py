@@ -20,6 +20,7 @@ from rlhf.data.collate import (
 from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.losses import ranking_loss
 from rlhf.models import REWARD_BIAS_KEY, load_scalar_model, load_tokenizer, sequence_scores
+from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
@@ -80,12 +81,14 @@ def train_reward(config: RewardConfig) -> dict:
     started = time.time()
     check_stage_output(config, "reward")  # before any loading: a refused output_dir costs nothing
     accelerator = make_accelerator(config, config.grad_accum_steps)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.chat_template)
     comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
     train, valid, splits = split_and_encode(
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
                                                                              on_too_long))
-    model = load_scalar_model(config.model, tokenizer.pad_token_id)
+    model = load_scalar_model(config.model, tokenizer)
+    if config.lora:
+        add_lora(model.hf, config.lora, scalar_head=True)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.hf)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
@@ -125,6 +128,7 @@ def _normalize(model, tokenizer, config: RewardConfig, accelerator) -> float:
     examples = encode_demonstrations(tokenizer, demos, config.max_length, "skip")
     loader = accelerator.prepare(DataLoader(
         examples, batch_size=config.batch_size * 2, collate_fn=lambda b: collate_sft(b, tokenizer.pad_token_id)))
-    bias = -mean_demonstration_score(model, loader, accelerator)
-    setattr(accelerator.unwrap_model(model).hf.config, REWARD_BIAS_KEY, bias)
+    unwrapped = accelerator.unwrap_model(model)
+    bias = unwrapped.reward_bias - mean_demonstration_score(model, loader, accelerator)  # scores include the old one
+    setattr(unwrapped.hf.config, REWARD_BIAS_KEY, bias)
     return bias

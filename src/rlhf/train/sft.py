@@ -11,6 +11,7 @@ from rlhf.config import SFTConfig
 from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import DataError, read_demonstrations
 from rlhf.models import ResponseLM, load_causal_lm, load_tokenizer
+from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
@@ -52,15 +53,17 @@ def train_sft(config: SFTConfig) -> dict:
     started = time.time()
     check_stage_output(config, "sft")  # before any loading: a refused output_dir costs nothing
     accelerator = make_accelerator(config, config.grad_accum_steps)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.chat_template)
     demos = [d for path in config.data for d in read_demonstrations(path, config.skip_invalid)]
     train, valid, splits = split_and_encode(
         config, demos, lambda records, on_too_long: encode_demonstrations(tokenizer, records, config.max_length,
                                                                           on_too_long))
     valid.sort(key=lambda e: len(e.input_ids))  # length-sorted validation batches waste little padding
 
-    model = load_causal_lm(config.model, dropout=config.dropout)
+    model = load_causal_lm(config.model, dropout=config.dropout, tokenizer=tokenizer)
     model.config.use_cache = False
+    if config.lora:
+        add_lora(model, config.lora)
     add_residual_dropout(model, config.dropout)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model)

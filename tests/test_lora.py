@@ -1,0 +1,101 @@
+"""LoRA through PEFT in SFT, the reward model and PPO: merged plain-transformers folders that equal
+PEFT's own loading of the saved adapter, and a PPO reference that is the policy's frozen backbone."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from rlhf.config import load_config
+from rlhf.data.synthetic import write_synthetic_data
+from rlhf.models import load_causal_lm, load_tokenizer
+from rlhf.models.lora import ADAPTER_FOLDER, WithoutAdapters, add_lora, peft_of
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic_data(tmp_path_factory.mktemp("data"), n_demos=64, n_comparisons=64, n_prompts=32)
+
+
+def test_lora_freezes_the_backbone_and_trains_only_adapters(tiny_path):
+    settings = load_config("sft", [], ["lora.r=4"]).lora
+    model = add_lora(load_causal_lm(tiny_path), settings)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    adapted = {name.split(".lora_")[0] for name in trainable}
+    assert any(name.endswith("mlp.down_proj") for name in adapted)  # all-linear: the MLP too
+    assert not any("lm_head" in name or "embed" in name for name in adapted)
+    count = sum(p.numel() for name, p in model.named_parameters() if name in trainable)
+    # r·(d_in + d_out) per adapted layer: 4 layers × (4 attention 256×256 + 3 MLP 256↔688)
+    assert count == 4 * 4 * (4 * (256 + 256) + 3 * (256 + 688))
+
+
+def test_sft_with_lora_saves_a_merged_folder_equal_to_peft_loading_the_adapter(tiny_path, data, tmp_path):
+    from peft import PeftModel
+
+    from rlhf.train.sft import train_sft
+
+    config = load_config("sft", [], [f"model={tiny_path}", f"data=[{data['demonstrations']}]", "max_steps=4",
+                                     "batch_size=8", "learning_rate=1e-2", "dropout=0", "lora.r=4",
+                                     f"output_dir={tmp_path / 'sft'}", "max_length=128"])
+    train_sft(config)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "sft").eval()  # plain transformers
+    via_peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_path),
+                                         tmp_path / "sft" / ADAPTER_FOLDER).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
+    ids = torch.randint(3, 250, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, via_peft(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(merged(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-3)
+    assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)  # not adapted
+
+
+def test_reward_with_lora_trains_its_head_and_saves_a_plain_classifier(tiny_path, data, tmp_path):
+    from rlhf.train.reward import train_reward
+
+    config = load_config("reward", [], [f"model={tiny_path}", f"data=[{data['comparisons']}]", "max_steps=3",
+                                        "batch_size=8", "learning_rate=1e-3", "lora={}", "max_length=128",
+                                        f"output_dir={tmp_path / 'rm'}"])
+    train_reward(config)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    assert (tmp_path / "rm" / ADAPTER_FOLDER / "adapter_model.safetensors").is_file()
+    torch.manual_seed(0)  # the head our loader would draw for a fresh reward model from tiny
+    from rlhf.models import load_scalar_model
+
+    fresh = load_scalar_model(tiny_path, load_tokenizer(tiny_path)).hf.score.weight
+    assert plain.score.weight.shape == (1, 256) and not torch.allclose(plain.score.weight, fresh)
+
+
+def test_ppo_with_lora_keeps_one_copy_and_its_reference_is_the_sft_model(tiny_path, data, tmp_path):
+    from rlhf.train.ppo import PPOTrainer
+    from rlhf.train.reward import train_reward
+
+    train_reward(load_config("reward", [], [f"model={tiny_path}", f"data=[{data['comparisons']}]", "max_steps=2",
+                                            "batch_size=8", "max_length=128", f"output_dir={tmp_path / 'rm'}"]))
+    config = load_config("ppo", [], [
+        f"model={tiny_path}", f"reward_model={tmp_path / 'rm'}", f"prompts=[{data['prompts']}]", "ptx_coef=0",
+        "rollout_batch_size=8", "max_new_tokens=8", "max_prompt_length=64", "max_length=128", "learning_rate=1e-2",
+        "lora.r=4", "mixed_precision=fp32", f"output_dir={tmp_path / 'ppo'}"])
+    trainer = PPOTrainer(config)
+    assert isinstance(trainer.reference, WithoutAdapters) and trainer.reference.model is trainer.policy
+    assert peft_of(trainer.value.hf) is not None  # value_lora: true by default
+    first = trainer.step(trainer.next_prompts(8))
+    assert first["objective/kl"] == 0.0
+    second = trainer.step(trainer.next_prompts(8))
+    assert second["objective/kl"] != 0.0  # the adapters moved the policy …
+    sft = load_causal_lm(tiny_path).eval()  # … and the reference is still the model PPO started from
+    ids = torch.randint(3, 250, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.reference(input_ids=ids).logits, sft(input_ids=ids).logits)
+        assert not torch.allclose(trainer.policy(input_ids=ids).logits, sft(input_ids=ids).logits, atol=1e-4)
+    trainable = sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad)
+    assert trainable < 0.2 * sum(p.numel() for p in trainer.policy.parameters())
+
+
+def test_stages_in_one_process_may_differ_in_mixed_precision():
+    from types import SimpleNamespace
+
+    from rlhf.train.common import make_accelerator
+
+    assert make_accelerator(SimpleNamespace(mixed_precision="fp32", seed=0)).mixed_precision == "no"
+    assert make_accelerator(SimpleNamespace(mixed_precision="bf16", seed=0)).mixed_precision == "bf16"
