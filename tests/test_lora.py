@@ -99,3 +99,35 @@ def test_stages_in_one_process_may_differ_in_mixed_precision():
 
     assert make_accelerator(SimpleNamespace(mixed_precision="fp32", seed=0)).mixed_precision == "no"
     assert make_accelerator(SimpleNamespace(mixed_precision="bf16", seed=0)).mixed_precision == "bf16"
+
+
+def test_the_bf16_sampler_of_a_lora_policy_samples_its_merged_weights(tiny_path):
+    """The decoder's bf16 copy of a LoRA policy is the merged model (packed on a CPU), refreshed by
+    ``sync`` after the adapters change; the reference's copy is the backbone alone."""
+    from rlhf.data.collate import pad
+    from rlhf.decode import Decoder
+    from rlhf.models.lora import merged_copy
+
+    torch.manual_seed(0)
+    model = add_lora(load_causal_lm(tiny_path), load_config("sft", [], ["lora.r=4"]).lora).eval()
+    ids, mask = pad([[5, 6, 7, 8], [9, 10]], 0, side="left")
+
+    def greedy(decoder):
+        return decoder.sample(ids, mask, 12, [1], 0, temperature=0.0)[0]
+
+    def perturb():
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.add_(torch.randn_like(param) * 0.5)
+
+    perturb()
+    decoder = Decoder(model, torch.bfloat16)
+    assert torch.equal(greedy(decoder), greedy(Decoder(merged_copy(model), torch.bfloat16)))
+    perturb()
+    decoder.sync()
+    assert torch.equal(greedy(decoder), greedy(Decoder(merged_copy(model), torch.bfloat16)))
+    base = Decoder(load_causal_lm(tiny_path).eval(), torch.bfloat16)
+    reference = Decoder(WithoutAdapters(model), torch.bfloat16)
+    assert torch.equal(greedy(reference), greedy(base))
+    assert not torch.equal(greedy(decoder), greedy(base))

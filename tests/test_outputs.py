@@ -194,8 +194,8 @@ def test_output_folder_keeps_the_result_when_files_appear_meanwhile(tmp_path):
 
 
 def test_a_stage_refuses_an_output_dir_it_did_not_write(tmp_path, capsys):
+    from rlhf.checkpoint import check_stage_output
     from rlhf.config import SFTConfig
-    from rlhf.train.common import check_stage_output
 
     theirs = tmp_path / "my-model"
     theirs.mkdir()
@@ -274,8 +274,8 @@ def _stage_folder(folder: Path, stage: str, marker: bool) -> None:
 
 @pytest.mark.parametrize("marker", [True, False], ids=["marked", "written-before-the-marker"])
 def test_a_stage_replaces_its_own_earlier_folder_but_never_a_file_put_in_it(tmp_path, marker):
+    from rlhf.checkpoint import check_stage_output, earlier_stage_output
     from rlhf.config import SFTConfig
-    from rlhf.train.common import check_stage_output, earlier_stage_output
 
     folder = tmp_path / "sft"
     _stage_folder(folder, "sft", marker)
@@ -291,7 +291,7 @@ def test_a_stage_replaces_its_own_earlier_folder_but_never_a_file_put_in_it(tmp_
 
 
 def test_a_staging_folder_left_by_kill_9_is_removed_on_the_next_run(tmp_path):
-    from rlhf.train.common import earlier_stage_output
+    from rlhf.checkpoint import earlier_stage_output
 
     left = tmp_path / "ppo.incomplete"
     left.mkdir()
@@ -340,8 +340,10 @@ def test_a_run_folder_written_before_the_marker_is_recognised_by_its_config(tmp_
     assert is_run_dir(run_dir)
 
 
-def test_sigterm_removes_a_stage_s_staging_folder(tmp_path):
-    """`kill PID` (or a scheduler's time limit) mid-training: no NAME.incomplete is left, one line, exit 130."""
+def test_sigterm_leaves_only_a_checkpoint_to_resume_from(tmp_path):
+    """`kill PID` (or a scheduler's time limit) mid-training: one line, exit 130, no output that looks
+    finished — only NAME.incomplete/ with the checkpoint written on the way out (tests/test_resume.py
+    resumes from it)."""
     import signal
     import subprocess
     import sys
@@ -362,7 +364,8 @@ def test_sigterm_removes_a_stage_s_staging_folder(tmp_path):
     process.send_signal(signal.SIGTERM)
     _, error = process.communicate(timeout=60)
     assert process.returncode == 130 and "rlhf: interrupted" in error and "Traceback" not in error, error[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos.jsonl", "sft.incomplete"]
+    assert [p.name.split("-")[0] for p in (staging / "checkpoints").iterdir() if p.name != "start.json"] == ["step"]
 
 
 def test_a_failed_preset_build_removes_only_its_own_staging_folder(tmp_path, monkeypatch):

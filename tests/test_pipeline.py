@@ -10,13 +10,13 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from rlhf.checkpoint import is_finished, staged_output
 from rlhf.config import SFTConfig, load_config, preset_config_path
 from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import read_demonstrations
 from rlhf.generate import generate
 from rlhf.models import load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.pipeline import run_pipeline
-from rlhf.train.common import is_finished, staged_output
 from rlhf.train.ppo import PPOTrainer
 
 REQUIRED_PPO_METRICS = {
@@ -261,8 +261,8 @@ def test_stage_folders_from_before_the_marker_are_recognised_as_their_own(tiny_r
     """What a real stage writes, without its marker (as older versions left it), is that stage's own."""
     import shutil
 
+    from rlhf.checkpoint import earlier_stage_output
     from rlhf.outputs import MARKER, ownership
-    from rlhf.train.common import earlier_stage_output
 
     run_dir, _ = tiny_run
     for stage, folder in (("sft", "sft"), ("reward", "reward"), ("ppo", "ppo")):

@@ -30,6 +30,10 @@ from rlhf.label.cli import add_label_commands, run_label
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="YAML config (repeatable; later files win)")
+    parser.add_argument("--restart", action="store_true",
+                        help="ignore the checkpoints of an interrupted run and start over")
+    parser.add_argument("--force", action="store_true",
+                        help="resume from a checkpoint even though the config differs from its own")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override any config field, e.g. learning_rate=1e-5 or ppo.kl_coef=0.05")
 
@@ -258,19 +262,22 @@ def run(args: argparse.Namespace) -> None:
                                                           args.temperature, args.seed)):
             print(f"### prompt\n{prompt}\n### response\n{response}\n")
     elif args.command == "pipeline":
+        from rlhf.checkpoint import RunControl
         from rlhf.pipeline import run_pipeline
 
         files = ([preset_config_path(args.preset)] if args.preset else []) + args.config
         config = load_config("pipeline", files, args.overrides)
-        summary = run_pipeline(config, args.run_dir)
+        summary = run_pipeline(config, args.run_dir, RunControl(args.restart, args.force))
         _print_summary(summary, args.run_dir)
     else:
+        from rlhf.checkpoint import RunControl
         from rlhf.train.ppo import train_ppo
         from rlhf.train.reward import train_reward
         from rlhf.train.sft import train_sft
 
         config = load_config(args.command, args.config, args.overrides)
-        metrics = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}[args.command](config)
+        trainer = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}[args.command]
+        metrics = trainer(config, RunControl(args.restart, args.force))
         print(f"{args.command}: wrote {config.output_dir}: " + ", ".join(
             f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
 

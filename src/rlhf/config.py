@@ -35,6 +35,25 @@ class LoraSettings(BaseModel):
         "layer but the output layer")
 
 
+class HealthSettings(BaseModel):
+    """Thresholds of PPO's collapse and reward-hacking checks (:mod:`rlhf.train.health`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_kl: float = Field(20.0, gt=0, description="KL to SFT (nats per response) above which to warn")
+    kl_growth: float = Field(3.0, gt=1, description="warn when KL exceeds this multiple of its recent mean")
+    min_kl_for_growth: float = Field(1.0, ge=0, description="…once it is above this many nats")
+    min_entropy: float = Field(0.05, ge=0, description="policy entropy (nats per token) below which to warn")
+    max_repeated_ngrams: float = Field(
+        0.5, ge=0, le=1, description="warn when this share of the responses' 4-grams repeat earlier ones")
+    max_length_drift: float = Field(
+        1.0, gt=0, description="warn when the mean response length moves by this fraction from the first steps")
+    min_eos_fraction_ratio: float = Field(
+        0.5, ge=0, le=1, description="warn when the share of responses that end falls below this ratio of "
+        "the first steps'")
+    window: int = Field(3, ge=1, description="steps that set the baseline and the recent mean")
+
+
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -58,6 +77,17 @@ class StageConfig(BaseModel):
         None, description="Jinja chat template (the text, or a file holding it) replacing the tokenizer's; "
         "a tokenizer without one gets the plain '### User:' / '### Assistant:' template")
     lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of every weight")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="write a resumable checkpoint every N optimizer steps (and at each epoch's end); "
+        "null: only when stopped by SIGINT/SIGTERM")
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
+    log_with: list[str] = Field(
+        default_factory=list, description="experiment trackers through accelerate, e.g. [tensorboard] or [wandb] "
+        "(install the tracker's package); metrics.jsonl is written either way")
+    tracking_dir: str | None = Field(None, description="where local trackers write (default: OUTPUT_DIR/../tracking)")
+    max_bad_steps: int = Field(
+        10, ge=1, description="stop after this many updates in a row with a non-finite loss or gradient "
+        "(each is skipped)")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -139,6 +169,7 @@ class PPOConfig(StageConfig):
         "eager: the plain dynamic-cache loop")
     compile_decode: bool | None = Field(
         None, description="torch.compile the decode step (null: on a GPU only, with CUDA graphs)")
+    health: HealthSettings = Field(default_factory=HealthSettings, description="collapse and reward-hacking checks")
     ptx_held_out_fraction: float = Field(
         0.1, ge=0, lt=1, description="the end of the pretraining text never trained on (alignment-tax perplexity)")
 

@@ -113,19 +113,19 @@ class PackedLinear(torch.nn.Module):
     re-packs W on every call; packing once per weight update halves the decode step's matmul time
     at batch 1–16 on this project's CPUs, with bit-identical results (tested)."""
 
-    def __init__(self, source: torch.nn.Module, batch_hint: int):
+    def __init__(self, linear: torch.nn.Module, batch_hint: int):
         super().__init__()
-        self.source, self.batch_hint = [source], batch_hint  # a list: not a submodule of this copy
-        self.transposed = isinstance(source, Conv1D)  # GPT-2 stores W as (in, out)
-        self.out_features = source.weight.shape[1 if self.transposed else 0]
-        self.sync()
+        self.batch_hint = batch_hint
+        self.transposed = isinstance(linear, Conv1D)  # GPT-2 stores W as (in, out)
+        self.out_features = linear.weight.shape[1 if self.transposed else 0]
+        self.load(linear.weight, linear.bias)
 
-    def sync(self) -> None:
-        source = self.source[0]
-        weight = source.weight.detach().to(torch.bfloat16)
+    def load(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Pack new weights (after an update)."""
+        weight = weight.detach().to(torch.bfloat16)
         weight = weight.t().contiguous() if self.transposed else weight
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.batch_hint)
-        self.bias = None if source.bias is None else source.bias.detach().to(torch.bfloat16)
+        self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
@@ -145,16 +145,52 @@ def can_pack() -> bool:
         return False
 
 
-def _pack_linears(copy_module: torch.nn.Module, source_module: torch.nn.Module, batch_hint: int) -> list[PackedLinear]:
-    packed = []
-    for (name, child), source in zip(list(copy_module.named_children()), source_module.children()):
-        if type(child) in (torch.nn.Linear, Conv1D):  # not subclasses (adapters, quantised layers)
-            module = PackedLinear(source, batch_hint)
-            setattr(copy_module, name, module)
-            packed.append(module)
+def _pack_linears(module: torch.nn.Module, batch_hint: int, prefix: str = "") -> dict[str, PackedLinear]:
+    """Replace every plain Linear / Conv1D of ``module`` by a :class:`PackedLinear` of its weights;
+    returns them by their module path."""
+    packed = {}
+    for name, child in list(module.named_children()):
+        path = f"{prefix}{name}"
+        if type(child) in (torch.nn.Linear, Conv1D):  # not subclasses (quantised layers)
+            packed[path] = PackedLinear(child, batch_hint)
+            setattr(module, name, packed[path])
         else:
-            packed += _pack_linears(child, source, batch_hint)
+            packed.update(_pack_linears(child, batch_hint, path + "."))
     return packed
+
+
+def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` as a plain HF model: LoRA adapters merged into it, or — for a model seen
+    without its adapters (:class:`~rlhf.models.lora.WithoutAdapters`) — its backbone alone."""
+    from rlhf.models.lora import WithoutAdapters, peft_of
+
+    duplicate = copy.deepcopy(model)
+    if isinstance(duplicate, WithoutAdapters):
+        inner = peft_of(duplicate.model)
+        return inner.unload() if inner is not None else duplicate.model
+    inner = peft_of(duplicate)
+    return inner.merge_and_unload() if inner is not None else duplicate
+
+
+def source_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The current weights of ``model`` under the names :func:`plain_copy` gives them."""
+    from rlhf.models.lora import WithoutAdapters, peft_of
+
+    without = isinstance(model, WithoutAdapters)
+    inner = model.model if without else model
+    if peft_of(inner) is None:
+        return dict(inner.named_parameters(remove_duplicate=False))
+    from peft.tuners.lora import LoraLayer
+
+    values = {name.replace(".base_layer.", "."): param
+              for name, param in inner.named_parameters(remove_duplicate=False) if ".lora_" not in name}
+    if not without:
+        for name, layer in inner.named_modules():
+            if isinstance(layer, LoraLayer) and layer.active_adapters:
+                weight = layer.base_layer.weight
+                delta = sum(layer.get_delta_weight(adapter) for adapter in layer.active_adapters)
+                values[f"{name}.weight"] = weight + delta.to(weight.dtype)
+    return values
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -204,17 +240,17 @@ class Decoder:
         self.prompt_bucket = prompt_bucket or (32 if self.compile else 1)
         self.batch_bucket, self._largest_batch = batch_bucket, 0
         self.model = model
-        self._packed: list[PackedLinear] = []
-        self._params: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if self.copied:
-            self.model = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+        self.source = model
+        self._packed: dict[str, PackedLinear] = {}
+        self._params: dict[str, torch.Tensor] = {}
+        if self.copied:  # a plain copy: LoRA adapters merged (or, for PPO's reference, left out)
+            self.model = plain_copy(model).to(dtype).eval().requires_grad_(False)
             for param in self.model.parameters():
                 param.grad = None  # a copy taken after a backward pass would carry the gradients
             if self.pack:
-                self._packed = _pack_linears(self.model, model, batch_bucket or 16)
+                self._packed = _pack_linears(self.model, batch_bucket or 16)
             # what the packed layers do not hold (embeddings, norms, a tied input embedding), by name
-            sources = dict(model.named_parameters(remove_duplicate=False))
-            self._params = [(param, sources[name]) for name, param in self.model.named_parameters()]
+            self._params = dict(self.model.named_parameters())
         self._caches: dict[tuple[int, int], StaticCache] = {}
         self._step = self._decode_step
         if self.compile:
@@ -226,10 +262,13 @@ class Decoder:
     def sync(self) -> None:
         """Copy the model's current weights into the sampling copy (in place: compiled steps and
         CUDA graphs stay valid). Nothing to do when the model itself is sampled from."""
-        for param, source in self._params:
-            param.copy_(source)
-        for module in self._packed:
-            module.sync()
+        if not self.copied:
+            return
+        values = source_tensors(self.source)
+        for name, param in self._params.items():
+            param.copy_(values[name])
+        for path, module in self._packed.items():
+            module.load(values[f"{path}.weight"], values.get(f"{path}.bias"))
 
     def _cache(self, batch: int, length: int) -> StaticCache:
         key = (batch, length)

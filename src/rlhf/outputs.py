@@ -280,13 +280,17 @@ def check_output_folder(path: str | Path, command: str, inputs: Iterable = (), o
     return target
 
 
-def begin_folder(target: Path, command: str, earlier: Earlier | None = None) -> tuple[Path, list[Path]]:
-    """Create ``TARGET.incomplete/`` (removing an earlier one of ours, e.g. after ``kill -9``) with its marker."""
+def begin_folder(target: Path, command: str, earlier: Earlier | None = None,
+                 keep: bool = False) -> tuple[Path, list[Path]]:
+    """Create ``TARGET.incomplete/`` with its marker. An earlier one of ours (after ``kill -9``) is
+    removed — or, with ``keep`` (it holds checkpoints to resume from), used as it is."""
     staging = target.with_name(target.name + ".incomplete")
     with _inspecting(staging):
         if staging.exists():
             if not (staging.is_dir() and is_staging(staging, command, earlier)):
                 raise OutputError(f"{staging}: exists and was not made by rlhf {command}; move it away first")
+            if keep:
+                return staging, []
             shutil.rmtree(staging)
         created = _make_parents(target.parent)
         staging.mkdir()

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from rlhf.checkpoint import METADATA_FILE, RunControl, is_finished
 from rlhf.config import PipelineConfig, dump_config
 from rlhf.data.readers import DataError
 from rlhf.data.synthetic import write_synthetic_data
 from rlhf.outputs import OutputError, write_run_file
-from rlhf.train.common import METADATA_FILE, is_finished
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def prepare_run_dir(run_dir: Path) -> None:
     (run_dir / RUN_MARKER).touch()
 
 
-def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
+def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunControl = RunControl()) -> dict:
     from rlhf.train.ppo import train_ppo
     from rlhf.train.reward import train_reward
     from rlhf.train.sft import train_sft
@@ -107,7 +107,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> dict:
             logger.info("%s: finished earlier in %s, skipping", name, folder)
             summary[name] = json.loads((folder / METADATA_FILE).read_text())["metrics"]
             continue
-        summary[name] = trainers[name](stage_config)
+        summary[name] = trainers[name](stage_config, control)
     write_run_file(run_dir / "summary.json", json.dumps(summary, indent=2))
     if config.eval.enabled and (run_dir / "eval.json").exists():
         logger.info("eval: finished earlier in %s, skipping", run_dir / "eval.json")

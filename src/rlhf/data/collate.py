@@ -166,12 +166,17 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
     """Shuffled batches of indices whose members have similar lengths (less padding).
 
     Each epoch: shuffle, cut into groups of ``group_batches`` batches, sort each group by length,
-    cut into batches, shuffle the batch order. Deterministic given the seed; a new order per epoch.
+    cut into batches, shuffle the batch order. A new order per epoch, a function of the seed and the
+    epoch alone (:meth:`set_epoch`), so that a resumed run sees the order an uninterrupted one saw.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, group_batches: int = 32):
-        self.lengths, self.batch_size, self.group_batches = lengths, batch_size, group_batches
+        self.lengths, self.batch_size, self.group_batches, self.seed = lengths, batch_size, group_batches, seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The order of epoch ``epoch`` (0-based, as accelerate's loaders and ``DistributedSampler`` count)."""
+        self.generator.manual_seed(self.seed + epoch)
 
     def __len__(self) -> int:  # groups are whole batches, so only the very last batch can be short
         return -(-len(self.lengths) // self.batch_size)

@@ -83,6 +83,22 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def health_panel(rows: list[dict]) -> str:
+    """PPO's collapse and reward-hacking alerts (:mod:`rlhf.train.health`) and the updates skipped
+    for a non-finite loss or gradient, by run and step."""
+    alerts = [[r.get("run", r["stage"]), r["step"], alert] for r in rows for alert in r.get("health/alerts") or []]
+    skipped = {}
+    for r in rows:
+        if isinstance(r.get("train/skipped_steps"), (int, float)):
+            skipped[r.get("run", r["stage"])] = int(r["train/skipped_steps"])
+    lines = [_table(["run", "step", "alert"], alerts) if alerts else
+             "<p>No alerts: KL, entropy, repetition, response length and the share of responses that end "
+             "stayed within <code>ppo.health</code>'s thresholds.</p>"]
+    lines += [f"<p>{escape(run)}: {count} update(s) skipped for a non-finite loss or gradient.</p>"
+              for run, count in skipped.items() if count]
+    return "\n".join(lines)
+
+
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;
 vertical-align:top;text-align:left}th{background:#f3f3f3}td.response{white-space:pre-wrap;max-width:360px}
@@ -98,9 +114,12 @@ def build_html(run_dir: Path) -> str:
         rows = [[stage, key, value] for stage, metrics in summary.items() if isinstance(metrics, dict)
                 and stage != "eval" for key, value in metrics.items() if isinstance(value, (int, float))]
         parts += ["<h2>Stages</h2>", _table(["stage", "metric", "value"], rows)]
-    png = curves_png(read_metrics(run_dir))
+    rows = read_metrics(run_dir)
+    png = curves_png(rows)
     if png:
         parts += ["<h2>Training curves</h2>", f"<img alt='training curves' src='data:image/png;base64,{png}'>"]
+    if rows:
+        parts += ["<h2>Health</h2>", health_panel(rows)]
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
         results = json.loads(eval_path.read_text())

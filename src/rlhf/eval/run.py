@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from rlhf.checkpoint import METADATA_FILE
 from rlhf.config import PipelineConfig
 from rlhf.data.collate import (
     PAD_MULTIPLE,
@@ -35,7 +36,7 @@ from rlhf.eval.report import write_report
 from rlhf.generate import generate
 from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.outputs import write_run_file
-from rlhf.train.common import METADATA_FILE, inference_autocast, resolve_mixed_precision
+from rlhf.train.common import inference_autocast, resolve_mixed_precision
 from rlhf.train.reward import evaluate_rankings
 
 logger = logging.getLogger(__name__)

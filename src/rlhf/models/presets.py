@@ -124,7 +124,10 @@ def resolve_model_path(name_or_path: str) -> str:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))  # new, ours
     try:
-        PRESETS[name_or_path](staging)
+        import torch
+
+        with torch.random.fork_rng():  # a run must not depend on whether the preset was built in it
+            PRESETS[name_or_path](staging)
         staging.rename(folder)
     except BaseException:  # a failed build, or another process finished first: only our staging goes
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,6 @@ import logging
 import os
 import platform
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,13 +18,11 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from rlhf.config import dump_config
-from rlhf.models import dropout_fields
-from rlhf.models.lora import merged_copy, save_adapter, trainable_parameters
-from rlhf.outputs import Earlier, abandon_folder, begin_folder, check_appendable, check_output_folder, finish_folder
+from rlhf.checkpoint import Checkpoints, RunControl, StopRequest, every
+from rlhf.data.records import DataError
+from rlhf.models.lora import trainable_parameters
 
 logger = logging.getLogger(__name__)
-METADATA_FILE = "rlhf.json"
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -60,14 +57,21 @@ def inference_autocast():
     return torch.autocast(device, dtype=torch.bfloat16, enabled=inference_dtype() is not None)
 
 
+def tracking_dir(config) -> str:
+    return config.tracking_dir or str(Path(os.path.abspath(config.output_dir)).parent / "tracking")
+
+
 def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerator:
     """The stage's Accelerator. accelerate keeps one mixed-precision setting per process: the state a
     previous stage of the pipeline left is dropped first (the process group is kept)."""
     AcceleratorState._reset_state()
+    log_with = list(getattr(config, "log_with", []) or [])
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         gradient_accumulation_steps=gradient_accumulation_steps,
         cpu=not torch.cuda.is_available(),
+        log_with=log_with or None,
+        project_dir=tracking_dir(config) if log_with else None,
     )
     set_seed(config.seed)
     if torch.get_num_threads() > 1 and accelerator.num_processes > 1 and not torch.cuda.is_available():
@@ -80,11 +84,32 @@ class MetricsLog:
     """Appends ``{"stage", "run", "step", **metrics}`` JSON lines (main process only) and keeps the last
     row; ``run`` is the output folder's name, which tells apart two runs of one stage (ppo, ppo-noptx)."""
 
-    def __init__(self, path: str | None, stage: str, accelerator: Accelerator, output_dir: str | None = None):
+    def __init__(self, path: str | None, stage: str, accelerator: Accelerator, output_dir: str | None = None,
+                 config: BaseModel | None = None):
         self.path, self.stage, self.accelerator = path, stage, accelerator
         self.run = Path(output_dir).name if output_dir else stage
         self.last: dict = {}
         self.history: list[dict] = []
+        self.tracking = bool(accelerator.log_with)
+        if self.tracking:  # accelerate's trackers (TensorBoard, W&B, …): one run per stage run
+            hyperparameters = {k: v for k, v in (config.model_dump(mode="json") if config else {}).items()
+                               if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers(self.run, config=hyperparameters)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: the rows so far and the file's length when they were written."""
+        size = Path(self.path).stat().st_size if self.path and Path(self.path).exists() else 0
+        return {"rows": self.history, "bytes": size}
+
+    def restore(self, state: dict) -> None:
+        """Back to a checkpoint's rows: rows written after it (before an interruption) are cut from the
+        file, so that the resumed run does not log them twice."""
+        self.history = list(state.get("rows", []))
+        self.last = self.history[-1] if self.history else {}
+        if self.path and self.accelerator.is_main_process and Path(self.path).exists():
+            if Path(self.path).stat().st_size > state.get("bytes", 0):
+                with open(self.path, "r+b") as handle:
+                    handle.truncate(state.get("bytes", 0))
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"stage": self.stage, "run": self.run, "step": step,
@@ -95,118 +120,13 @@ class MetricsLog:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
+        if self.tracking:
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, float) and k != "step"}, step=step)
 
-
-def is_finished(output_dir: str | Path) -> bool:
-    return (Path(output_dir) / METADATA_FILE).exists()
-
-
-def config_inputs(config: BaseModel) -> list[str]:
-    """The local files and folders a stage reads (its output must not replace any of them)."""
-    paths = []
-    for name in ("model", "reward_model", "pretraining", "data", "normalize_data", "prompts"):
-        value = getattr(config, name, None)
-        for path in value if isinstance(value, list) else [value]:
-            if isinstance(path, str) and path and Path(path).exists():
-                paths.append(path)
-    return paths
-
-
-# what a stage writes: a Hugging Face checkpoint (weights, config, tokenizer) and our metadata
-CHECKPOINT_NAMES = (r"rlhf\.json|splits\.json|config\.yaml|config\.json|generation_config\.json|"
-                    r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
-                    r"tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
-                    r"merges\.txt|tokenizer\.model|chat_template\.(jinja|json)|adapter")
-
-
-def earlier_stage_output(stage: str) -> Earlier:
-    """A stage folder written before outputs carried their marker: checkpoint files only, and an
-    ``rlhf.json`` of this stage."""
-    def same_stage(folder: Path) -> bool:
-        try:
-            return json.loads((folder / METADATA_FILE).read_text()).get("stage") == stage
-        except (OSError, ValueError, AttributeError):
-            return False
-    return Earlier(names=CHECKPOINT_NAMES, finished=METADATA_FILE, check=same_stage)
-
-
-def check_stage_output(config: BaseModel, stage: str) -> Path:
-    """Refuse, before any training, an ``output_dir`` that is not a new folder or an earlier output of
-    this stage (see :mod:`rlhf.outputs`), and a ``metrics_file`` that is not a JSONL file to append to."""
-    if config.metrics_file:
-        check_appendable(config.metrics_file, config_inputs(config))
-    return check_output_folder(config.output_dir, stage, config_inputs(config), overwrite=True,
-                               earlier=earlier_stage_output(stage))
-
-
-@contextmanager
-def staged_output(config: BaseModel, stage: str, accelerator: Accelerator):
-    """Yield ``output_dir.incomplete/``; rename it into place only on success, so an interrupted stage
-    never leaves a folder that looks finished. An earlier output of the same stage is replaced;
-    anything else already at ``output_dir`` is refused before training starts."""
-    target = Path(os.path.abspath(config.output_dir))  # every rank checked it at the start of the stage
-    staging, created = target.with_name(target.name + ".incomplete"), []
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        check_stage_output(config, stage)  # again: the folder may have changed while the models loaded
-        staging, created = begin_folder(target, stage, earlier_stage_output(stage))
-    accelerator.wait_for_everyone()
-    try:
-        yield staging
-    except BaseException:
-        if accelerator.is_main_process:
-            abandon_folder(staging, created)
-        raise
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if not (staging / METADATA_FILE).exists():
-            raise RuntimeError(f"{staging}: stage ended without writing {METADATA_FILE}")
-        finish_folder(staging, target, stage, earlier_stage_output(stage))
-    accelerator.wait_for_everyone()
-
-
-def save_checkpoint(folder: Path, model, tokenizer, accelerator: Accelerator) -> None:
-    """``save_pretrained`` of the unwrapped model (safetensors) and the tokenizer, main process only.
-    A LoRA model is saved merged (a plain HF folder) with its adapter in ``adapter/``."""
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped = getattr(unwrapped, "hf", unwrapped)  # ScalarModel → its HF model
-        save_adapter(unwrapped, folder)
-        merged = merged_copy(unwrapped)
-        merged.config.update(dropout_fields(merged.config, 0.0))  # a checkpoint loads without dropout
-        merged.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-
-
-def write_metadata(folder: Path, stage: str, config: BaseModel, data_files: dict[str, str],
-                   metrics: dict, accelerator: Accelerator, started: float,
-                   splits: dict[str, list] | None = None) -> None:
-    from rlhf.data.readers import fingerprint
-
-    if not accelerator.is_main_process:
-        return
-    meta = {
-        "stage": stage,
-        "config": json.loads(config.model_dump_json()),
-        "data_fingerprints": {name: fingerprint(path) for name, path in data_files.items() if path},
-        "metrics": metrics,
-        "world_size": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-        "wall_time_s": round(time.time() - started, 2),
-        "versions": {"torch": torch.__version__, **_library_versions()},
-    }
-    (folder / "config.yaml").write_text(dump_config(config))
-    if splits is not None:  # which input records (file:line) went to which split
-        (folder / "splits.json").write_text(json.dumps(
-            {name: sorted({record.source for record in records}) for name, records in splits.items()}, indent=1))
-    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))  # last: its presence marks the stage finished
-
-
-def _library_versions() -> dict[str, str]:
-    import accelerate
-    import transformers
-
-    return {"transformers": transformers.__version__, "accelerate": accelerate.__version__}
+    def close(self) -> None:
+        """Flush and close the trackers (the end of the stage)."""
+        if self.tracking:
+            self.accelerator.end_training()
 
 
 def make_optimizer_and_schedule(params, learning_rate: float, total_steps: int, warmup_ratio: float,
@@ -288,9 +208,13 @@ class SupervisedRun:
         from rlhf.data.collate import LengthGroupedBatches
 
         self.config, self.accelerator = config, accelerator
-        train_loader = DataLoader(train, batch_sampler=LengthGroupedBatches(lengths, config.batch_size, config.seed),
-                                  collate_fn=collate)
-        valid_loader = DataLoader(valid, batch_size=config.batch_size, collate_fn=collate) if valid else None
+        self.sampler = LengthGroupedBatches(lengths, config.batch_size, config.seed)
+        # each loader draws its iterator's base seed from its own generator, not the global RNG that
+        # dropout uses: a resumed epoch must not shift the dropout masks of an uninterrupted run
+        train_loader = DataLoader(train, batch_sampler=self.sampler, collate_fn=collate,
+                                  generator=torch.Generator().manual_seed(config.seed))
+        valid_loader = DataLoader(valid, batch_size=config.batch_size, collate_fn=collate,
+                                  generator=torch.Generator().manual_seed(config.seed)) if valid else None
         steps_per_epoch = -(-len(train_loader) // (config.grad_accum_steps * accelerator.num_processes))
         self.total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
         optimizer, schedule = make_optimizer_and_schedule(
@@ -299,41 +223,124 @@ class SupervisedRun:
         self.model, self.optimizer, self.train_loader, self.schedule = accelerator.prepare(
             model, optimizer, train_loader, schedule)
         self.valid_loader = accelerator.prepare(valid_loader) if valid_loader is not None else None
-        self.step, self.epoch = 0, 0
+        self.step, self.epoch, self.batches_done = 0, 0, 0
+        self.guard = NonFiniteGuard(config.max_bad_steps)
         self.throughput = Throughput()
 
-    def steps(self, loss_fn, desc: str, count_items):
-        """Yield (loss, metrics) after each optimizer step; ``count_items(batch)`` feeds the throughput."""
-        accelerator, model = self.accelerator, self.model
-        progress = tqdm(total=self.total_steps, desc=desc, disable=not accelerator.is_local_main_process)
+    def steps(self, loss_fn, desc: str, count_items, checkpoints: Checkpoints | None = None,
+              state_fn=lambda: {}):
+        """Yield (loss, metrics) after each optimizer step, and (None, {"end_of_epoch": n}) after each
+        epoch; ``count_items(batch)`` feeds the throughput.
+
+        With ``checkpoints``, the loop resumes from :meth:`resume`'s position and writes a checkpoint
+        every ``checkpoint_every`` steps, at each epoch's end and when SIGINT/SIGTERM asks it to stop
+        (then raises ``KeyboardInterrupt``), with ``state_fn()`` — the stage's own state — in it.
+        A step whose gradient norm is not finite is skipped (:class:`NonFiniteGuard`)."""
+        accelerator, model, config = self.accelerator, self.model, self.config
+        progress = tqdm(total=self.total_steps, initial=self.step, desc=desc,
+                        disable=not accelerator.is_local_main_process)
+        due = every(config.checkpoint_every) if checkpoints is not None else (lambda step: False)
+        stop = StopRequest()
+
+        def save(position_epoch: int, batches_done: int):
+            checkpoints.save(self.step, {"epoch": position_epoch, "batches_done": batches_done,
+                                         "total_steps": self.total_steps, "guard": self.guard.state(),
+                                         **state_fn()})
+
         model.train()
-        for self.epoch in range(1, self.config.epochs + 1):
-            for batch in self.train_loader:
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss, metrics = loss_fn(batch)
-                    accelerator.backward(loss)
+        with stop.installed():
+            for self.epoch in range(self.epoch or 1, config.epochs + 1):
+                self.train_loader.set_epoch(self.epoch - 1)  # accelerate's count (0-based) reaches our sampler
+                loader = self.train_loader
+                if self.batches_done:  # resumed inside this epoch: its first batches are trained already
+                    loader = accelerator.skip_first_batches(loader, self.batches_done)
+                for batch in loader:
+                    with accelerator.accumulate(model):
+                        with accelerator.autocast():
+                            loss, metrics = loss_fn(batch)
+                        accelerator.backward(loss)
+                        finite = True
+                        if accelerator.sync_gradients:
+                            norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                            finite = self.guard.check(desc, self.step + 1, loss=loss, gradient_norm=norm,
+                                                      last_checkpoint=checkpoints and checkpoints.last_saved)
+                        if finite:
+                            self.optimizer.step()
+                            self.schedule.step()
+                        self.optimizer.zero_grad()
+                    self.batches_done += 1
+                    self.throughput.add(count_items(batch) * accelerator.num_processes)
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
-                    self.optimizer.step()
-                    self.schedule.step()
-                    self.optimizer.zero_grad()
-                self.throughput.add(count_items(batch) * accelerator.num_processes)
-                if accelerator.sync_gradients:
-                    self.step += 1
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{loss.item():.3f}")
-                    yield loss.item(), metrics
+                        self.step += 1
+                        progress.update(1)
+                        progress.set_postfix(loss=f"{loss.item():.3f}")
+                        yield loss.item(), {**metrics, "train/skipped_steps": self.guard.skipped}
+                        if checkpoints is not None and (due(self.step) or stop.requested):
+                            save(self.epoch, self.batches_done)
+                        if stop.requested:
+                            raise KeyboardInterrupt
+                    if self.step >= self.total_steps:
+                        break
+                self.batches_done = 0
+                yield None, {"end_of_epoch": self.epoch}
                 if self.step >= self.total_steps:
                     break
-            yield None, {"end_of_epoch": self.epoch}
-            if self.step >= self.total_steps:
-                break
+                if checkpoints is not None and (config.checkpoint_every or stop.requested):
+                    save(self.epoch + 1, 0)  # the next epoch, from its start
+                if stop.requested:
+                    raise KeyboardInterrupt
         progress.close()
+
+    def resume(self, checkpoints: Checkpoints, control: RunControl, log: MetricsLog) -> dict | None:
+        """Load the newest checkpoint (models, optimizer, schedule, RNGs, the metrics so far) and take up
+        its position; the stage's own state is returned, or ``None`` when there is nothing to resume."""
+        state = checkpoints.resume(control, log)
+        if state is not None:
+            self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
+            self.guard.restore(state.get("guard", {}))
+        return state
 
     @property
     def learning_rate(self) -> float:
         return self.schedule.get_last_lr()[0]
+
+
+class TrainingDiverged(DataError):
+    """Too many updates in a row with a non-finite loss or gradient: one line, exit status 2."""
+
+
+class NonFiniteGuard:
+    """Skips an update whose loss, gradient norm or logits are not finite (NaN/inf: the weights stay
+    as they were) and counts it (``train/skipped_steps``); ``max_bad_steps`` in a row stop the stage
+    with one line naming the stage, step, tensor and the last good checkpoint."""
+
+    def __init__(self, max_bad_steps: int):
+        self.max_bad_steps, self.skipped, self.in_a_row = max_bad_steps, 0, 0
+
+    def check(self, stage: str, step: int, last_checkpoint=None, **tensors) -> bool:
+        """True when every tensor is finite (the update may go on)."""
+        bad = [name for name, value in tensors.items()
+               if value is not None and not bool(torch.isfinite(torch.as_tensor(value).detach().float()).all())]
+        if not bad:
+            self.in_a_row = 0
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        logger.warning("%s: step %d skipped: %s not finite (%d skipped so far)", stage, step, ", ".join(bad),
+                       self.skipped)
+        if self.in_a_row >= self.max_bad_steps:
+            where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else \
+                "no checkpoint was written (set checkpoint_every)"
+            raise TrainingDiverged(f"{stage}: step {step}: {', '.join(bad)} not finite in {self.in_a_row} updates "
+                                   f"in a row (max_bad_steps); {where}; try a lower learning rate or "
+                                   "mixed_precision=fp32")
+        return False
+
+    def state(self) -> dict:
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row}
+
+    def restore(self, state: dict) -> None:
+        self.skipped, self.in_a_row = state.get("skipped", 0), state.get("in_a_row", 0)
 
 
 class Throughput:

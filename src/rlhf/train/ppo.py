@@ -15,6 +15,16 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from rlhf.checkpoint import (
+    Checkpoints,
+    RunControl,
+    StopRequest,
+    check_stage_output,
+    every,
+    save_checkpoint,
+    staged_output,
+    write_metadata,
+)
 from rlhf.config import PPOConfig
 from rlhf.data.collate import encode_prompts, pack_text, sample_records, split_records
 from rlhf.data.readers import DataError, read_prompts, read_text
@@ -37,14 +47,12 @@ from rlhf.models.lora import WithoutAdapters, add_lora, trainable_parameters
 from rlhf.rollout import RolloutBatch, RolloutEngine, response_logprobs, response_values
 from rlhf.train.common import (
     MetricsLog,
-    check_stage_output,
+    NonFiniteGuard,
     disable_dropout,
     enable_activation_checkpointing,
     make_accelerator,
-    save_checkpoint,
-    staged_output,
-    write_metadata,
 )
+from rlhf.train.health import HealthMonitor, repeated_ngram_fraction
 
 
 def freeze(model):
@@ -101,6 +109,8 @@ class PPOTrainer:
             betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
         self.policy, self.value, self.optimizer = accelerator.prepare(policy, value, optimizer)
         self.kl_coef = config.kl_coef
+        self.guard, self.checkpoints, self.current_step = NonFiniteGuard(config.max_bad_steps), None, 0
+        self.health = HealthMonitor(config.health)
         # with one minibatch, the update's forward doubles as the rollout's policy and value scoring
         self.score_in_update = config.num_minibatches == 1
         # the same prompt order on every process, different sampling noise (DESIGN §19)
@@ -176,6 +186,7 @@ class PPOTrainer:
             "ppo/returns/mean": masked_mean(batch.returns, batch.response_mask).item(),
             "rollout/response_length": batch.response_mask.sum(1).mean().item(),
             "rollout/eos_fraction": batch.ended_with_eos.float().mean().item(),
+            "rollout/repeated_ngrams": repeated_ngram_fraction(batch.response_ids, batch.response_mask).mean().item(),
             **{name: sum(values) / len(values) for name, values in stats.items()},
         }
         if config.adaptive_kl:
@@ -215,9 +226,11 @@ class PPOTrainer:
         accelerator.backward(loss)
         self.policy.eval()
         self.value.eval()
-        accelerator.clip_grad_norm_(list(self.policy.parameters()) + list(self.value.parameters()),
-                                    config.max_grad_norm)
-        self.optimizer.step()
+        norm = accelerator.clip_grad_norm_(list(self.policy.parameters()) + list(self.value.parameters()),
+                                           config.max_grad_norm)
+        if self.guard.check("ppo", self.current_step, loss=loss, gradient_norm=norm,
+                            last_checkpoint=self.checkpoints and self.checkpoints.last_saved):
+            self.optimizer.step()
         self.optimizer.zero_grad()
         with torch.no_grad():
             entropy = masked_mean(entropy_from_logits(forward["logits"].detach(), config.temperature), mb.response_mask)
@@ -248,35 +261,62 @@ class PPOTrainer:
                 "eval/win_rate_vs_sft": wins.mean().item(), "eval/kl_to_sft": torch.cat(kls).mean().item(),
                 "eval/prompts": float(len(prompts))}
 
-    def train(self) -> dict:
+    def train(self, control: RunControl = RunControl()) -> dict:
         config, accelerator = self.config, self.accelerator
         started = time.time()
-        log = MetricsLog(config.metrics_file, "ppo", accelerator, config.output_dir)
+        log = MetricsLog(config.metrics_file, "ppo", accelerator, config.output_dir, config)
         per_process = config.rollout_batch_size // accelerator.num_processes
         steps = math.ceil(config.total_episodes / config.rollout_batch_size)
         eval_prompts = (self.valid_prompts or self.train_prompts)[:config.eval_prompts]
-        with staged_output(config, "ppo", accelerator) as staging:
-            progress = tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_local_main_process)
+        generators = {"prompt_order": self.prompt_order, "sampling": self.sampling, "ptx_order": self.ptx_order}
+        with staged_output(config, "ppo", accelerator, control) as staging:
+            self.checkpoints = Checkpoints(staging, "ppo", accelerator, config, config.keep_checkpoints)
+            first = 1
+            resumed = self.checkpoints.resume(control, log, generators)
+            if resumed is not None:
+                first = resumed["step"] + 1
+                self.kl_coef, self._prompt_queue = resumed["kl_coef"], resumed["prompt_queue"]
+                self.guard.restore(resumed["guard"])
+                self.health.restore(resumed["health"])
+            due, stop = every(config.checkpoint_every), StopRequest()
+            progress = tqdm(range(first, steps + 1), desc="ppo", initial=first - 1, total=steps,
+                            disable=not accelerator.is_local_main_process)
             loop_started = time.time()
-            for step in progress:
-                metrics = self.step(self.next_prompts(per_process))
-                metrics["episodes"] = step * config.rollout_batch_size
-                log.log(step, metrics)
-                progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
+            with stop.installed():
+                for step in progress:
+                    self.current_step = step
+                    metrics = self.step(self.next_prompts(per_process))
+                    metrics["episodes"] = step * config.rollout_batch_size
+                    metrics["train/skipped_steps"] = self.guard.skipped
+                    alerts = self.health.check(step, metrics)
+                    if alerts:
+                        metrics["health/alerts"] = alerts
+                    log.log(step, metrics)
+                    progress.set_postfix(score=f"{metrics['objective/scores']:.3f}",
+                                         kl=f"{metrics['objective/kl']:.2f}")
+                    if due(step) or stop.requested:
+                        self.checkpoints.save(step, {
+                            "total_steps": steps, "kl_coef": self.kl_coef, "prompt_queue": self._prompt_queue,
+                            "guard": self.guard.state(), "health": self.health.state(), "metrics": log.state()},
+                            generators)
+                    if stop.requested:
+                        raise KeyboardInterrupt
             trained = time.time()  # the rate below is training's, without set-up or the evaluation
             after = self.evaluate(eval_prompts, per_process)
             log.log(steps, after)
             summary = {**after, "steps": steps,
                        "episodes": steps * config.rollout_batch_size,
-                       "episodes_per_s": steps * config.rollout_batch_size / (trained - loop_started)}
+                       "episodes_per_s": (steps - first + 1) * config.rollout_batch_size
+                       / max(trained - loop_started, 1e-9)}
             save_checkpoint(staging, self.policy, self.tokenizer, accelerator)
             files = {f"prompts[{i}]": p for i, p in enumerate(config.prompts)}
             if config.pretraining:
                 files["pretraining"] = config.pretraining
             write_metadata(staging, "ppo", config, files, summary, accelerator, started, self.splits)
+        log.close()
         return summary
 
 
-def train_ppo(config: PPOConfig) -> dict:
+def train_ppo(config: PPOConfig, control: RunControl = RunControl()) -> dict:
     check_stage_output(config, "ppo")  # before any loading: a refused output_dir costs nothing
-    return PPOTrainer(config).train()
+    return PPOTrainer(config).train(control)

@@ -9,6 +9,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from rlhf.checkpoint import Checkpoints, RunControl, check_stage_output, save_checkpoint, staged_output, write_metadata
 from rlhf.config import RewardConfig
 from rlhf.data.collate import (
     collate_ranked,
@@ -24,13 +25,9 @@ from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
-    check_stage_output,
     enable_activation_checkpointing,
     make_accelerator,
-    save_checkpoint,
     split_and_encode,
-    staged_output,
-    write_metadata,
 )
 
 
@@ -75,7 +72,7 @@ def mean_demonstration_score(model, loader, accelerator) -> float:
     return float(accelerator.reduce(total, "sum") / accelerator.reduce(count, "sum"))
 
 
-def train_reward(config: RewardConfig) -> dict:
+def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> dict:
     if not config.data:
         raise DataError("reward: no comparison files given (set data=[FILE, ...])")
     started = time.time()
@@ -93,14 +90,17 @@ def train_reward(config: RewardConfig) -> dict:
         enable_activation_checkpointing(model.hf)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
                         [max(map(len, e.sequences)) for e in train])
-    log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir)
+    log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir, config)
 
     def loss_fn(batch):
         loss, accuracy = ranking_loss(ranked_scores(run.model, batch), batch["ranks"], batch["valid"])
         return loss, {"reward/accuracy": accuracy.item()}
 
-    with staged_output(config, "reward", accelerator) as staging:
-        for loss, metrics in run.steps(loss_fn, "reward", lambda batch: int(batch["ranks"].shape[0])):
+    with staged_output(config, "reward", accelerator, control) as staging:
+        checkpoints = Checkpoints(staging, "reward", accelerator, config, config.keep_checkpoints)
+        run.resume(checkpoints, control, log)
+        for loss, metrics in run.steps(loss_fn, "reward", lambda batch: int(batch["ranks"].shape[0]), checkpoints,
+                                       lambda: {"metrics": log.state()}):
             if loss is not None:
                 log.log(run.step, {"reward/loss": loss, **metrics, "reward/lr": run.learning_rate,
                                    "reward/prompts_per_s": run.throughput.rate})
@@ -116,6 +116,7 @@ def train_reward(config: RewardConfig) -> dict:
                        {**{f"data[{i}]": p for i, p in enumerate(config.data)},
                         **{f"normalize_data[{i}]": p for i, p in enumerate(config.normalize_data)}},
                        metrics, accelerator, started, splits)
+    log.close()
     return metrics
 
 

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from rlhf.checkpoint import Checkpoints, RunControl, check_stage_output, save_checkpoint, staged_output, write_metadata
 from rlhf.config import SFTConfig
 from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import DataError, read_demonstrations
@@ -16,13 +17,9 @@ from rlhf.train.common import (
     MetricsLog,
     SupervisedRun,
     add_residual_dropout,
-    check_stage_output,
     enable_activation_checkpointing,
     make_accelerator,
-    save_checkpoint,
     split_and_encode,
-    staged_output,
-    write_metadata,
 )
 
 
@@ -47,7 +44,7 @@ def evaluate_lm_loss(model, loader, accelerator) -> float:
     return float(total / tokens.clamp(min=1))
 
 
-def train_sft(config: SFTConfig) -> dict:
+def train_sft(config: SFTConfig, control: RunControl = RunControl()) -> dict:
     if not config.data:
         raise DataError("sft: no demonstration files given (set data=[FILE, ...])")
     started = time.time()
@@ -70,16 +67,23 @@ def train_sft(config: SFTConfig) -> dict:
     model = ResponseLM(model)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_sft(b, tokenizer.pad_token_id),
                         [len(e.input_ids) for e in train])
-    log = MetricsLog(config.metrics_file, "sft", accelerator, config.output_dir)
+    log = MetricsLog(config.metrics_file, "sft", accelerator, config.output_dir, config)
     best = {"valid/loss": math.inf, "epoch": 0}
     last_loss = None
-    with staged_output(config, "sft", accelerator) as staging:
-        for loss, _ in run.steps(lambda batch: (sft_loss(run.model, batch), {}), "sft",
-                                 lambda batch: int(batch["attention_mask"].sum())):
+    with staged_output(config, "sft", accelerator, control) as staging:
+        checkpoints = Checkpoints(staging, "sft", accelerator, config, config.keep_checkpoints)
+        resumed = run.resume(checkpoints, control, log)
+        if resumed is not None:
+            best, last_loss = resumed["best"], resumed["last_loss"]
+        steps = run.steps(lambda batch: (sft_loss(run.model, batch), {}), "sft",
+                          lambda batch: int(batch["attention_mask"].sum()), checkpoints,
+                          lambda: {"best": best, "last_loss": last_loss, "metrics": log.state()})
+        for loss, step_metrics in steps:
             if loss is not None:
                 last_loss = loss
                 log.log(run.step, {"sft/loss": loss, "sft/lr": run.learning_rate,
-                                   "sft/tokens_per_s": run.throughput.rate, "epoch": run.epoch})
+                                   "sft/tokens_per_s": run.throughput.rate, "epoch": run.epoch,
+                                   "train/skipped_steps": step_metrics["train/skipped_steps"]})
                 continue
             # end of an epoch: keep the checkpoint with the best validation loss (the last one without)
             valid_loss = evaluate_lm_loss(run.model, run.valid_loader, accelerator) if run.valid_loader else None
@@ -93,4 +97,5 @@ def train_sft(config: SFTConfig) -> dict:
             metrics["valid/loss"] = None
         write_metadata(staging, "sft", config, {f"data[{i}]": p for i, p in enumerate(config.data)},
                        metrics, accelerator, started, splits)
+    log.close()
     return metrics
