@@ -214,3 +214,75 @@ def test_ppo_killed_mid_run_resumes_to_identical_weights(data, tmp_path):
     final = json.loads((output / "rlhf.json").read_text())["metrics"]
     expected = json.loads((reference / "rlhf.json").read_text())["metrics"]
     assert final["eval/win_rate_vs_sft"] == expected["eval/win_rate_vs_sft"]
+
+
+def test_a_full_disk_loses_no_complete_checkpoint_and_the_newest_n_are_kept(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from rlhf.checkpoint import Checkpoints, RunControl
+    from rlhf.config import SFTConfig
+    from rlhf.train.common import make_accelerator
+
+    config = SFTConfig(mixed_precision="fp32", output_dir=str(tmp_path / "out"))
+    accelerator = make_accelerator(config)
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    (tmp_path / "staging").mkdir()
+    checkpoints = Checkpoints(tmp_path / "staging", "sft", accelerator, config, keep=2)
+    checkpoints.resume(RunControl())
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        assert checkpoints.save(step, {"total_steps": 9}) is not None
+    assert [p.name for p in checkpoints.complete()] == ["step-00000002", "step-00000003"]
+
+    def disk_full(folder, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"\0" * 10)  # half-written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(accelerator, "save_state", disk_full)
+    with torch.no_grad():
+        model.weight.fill_(4)
+    assert checkpoints.save(4, {"total_steps": 9}) is None
+    assert "No space left on device" in caplog.text
+    assert sorted(p.name for p in checkpoints.root.iterdir() if "step" in p.name) == ["step-00000002",
+                                                                                       "step-00000003"]
+    monkeypatch.undo()
+    state = Checkpoints(tmp_path / "staging", "sft", accelerator, config, keep=2)._load_newest(RunControl(), None)
+    assert state["step"] == 3 and torch.all(model.weight == 3)
+
+
+def test_two_processes_killed_and_resumed_equal_an_uninterrupted_two_process_run(data, tmp_path, tiny_path):
+    def args(output):
+        import socket
+
+        with socket.socket() as probe:  # a fresh port each run: the killed run's may not be free yet
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", f"--master_port={port}",
+                "-m", "rlhf.cli", "sft",
+                f"model={tiny_path}", f"data=[{data['demonstrations']}]", f"output_dir={output}", "max_steps=10",
+                "batch_size=4", "dropout=0.1", "learning_rate=1e-3", "max_length=128", "checkpoint_every=2",
+                "mixed_precision=fp32"]
+
+    reference = tmp_path / "reference"
+    done = run(args(reference))
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = tmp_path / "sft"
+    process = subprocess.Popen(args(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 300
+    while len(checkpoints(output)) < 2:
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    import psutil
+
+    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in family:  # torchrun and both ranks (they run in sessions of their own)
+        member.kill()
+    psutil.wait_procs(family, timeout=60)
+    again = run(args(output))
+    assert again.returncode == 0 and "resuming sft at step" in again.stderr, again.stderr[-3000:]
+    left, right = weights(output), weights(reference)
+    for name in left:
+        torch.testing.assert_close(left[name], right[name], rtol=1e-5, atol=1e-6)

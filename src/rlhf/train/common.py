@@ -250,7 +250,8 @@ class SupervisedRun:
         model.train()
         with stop.installed():
             for self.epoch in range(self.epoch or 1, config.epochs + 1):
-                self.train_loader.set_epoch(self.epoch - 1)  # accelerate's count (0-based) reaches our sampler
+                self.sampler.set_epoch(self.epoch - 1)  # 0-based, as accelerate counts: its loader does the same
+                self.train_loader.set_epoch(self.epoch - 1)  # (one process; with several it cannot reach ours)
                 loader = self.train_loader
                 if self.batches_done:  # resumed inside this epoch: its first batches are trained already
                     loader = accelerator.skip_first_batches(loader, self.batches_done)
