@@ -86,7 +86,8 @@ def worker_ours(args) -> dict:
                        max_length=args.max_prompt_length + args.response_length, kl_coef=0.02, temperature=1.0,
                        ptx_coef=0.0, valid_fraction=0.0, eval_prompts=2, mixed_precision="bf16",
                        gradient_checkpointing=args.checkpointing == "on",
-                       lora={"r": args.lora, "alpha": 2 * args.lora} if args.lora else None,
+                       lora=({"r": args.lora, "alpha": 2 * args.lora, "base_dtype": args.lora_base}
+                             if args.lora else None),
                        metrics_file=str(metrics_file), output_dir=tempfile.mkdtemp())
     summary = train_ppo(config)
     lengths = harness.metrics_rows(metrics_file, "rollout/response_length")
@@ -173,6 +174,7 @@ def main() -> None:
                         help="none: only our two rollout engines (static and eager); lora: ours with LoRA "
                         "against ours in full (no peer environments needed for either)")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank of policy and value (0: full fine-tuning)")
+    parser.add_argument("--lora-base", choices=["fp32", "bf16"], default="fp32", help="lora.base_dtype")
     parser.add_argument("--batch", type=int, default=BATCH, help="episodes per PPO step")
     parser.add_argument("--random-weights", action="store_true", help="--model is a config folder: random weights")
     parser.add_argument("--engine", choices=["static", "eager"], default="static")
@@ -192,7 +194,9 @@ def main() -> None:
         baseline = "rlhf train_ppo (eager rollout)"
     elif args.peers == "lora":
         contenders = [("rlhf train_ppo (full)", "ours", "ours"),
-                      ("rlhf train_ppo (LoRA r = 16)", "ours", "ours", ["--lora", "16"])]
+                      ("rlhf train_ppo (LoRA r = 16)", "ours", "ours", ["--lora", "16"]),
+                      ("rlhf train_ppo (LoRA r = 16, bf16 base)", "ours", "ours",
+                       ["--lora", "16", "--lora-base", "bf16"])]
         baseline = "rlhf train_ppo (full)"
     else:
         contenders = [("rlhf train_ppo", "ours", "ours"), ("TRL 1.12 PPOTrainer", "trl112", "trl_ppo")]

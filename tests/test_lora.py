@@ -131,3 +131,58 @@ def test_the_bf16_sampler_of_a_lora_policy_samples_its_merged_weights(tiny_path)
     reference = Decoder(WithoutAdapters(model), torch.bfloat16)
     assert torch.equal(greedy(reference), greedy(base))
     assert not torch.equal(greedy(decoder), greedy(base))
+
+
+def test_with_lora_the_value_model_is_the_reward_model_plus_adapters(tiny_path, data, tmp_path):
+    """value_lora and no value_model: the reward model is the value model with its adapters disabled
+    (one copy of those weights); its scores stay the trained reward model's while the value moves."""
+    from rlhf.models import load_scalar_model, positions_from_mask, sequence_scores
+    from rlhf.train.ppo import PPOTrainer
+    from rlhf.train.reward import train_reward
+
+    train_reward(load_config("reward", [], [f"model={tiny_path}", f"data=[{data['comparisons']}]", "max_steps=2",
+                                            "batch_size=8", "max_length=128", f"output_dir={tmp_path / 'rm'}"]))
+    trainer = PPOTrainer(load_config("ppo", [], [
+        f"model={tiny_path}", f"reward_model={tmp_path / 'rm'}", f"prompts=[{data['prompts']}]", "ptx_coef=0",
+        "rollout_batch_size=8", "max_new_tokens=8", "max_prompt_length=64", "max_length=128",
+        "value_learning_rate=1e-2", "lora.r=4", "mixed_precision=fp32", f"output_dir={tmp_path / 'ppo'}"]))
+    assert isinstance(trainer.reward_model, WithoutAdapters) and trainer.reward_model.model is trainer.value
+    for _ in range(2):
+        trainer.step(trainer.next_prompts(8))
+    plain = load_scalar_model(str(tmp_path / "rm"), load_tokenizer(tiny_path), trained=True).eval()
+    ids = torch.randint(3, 250, (2, 10))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = sequence_scores(plain(ids, mask, positions_from_mask(mask)), mask)
+        torch.testing.assert_close(sequence_scores(trainer.reward_model(ids, mask), mask), expected)
+        assert not torch.allclose(sequence_scores(trainer.value(ids, mask), mask), expected)
+
+
+def test_bf16_bases_give_the_same_numbers_under_bf16_autocast_and_save_fp32(tiny_path, tmp_path):
+    from rlhf.models.lora import merged_copy
+
+    torch.manual_seed(0)
+    ids = torch.randint(3, 250, (2, 12))
+    outputs = []
+    for base_dtype in ("fp32", "bf16"):
+        torch.manual_seed(1)  # the same lora_A draw for both
+        settings = load_config("sft", [], ["lora.r=4", f"lora.base_dtype={base_dtype}"]).lora
+        model = add_lora(load_causal_lm(tiny_path), settings).eval()
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.linspace(-0.05, 0.05, param.numel()).view_as(param))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs.append(model(input_ids=ids).logits)
+        assert {p.dtype for p in merged_copy(model).parameters()} == {torch.float32}
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_bf16_bases_without_bf16_mixed_precision_is_a_config_error(tiny_path, data, tmp_path):
+    from rlhf.config import ConfigError
+    from rlhf.train.sft import train_sft
+
+    config = load_config("sft", [], [f"model={tiny_path}", f"data=[{data['demonstrations']}]", "max_steps=1",
+                                     "lora.base_dtype=bf16", "mixed_precision=fp32", f"output_dir={tmp_path / 's'}"])
+    with pytest.raises(ConfigError, match="^lora.base_dtype: bf16 needs bf16 mixed precision"):
+        train_sft(config)

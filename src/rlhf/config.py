@@ -33,6 +33,10 @@ class LoraSettings(BaseModel):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="module names to adapt (e.g. [q_proj, v_proj]); all-linear: every linear "
         "layer but the output layer")
+    base_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="dtype of the frozen weights under the adapters: bf16 halves their memory; it needs "
+        "mixed_precision bf16 (the matmuls then see the same numbers) and rounds the adapted layers of the "
+        "merged output to bf16 precision (exact for models released in bf16)")
 
 
 class HealthSettings(BaseModel):

@@ -30,12 +30,21 @@ def add_lora(model: PreTrainedModel, settings, scalar_head: bool = False) -> Pre
                         task_type=TaskType.SEQ_CLS if scalar_head else TaskType.CAUSAL_LM)
     peft_model = get_peft_model(model, config)
     object.__setattr__(model, _PEFT, peft_model)
+    if settings.base_dtype == "bf16":  # the frozen weights the adapters sit on, stored in half the memory
+        from peft.tuners.lora import LoraLayer
+
+        for layer in model.modules():
+            if isinstance(layer, LoraLayer):
+                layer.base_layer.to(torch.bfloat16)
     return model
 
 
 def peft_of(model: torch.nn.Module):
-    """The ``PeftModel`` behind a model given adapters by :func:`add_lora`, else ``None``."""
-    return model.__dict__.get(_PEFT)
+    """The ``PeftModel`` behind a model given adapters by :func:`add_lora` (or behind a
+    :class:`~rlhf.models.ScalarModel`'s HF model), else ``None``."""
+    found = model.__dict__.get(_PEFT)
+    inner = model.__dict__.get("_modules", {}).get("hf")
+    return found if found is not None or inner is None else peft_of(inner)
 
 
 def adapters_disabled(model: torch.nn.Module):
@@ -48,10 +57,11 @@ class WithoutAdapters(torch.nn.Module):
     """The backbone of a LoRA model, seen as a model of its own: PPO's reference without a second
     copy of the weights. ``forward`` is the model's, with its adapters disabled for the call."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        self.config, self.generation_config = model.config, model.generation_config
+        self.config = getattr(model, "config", None)
+        self.generation_config = getattr(model, "generation_config", None)
 
     def forward(self, *args, **kwargs):
         with adapters_disabled(self.model):
@@ -65,7 +75,7 @@ def merged_copy(model: PreTrainedModel) -> PreTrainedModel:
     duplicate = copy.deepcopy(model)
     merged = peft_of(duplicate).merge_and_unload()
     merged.__dict__.pop(_PEFT, None)
-    return merged
+    return merged.to(torch.float32)  # bf16 bases (lora.base_dtype) come back as the fp32 checkpoints all stages write
 
 
 def save_adapter(model: PreTrainedModel, folder: Path) -> None:

@@ -73,6 +73,12 @@ def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerato
         log_with=log_with or None,
         project_dir=tracking_dir(config) if log_with else None,
     )
+    lora = getattr(config, "lora", None)
+    if lora is not None and lora.base_dtype == "bf16" and accelerator.mixed_precision != "bf16":
+        from rlhf.config import ConfigError
+
+        raise ConfigError(f"lora.base_dtype: bf16 needs bf16 mixed precision; mixed_precision "
+                          f"{config.mixed_precision!r} resolves to {accelerator.mixed_precision!r} here")
     set_seed(config.seed)
     if torch.get_num_threads() > 1 and accelerator.num_processes > 1 and not torch.cuda.is_available():
         # processes on one CPU must share the cores, or they thrash each other

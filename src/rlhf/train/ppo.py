@@ -89,15 +89,22 @@ class PPOTrainer:
         else:
             self.reference = freeze(load_causal_lm(config.model, tokenizer=tokenizer)).to(accelerator.device)
         reward_tokenizer = load_tokenizer(config.reward_model)
-        reward_model = load_scalar_model(config.reward_model, reward_tokenizer, trained=True)
-        self.reward_model = freeze(reward_model).to(accelerator.device)
         if not same_tokenizer(tokenizer, reward_tokenizer, texts_too=False) and not config.value_model:
             raise DataError(f"ppo.value_model: the reward model {config.reward_model} has another vocabulary than "
                             f"the policy {config.model}, and the value model reads the policy's tokens; set "
                             "value_model to a model with the policy's tokenizer (e.g. the SFT model)")
-        value = load_scalar_model(config.value_model or config.reward_model, tokenizer)
-        if config.lora and config.value_lora:
+        if config.lora and config.value_lora and not config.value_model:
+            # the value model is the reward model with adapters (and its own copy of the head): with them
+            # disabled it *is* the reward model, so one copy of those weights serves both, as for the policy
+            value = load_scalar_model(config.reward_model, tokenizer, trained=True)
             add_lora(value.hf, config.lora, scalar_head=True)
+            self.reward_model = WithoutAdapters(value)
+        else:
+            reward_model = load_scalar_model(config.reward_model, reward_tokenizer, trained=True)
+            self.reward_model = freeze(reward_model).to(accelerator.device)
+            value = load_scalar_model(config.value_model or config.reward_model, tokenizer)
+            if config.lora and config.value_lora:
+                add_lora(value.hf, config.lora, scalar_head=True)
         for model in (policy, value):  # eval mode, and no dropout even in train mode (checkpointing)
             disable_dropout(model.eval())
         if config.gradient_checkpointing:  # HF recomputes only in train mode: train mode with dropout 0
