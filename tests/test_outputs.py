@@ -385,8 +385,24 @@ def test_a_failed_preset_build_removes_only_its_own_staging_folder(tmp_path, mon
     monkeypatch.setitem(presets.PRESETS, "tiny", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         presets.resolve_model_path("tiny")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny.lock", theirs.name]  # the lock is ours, empty
     assert (theirs / "keep.txt").read_text() == "mine"
+
+
+def test_processes_that_ask_for_a_preset_at_once_build_it_once(tmp_path):
+    """The ranks of a torchrun on a fresh machine: one builds, the others wait and load it."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from rlhf.models.presets import resolve_model_path; print(resolve_model_path('tiny'))"
+    env = dict(os.environ, RLHF_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
+    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for _ in range(3)]
+    results = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], results
+    assert {out.strip() for out, _ in results} == {str(tmp_path / "tiny")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny.lock", "tiny"]
 
 
 def test_the_signing_key_never_removes_a_file_it_did_not_create(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -122,15 +123,34 @@ def resolve_model_path(name_or_path: str) -> str:
     if (folder / "config.json").exists():
         return str(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))  # new, ours
-    try:
-        import torch
+    with _build_lock(folder):  # the ranks of a torchrun all ask at once: one builds, the others wait
+        if (folder / "config.json").exists():
+            return str(folder)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))  # ours
+        try:
+            import torch
 
-        with torch.random.fork_rng():  # a run must not depend on whether the preset was built in it
-            PRESETS[name_or_path](staging)
-        staging.rename(folder)
-    except BaseException:  # a failed build, or another process finished first: only our staging goes
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (folder / "config.json").exists():
-            raise
+            with torch.random.fork_rng():  # a run must not depend on whether the preset was built in it
+                PRESETS[name_or_path](staging)
+            staging.rename(folder)
+        except BaseException:  # a failed build, or another process finished first: only our staging goes
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (folder / "config.json").exists():
+                raise
     return str(folder)
+
+
+@contextmanager
+def _build_lock(folder: Path):
+    """An exclusive lock on ``.NAME.lock`` beside the preset's folder (POSIX; elsewhere, none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic rename alone
+        yield
+        return
+    with open(folder.with_name(f".{folder.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
