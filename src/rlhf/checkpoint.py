@@ -49,7 +49,8 @@ STATE_FILE = "state.json"
 START_FILE = "start.json"  # where the metrics file stood when the run began
 PREFIX = "step-"
 # fields that may change between an interrupted run and its resumption without changing what it computes
-RESUMABLE_FIELDS = {"checkpoint_every", "keep_checkpoints", "metrics_file", "log_with"}
+RESUMABLE_FIELDS = {"checkpoint_every", "keep_checkpoints", "metrics_file", "log_with", "tracking_dir",
+                    "max_bad_steps", "health"}
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,6 @@ class Checkpoints:
             except (OSError, ValueError, KeyError):
                 pass
 
-    def remove_all(self) -> None:
-        """The stage is finished: its output needs no checkpoints."""
-        if self.accelerator.is_main_process:
-            shutil.rmtree(self.root, ignore_errors=True)
-
     # ---- reading -----------------------------------------------------------------------
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -218,8 +214,6 @@ def _write_hook() -> None:
     """Tests stop here to kill a process while a checkpoint is being written."""
     delay = os.environ.get("RLHF_TEST_CHECKPOINT_WRITE_DELAY")
     if delay:
-        import time
-
         time.sleep(float(delay))
 
 
