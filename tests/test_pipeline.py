@@ -248,12 +248,16 @@ def test_two_processes_train_sft(tiny_run, tmp_path, tiny_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
          "-m", "rlhf.cli", "sft", f"model={tiny_path}", f"data=[{run_dir / 'data/demonstrations.jsonl'}]",
          f"output_dir={output}", "epochs=1", "max_steps=4", "batch_size=4", "max_length=128",
-         "mixed_precision=fp32"],
+         "mixed_precision=fp32", f"metrics_file={tmp_path / 'm.jsonl'}"],
         capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((output / "rlhf.json").read_text())
     assert meta["world_size"] == 2
     assert meta["metrics"]["steps"] == 4
+    rates = [row["sft/lr"] for row in map(json.loads, (tmp_path / "m.jsonl").read_text().splitlines())
+             if "sft/lr" in row]
+    # the schedule counts optimizer steps whatever the world size: it ends at its floor, 0.1 × 2e-5
+    assert len(rates) == 4 and rates[-1] == pytest.approx(2e-6) and rates == sorted(rates, reverse=True)
     AutoModelForCausalLM.from_pretrained(output)
 
 

@@ -72,6 +72,8 @@ def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerato
         cpu=not torch.cuda.is_available(),
         log_with=log_with or None,
         project_dir=tracking_dir(config) if log_with else None,
+        # schedules count optimizer steps: accelerate would otherwise step them once per process
+        step_scheduler_with_optimizer=False,
     )
     lora = getattr(config, "lora", None)
     if lora is not None and lora.base_dtype == "bf16" and accelerator.mixed_precision != "bf16":
@@ -273,6 +275,7 @@ class SupervisedRun:
                                                       last_checkpoint=checkpoints and checkpoints.last_saved)
                         if finite:
                             self.optimizer.step()
+                        if accelerator.sync_gradients:  # one schedule step per optimizer step, any world size
                             self.schedule.step()
                         self.optimizer.zero_grad()
                     self.batches_done += 1
