@@ -67,3 +67,21 @@ def test_demo_and_long_configs_validate_and_point_at_the_shared_data(monkeypatch
         pytest.skip("../shared/data is not beside the project")
     for path in demo.data.demonstrations + demo.data.comparisons + [demo.data.pretraining]:
         assert Path(path).exists(), path
+
+
+@pytest.mark.parametrize("episodes, minibatches, world, problem", [
+    (16, 8, 4, r"^ppo.num_minibatches \(8\) must split each process's 4 episodes \(ppo.rollout_batch_size 16 / "
+               r"4 processes\)"),
+    (18, 1, 4, r"^ppo.rollout_batch_size \(18\) must be divisible by the number of processes \(4\)"),
+    (24, 8, 2, r"^ppo.num_minibatches \(8\) must split each process's 12 episodes"),
+])
+def test_ppo_batching_is_checked_per_process(episodes, minibatches, world, problem):
+    """The issue's example: 16 episodes, 8 minibatches, 4 processes gave `4 // 8 = 0` and a ValueError."""
+    from rlhf.config import ConfigError, PPOConfig
+    from rlhf.train.ppo import check_batching
+
+    config = PPOConfig(rollout_batch_size=episodes, num_minibatches=minibatches)
+    check_batching(config, 1)  # valid on one process
+    with pytest.raises(ConfigError, match=problem):
+        check_batching(config, world)
+    check_batching(PPOConfig(rollout_batch_size=32, num_minibatches=4), 4)  # 8 per process, 2 per minibatch
