@@ -286,3 +286,30 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_two_process_run
     left, right = weights(output), weights(reference)
     for name in left:
         torch.testing.assert_close(left[name], right[name], rtol=1e-5, atol=1e-6)
+
+
+def test_starting_over_removes_only_what_the_stage_wrote(tmp_path):
+    """A staging folder left by an attempt with no usable checkpoint: its own files go; a file somebody
+    else put there is refused by name and nothing is removed."""
+    from rlhf.checkpoint import Checkpoints, RunControl
+    from rlhf.config import SFTConfig
+    from rlhf.outputs import MARKER, OutputError
+    from rlhf.train.common import make_accelerator
+
+    config = SFTConfig(mixed_precision="fp32", output_dir=str(tmp_path / "sft"))
+    accelerator = make_accelerator(config)
+    staging = tmp_path / "sft.incomplete"
+    (staging / "checkpoints" / ".step-00000002.partial").mkdir(parents=True)
+    (staging / MARKER).write_text('{"command": "sft", "files": []}')
+    (staging / "checkpoints" / "start.json").write_text('{"metrics_bytes": 0}')
+    (staging / "model.safetensors").write_bytes(b"earlier attempt")
+    (staging / "notes.txt").write_text("mine")
+    checkpoints = Checkpoints(staging, "sft", accelerator, config)
+    with pytest.raises(OutputError, match=r"sft.incomplete: holds notes.txt, which rlhf sft did not write"):
+        checkpoints.resume(RunControl())
+    assert (staging / "notes.txt").read_text() == "mine" and (staging / "model.safetensors").exists()
+    assert (staging / "checkpoints" / ".step-00000002.partial").is_dir()
+    (staging / "notes.txt").unlink()
+    assert checkpoints.resume(RunControl()) is None
+    assert sorted(p.name for p in staging.iterdir()) == sorted([MARKER, "checkpoints"])
+    assert [p.name for p in (staging / "checkpoints").iterdir()] == ["start.json"]

@@ -39,7 +39,15 @@ from rlhf.data.records import DataError
 from rlhf.models import dropout_fields
 from rlhf.models.lora import merged_copy, save_adapter
 from rlhf.outputs import MARKER as MARKER_NAME
-from rlhf.outputs import Earlier, abandon_folder, begin_folder, check_appendable, check_output_folder, finish_folder
+from rlhf.outputs import (
+    Earlier,
+    OutputError,
+    abandon_folder,
+    begin_folder,
+    check_appendable,
+    check_output_folder,
+    finish_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,30 +140,18 @@ class Checkpoints:
         return final
 
     @staticmethod
-    def any_complete(staging: Path) -> bool:
-        root = Path(staging) / FOLDER
-        return root.is_dir() and any(p.name.startswith(PREFIX) and (p / STATE_FILE).is_file() for p in root.iterdir())
-
-    @staticmethod
     def forget_metrics(staging: Path, metrics_file: str | None) -> None:
         """Cut the rows this run appended to ``metrics_file`` (it is abandoned with no checkpoint)."""
         start = Path(staging) / FOLDER / START_FILE
-        if metrics_file and start.is_file() and Path(metrics_file).is_file():
-            try:
-                begun = json.loads(start.read_text())["metrics_bytes"]
-                if Path(metrics_file).stat().st_size > begun:
-                    with open(metrics_file, "r+b") as handle:
-                        handle.truncate(begun)
-            except (OSError, ValueError, KeyError):
-                pass
+        try:
+            truncate_file(metrics_file, json.loads(start.read_text())["metrics_bytes"])
+        except (OSError, ValueError, KeyError):
+            pass
 
     # ---- reading -----------------------------------------------------------------------
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = [p for p in self.root.iterdir() if p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
-        return sorted(found, key=lambda p: p.name)
+        return complete_checkpoints(self.root)
 
     def resume(self, control: RunControl, log=None,
                generators: dict[str, torch.Generator] | None = None) -> dict | None:
@@ -164,14 +160,13 @@ class Checkpoints:
         ``None`` to start from the beginning — then the rows an earlier, unfinished attempt of this run
         wrote to the metrics file go, and anything else it left in the staging folder."""
         state = None if control.restart else self._load_newest(control, generators)
+        if state is None:
+            self._check_earlier_attempt()  # every rank: a refusal must not leave the others waiting
         if self.accelerator.is_main_process:
             start = self.root / START_FILE
             if state is None:
                 begun = json.loads(start.read_text()) if start.is_file() else None
-                for entry in self.root.parent.iterdir():  # an earlier attempt's files, checkpoints included
-                    if entry.name not in (FOLDER, MARKER_NAME):
-                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-                shutil.rmtree(self.root, ignore_errors=True)
+                self._clear_earlier_attempt()
                 self.root.mkdir(parents=True)
                 if log is not None and begun is not None:
                     log.restore({"rows": [], "bytes": begun["metrics_bytes"]})
@@ -180,6 +175,23 @@ class Checkpoints:
             log.restore(state["metrics"])
         self.accelerator.wait_for_everyone()
         return state
+
+    def _check_earlier_attempt(self) -> None:
+        """A staging folder an earlier attempt left may hold only what the stage writes (its checkpoints,
+        model files, metadata): anything else put there is refused before anything is removed."""
+        staging, owns = self.root.parent, earlier_stage_output(self.stage).owns
+        foreign = sorted(entry.name for entry in staging.iterdir()
+                         if entry.name not in (FOLDER, MARKER_NAME) and not owns(entry.name))
+        if foreign:
+            raise OutputError(f"{staging}: holds {', '.join(foreign[:3])}, which rlhf {self.stage} did not write; "
+                              "move it away to start over (nothing was changed)")
+
+    def _clear_earlier_attempt(self) -> None:
+        """Starting from the beginning: remove what an earlier attempt of the stage wrote to staging
+        (checked by :meth:`_check_earlier_attempt`)."""
+        for entry in self.root.parent.iterdir():
+            if entry.name != MARKER_NAME:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     def _load_newest(self, control: RunControl, generators) -> dict | None:
         for path in reversed(self.complete()):
@@ -208,6 +220,21 @@ class Checkpoints:
             self.last_saved = path
             return state
         return None
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoints in ``root`` (those with their ``state.json``), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()),
+                  key=lambda p: p.name)
+
+
+def truncate_file(path: str | Path | None, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (rows appended after that point); nothing when it is shorter."""
+    if path and Path(path).is_file() and Path(path).stat().st_size > size:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
 
 
 def _write_hook() -> None:
@@ -312,7 +339,7 @@ def staged_output(config: BaseModel, stage: str, accelerator: Accelerator, contr
         yield staging
     except BaseException:
         if accelerator.is_main_process:
-            if Checkpoints.any_complete(staging):
+            if complete_checkpoints(staging / FOLDER):
                 logger.warning("%s: stopped; its checkpoints are kept in %s: run the same command again to resume",
                                stage, staging)
             else:  # nothing to resume from: the run leaves nothing behind, its metrics rows included

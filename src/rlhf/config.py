@@ -179,15 +179,36 @@ class PPOConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check(self) -> PPOConfig:
-        if self.rollout_batch_size % self.num_minibatches:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by "
-                             f"num_minibatches ({self.num_minibatches})")
-        if self.rollout_batch_size // self.num_minibatches < 2:
-            raise ValueError("a minibatch needs at least 2 episodes to whiten advantages")
+        problem = ppo_batching_problem(self.rollout_batch_size, self.num_minibatches)
+        if problem:
+            raise ValueError(problem)
         if self.max_prompt_length + self.max_new_tokens > self.max_length:
             raise ValueError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) "
                              f"exceeds max_length ({self.max_length})")
         return self
+
+
+def ppo_batching_problem(rollout_batch_size: int, num_minibatches: int, world_size: int = 1,
+                         prefix: str = "") -> str | None:
+    """Why PPO's batch settings do not work on ``world_size`` processes, or ``None``: each process
+    samples rollout_batch_size / world_size episodes and cuts them into ``num_minibatches``
+    minibatches of at least 2 (advantages are whitened in each). ``prefix`` goes before field names."""
+    if rollout_batch_size % world_size:
+        return (f"{prefix}rollout_batch_size ({rollout_batch_size}) must be divisible by the number of processes "
+                f"({world_size})")
+    per_process = rollout_batch_size // world_size
+    share = f"the {per_process} episodes of {prefix}rollout_batch_size"
+    if world_size > 1:
+        share = (f"each process's {per_process} episodes ({prefix}rollout_batch_size {rollout_batch_size} / "
+                 f"{world_size} processes)")
+    if per_process % num_minibatches:
+        why = f"{per_process} is not divisible by num_minibatches"
+    elif per_process // num_minibatches < 2:
+        why = f"that leaves {per_process // num_minibatches} per minibatch"
+    else:
+        return None
+    return (f"{prefix}num_minibatches ({num_minibatches}) must split {share} into equal minibatches of at least "
+            f"2 episodes (advantages are whitened in each); {why}")
 
 
 class DataPaths(BaseModel):

@@ -18,8 +18,9 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from rlhf.checkpoint import Checkpoints, RunControl, StopRequest, every
+from rlhf.checkpoint import Checkpoints, RunControl, StopRequest, every, truncate_file
 from rlhf.data.records import DataError
+from rlhf.models import dropout_fields
 from rlhf.models.lora import trainable_parameters
 
 logger = logging.getLogger(__name__)
@@ -114,10 +115,8 @@ class MetricsLog:
         file, so that the resumed run does not log them twice."""
         self.history = list(state.get("rows", []))
         self.last = self.history[-1] if self.history else {}
-        if self.path and self.accelerator.is_main_process and Path(self.path).exists():
-            if Path(self.path).stat().st_size > state.get("bytes", 0):
-                with open(self.path, "r+b") as handle:
-                    handle.truncate(state.get("bytes", 0))
+        if self.accelerator.is_main_process:
+            truncate_file(self.path, state.get("bytes", 0))
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"stage": self.stage, "run": self.run, "step": step,
@@ -178,9 +177,7 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
                 setattr(module, name, 0.0)
         config = getattr(module, "config", None)
         if hasattr(config, "to_dict"):
-            for key, value in config.to_dict().items():
-                if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
-                    setattr(config, key, 0.0)
+            config.update(dropout_fields(config, 0.0))
     return model
 
 

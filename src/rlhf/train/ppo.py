@@ -25,7 +25,7 @@ from rlhf.checkpoint import (
     staged_output,
     write_metadata,
 )
-from rlhf.config import ConfigError, PPOConfig
+from rlhf.config import ConfigError, PPOConfig, ppo_batching_problem
 from rlhf.data.collate import encode_prompts, pack_text, sample_records, split_records
 from rlhf.data.readers import DataError, read_prompts, read_text
 from rlhf.eval.perplexity import split_text
@@ -62,17 +62,11 @@ def freeze(model):
 
 
 def check_batching(config: PPOConfig, world_size: int) -> None:
-    """Each of ``world_size`` processes samples rollout_batch_size / world_size episodes per step and
-    cuts them into ``num_minibatches`` minibatches of at least 2 (advantages are whitened in each):
-    settings that do not divide are a :class:`ConfigError` naming the fields and the world size."""
-    if config.rollout_batch_size % world_size:
-        raise ConfigError(f"ppo.rollout_batch_size ({config.rollout_batch_size}) must be divisible by the number of "
-                          f"processes ({world_size})")
-    per_process = config.rollout_batch_size // world_size
-    if per_process % config.num_minibatches or per_process // config.num_minibatches < 2:
-        raise ConfigError(f"ppo.num_minibatches ({config.num_minibatches}) must split each process's "
-                          f"{per_process} episodes (ppo.rollout_batch_size {config.rollout_batch_size} / "
-                          f"{world_size} processes) into equal minibatches of at least 2")
+    """PPO's batch settings on ``world_size`` processes (:func:`rlhf.config.ppo_batching_problem`):
+    a :class:`ConfigError` naming the fields and the number of processes."""
+    problem = ppo_batching_problem(config.rollout_batch_size, config.num_minibatches, world_size, "ppo.")
+    if problem:
+        raise ConfigError(problem)
 
 
 class PPOTrainer:
