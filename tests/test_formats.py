@@ -201,3 +201,41 @@ def test_what_counts_as_empty_text(text, blank):
     from rlhf.data.readers import is_blank
 
     assert is_blank(text) is blank
+
+
+def _open_handles(path) -> int:
+    from pathlib import Path
+    target = str(Path(path).resolve())
+    return sum(1 for fd in Path("/proc/self/fd").iterdir() if _link(fd) == target)
+
+
+def _link(fd):
+    import os
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.jsonl.gz"])
+def test_a_reader_that_fails_mid_file_closes_it_at_once_not_at_a_later_collection(tmp_path, name):
+    """A half-read file left open until the garbage collector runs is closed wherever that happens to be: once
+    deep inside the next file's json.loads, where closing it hit the recursion limit (CI, fuzz test)."""
+    import gc
+    import gzip
+
+    from rlhf.data.formats import iter_rows
+    from rlhf.data.records import DataError
+    lines = b'{"prompt": "a", "response": "b"}\n{"prompt": 7\n{"prompt": "c", "response": "d"}\n'
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(lines) if name.endswith(".gz") else lines)
+    gc.collect()
+    gc.disable()
+    try:
+        for read in (read_demonstrations, lambda p: read_any(p, "demonstrations"), lambda p: list(iter_rows(p)),
+                     lambda p: [row for _, row in iter_rows(p) if row["response"]]):
+            with pytest.raises(DataError, match=r"rows\.jsonl(\.gz)?:2: "):
+                read(path)
+            assert _open_handles(path) == 0
+    finally:
+        gc.enable()

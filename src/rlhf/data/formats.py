@@ -30,6 +30,7 @@ import sys
 import zlib
 from collections import deque
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -110,10 +111,11 @@ def detect_format(path: str | Path) -> str:
 
 def iter_rows(path: str | Path, format: str = "auto", field_map: FieldMap | None = None) -> Iterator[tuple[str, dict]]:
     """Every row as ``(where, dict)``; the first unreadable row raises its :class:`DataError`."""
-    for where, row in rows_and_errors(path, format, field_map):
-        if isinstance(row, DataError):
-            raise row
-        yield where, row
+    with closing(rows_and_errors(path, format, field_map)) as rows:  # closed now, not by a later collection
+        for where, row in rows:
+            if isinstance(row, DataError):
+                raise row
+            yield where, row
 
 
 def rows_and_errors(path: str | Path, format: str = "auto",
@@ -132,10 +134,11 @@ def rows_and_errors(path: str | Path, format: str = "auto",
         refuse_special_file(path)
     reader = {"jsonl": _jsonl, "json": _json_array, "csv": _delimited, "tsv": _delimited, "parquet": _parquet,
               "datasets": _datasets, "hub": _hub}[fmt]
-    for where, row in reader(Path(path) if fmt != "hub" else path, "\t" if fmt == "tsv" else ","):
-        if isinstance(row, dict):
-            row = _checked(row, where, field_map)
-        yield where, row
+    with closing(reader(Path(path) if fmt != "hub" else path, "\t" if fmt == "tsv" else ",")) as rows:
+        for where, row in rows:
+            if isinstance(row, dict):
+                row = _checked(row, where, field_map)
+            yield where, row
 
 
 def _checked(row: dict, where: str, field_map: FieldMap | None) -> dict | DataError:

@@ -25,6 +25,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from pathlib import Path
 
 from rlhf.data.formats import FieldMap, read_text_file, rows_and_errors
@@ -414,11 +415,19 @@ def read_any(path: str | Path, kind: str = "auto", format: str = "auto", field_m
     ``rlhf data stats``). No usable record at all is an error."""
     if kind not in ("auto", *PARSERS):
         raise DataError(f"{path}: unknown kind '{kind}'; expected auto, {', '.join(PARSERS)}")
-    rows: Iterable = rows_and_errors(path, format, field_map)
-    first_where = None
-    if kind == "auto":
-        rows = list(rows)
-        kind, first_where = _file_kind(rows)
+    # closed on the way out, error or not: a half-read file left to the garbage collector is closed wherever the
+    # collection happens to run, which may be deep inside the next file's json.loads (a RecursionError there)
+    with closing(rows_and_errors(path, format, field_map)) as stream:
+        rows: Iterable = stream
+        first_where = None
+        if kind == "auto":
+            rows = list(rows)
+            kind, first_where = _file_kind(rows)
+        return _records(path, kind, rows, first_where, skip_invalid, invalid)
+
+
+def _records(path, kind: str, rows: Iterable, first_where: str | None, skip_invalid: bool,
+             invalid: list | None) -> tuple[str, list]:
     parse, records, problems = PARSERS[kind], [], ([] if invalid is None else invalid)
     for where, row in rows:
         try:
