@@ -182,3 +182,45 @@ def test_adaptive_kl_coef_moves_towards_target_and_is_clipped():
         pytest.approx(0.1 * (1 + 0.2 * 0.1))
     assert adaptive_kl_coef(0.1, observed_kl=5.4, target_kl=6.0, n_steps=100, horizon=1000) == \
         pytest.approx(0.1 * (1 - 0.1 * 0.1))
+
+
+def test_whitening_across_processes_equals_whitening_the_whole_batch():
+    """Two 'processes' (threads) each hold half the rows; a summing reduce makes each whiten with the
+    statistics of all rows, as one process holding the whole batch does."""
+    import threading
+
+    from rlhf.losses import explained_variance, masked_mean, whiten
+
+    torch.manual_seed(0)
+    values, other = torch.randn(6, 5) * 3 + 1, torch.randn(6, 5)
+    mask = (torch.rand(6, 5) > 0.3).float()
+    halves = [slice(0, 2), slice(2, 6)]  # unequal shares, as uneven response lengths give
+    barrier, posted, results = threading.Barrier(2), [None, None], [None, None]
+
+    def process(rank: int):
+        def reduce(sums):
+            posted[rank] = sums
+            barrier.wait()
+            total = posted[0] + posted[1]
+            barrier.wait()
+            return total
+        rows = halves[rank]
+        results[rank] = (whiten(values[rows], mask[rows], reduce=reduce),
+                         whiten(values[rows], mask[rows], shift_mean=False, reduce=reduce),
+                         masked_mean(values[rows], mask[rows], reduce=reduce),
+                         explained_variance(other[rows], values[rows], mask[rows], reduce=reduce))
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    whole = (whiten(values, mask), whiten(values, mask, shift_mean=False), masked_mean(values, mask),
+             explained_variance(other, values, mask))
+    for rank, rows in enumerate(halves):
+        torch.testing.assert_close(results[rank][0], whole[0][rows])
+        torch.testing.assert_close(results[rank][1], whole[1][rows])
+        torch.testing.assert_close(results[rank][2], whole[2])
+        torch.testing.assert_close(results[rank][3], whole[3])
+    # and without the reduce, each half's own statistics: not the same numbers
+    assert not torch.allclose(whiten(values[:2], mask[:2]), whole[0][:2])

@@ -17,6 +17,7 @@ finishes (the output folder holds only the model).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ START_FILE = "start.json"  # where the metrics file stood when the run began
 PREFIX = "step-"
 # fields that may change between an interrupted run and its resumption without changing what it computes
 RESUMABLE_FIELDS = {"checkpoint_every", "keep_checkpoints", "metrics_file", "log_with", "tracking_dir",
-                    "max_bad_steps", "health"}
+                    "max_bad_steps", "health", "check_replicas_every"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Checkpoints:
             except OSError as error:
                 failed += 1
                 logger.warning("%s: checkpoint at step %d not written (%s)", self.stage, step, error)
-        accelerator.wait_for_everyone()
+        # every process learns whether the folder is there: saving is a collective (sharded models)
+        failed = accelerator.reduce(failed, "sum") if accelerator.num_processes > 1 else failed
         if not failed:
             try:
                 accelerator.save_state(str(partial), safe_serialization=True)
@@ -363,6 +365,13 @@ def has_checkpoints(staging: Path) -> bool:
 def save_checkpoint(folder: Path, model, tokenizer, accelerator: Accelerator) -> None:
     """``save_pretrained`` of the unwrapped model (safetensors) and the tokenizer, main process only.
     A LoRA model is saved merged (a plain HF folder) with its adapter in ``adapter/``."""
+    if accelerator.is_fsdp2:  # every process gives its shards; the main one writes the whole model
+        gathered = gathered_copy(model, accelerator)
+        if accelerator.is_main_process:
+            gathered.config.update(dropout_fields(gathered.config, 0.0))
+            gathered.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+        return
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped = getattr(unwrapped, "hf", unwrapped)  # ScalarModel → its HF model
@@ -371,6 +380,29 @@ def save_checkpoint(folder: Path, model, tokenizer, accelerator: Accelerator) ->
         merged.config.update(dropout_fields(merged.config, 0.0))  # a checkpoint loads without dropout
         merged.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
+
+
+def gathered_copy(model, accelerator: Accelerator):
+    """The plain HF model behind an FSDP2-sharded ``model`` (a ScalarModel's or ResponseLM's ``hf``)
+    with every weight gathered, on the main process (a collective: every process calls it; the
+    others get None). Built on the meta device and filled with the gathered tensors: no third copy."""
+    from torch.distributed.tensor import DTensor
+
+    state = {}
+    for name, tensor in model.state_dict().items():  # one tensor at a time: no process holds two models
+        tensor = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # a collective
+        if accelerator.is_main_process:
+            state[name] = tensor.detach().to("cpu", copy=True)
+    if not accelerator.is_main_process:
+        return None
+    hf = getattr(model, "hf", model)
+    prefix = "hf." if hf is not model else ""
+    with torch.device("meta"):
+        plain = type(hf)(copy.deepcopy(hf.config))
+    plain.load_state_dict({name.removeprefix(prefix): tensor for name, tensor in state.items()}, assign=True)
+    if hasattr(plain, "tie_weights"):
+        plain.tie_weights()
+    return plain
 
 
 def write_metadata(folder: Path, stage: str, config: BaseModel, data_files: dict[str, str],
@@ -386,6 +418,7 @@ def write_metadata(folder: Path, stage: str, config: BaseModel, data_files: dict
         "data_fingerprints": {name: fingerprint(path) for name, path in data_files.items() if path},
         "metrics": metrics,
         "world_size": accelerator.num_processes,
+        "sharded": accelerator.is_fsdp2,
         "mixed_precision": accelerator.mixed_precision,
         "wall_time_s": round(time.time() - started, 2),
         "versions": {"torch": torch.__version__, **_library_versions()},

@@ -92,6 +92,20 @@ class StageConfig(BaseModel):
     max_bad_steps: int = Field(
         10, ge=1, description="stop after this many updates in a row with a non-finite loss or gradient "
         "(each is skipped)")
+    sharding: Literal["none", "fsdp2"] = Field(
+        "none", description="fsdp2: shard the trained models' weights, gradients and optimizer states over the "
+        "processes (FSDP2 through accelerate; `accelerate launch` with an FSDP2 config does the same); none: "
+        "every process holds a whole copy (DDP)")
+    check_replicas_every: int | None = Field(
+        None, ge=1, description="on several processes, check every N optimizer steps that each holds the same "
+        "weights (a run whose replicas drifted apart stops, naming the step and the processes)")
+
+    @model_validator(mode="after")
+    def _sharding_without_lora(self):
+        if self.sharding == "fsdp2" and self.lora is not None:
+            raise ConfigError("sharding: fsdp2 with lora is not supported yet; LoRA's frozen base is small enough "
+                              "to replicate: use sharding: none (DDP), or full fine-tuning with fsdp2")
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

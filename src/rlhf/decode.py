@@ -159,11 +159,33 @@ def _pack_linears(module: torch.nn.Module, batch_hint: int, prefix: str = "") ->
     return packed
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(param, DTensor) for param in model.parameters())
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) weight gathered whole — a collective, every process calls it — or the tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` as a plain HF model: LoRA adapters merged into it, or — for a model seen
-    without its adapters (:class:`~rlhf.models.lora.WithoutAdapters`) — its backbone alone."""
+    without its adapters (:class:`~rlhf.models.lora.WithoutAdapters`) — its backbone alone; an
+    FSDP2-sharded model gathered whole (a collective)."""
     from rlhf.models.lora import WithoutAdapters, peft_of
 
+    if is_sharded(model):
+        from torch.distributed.fsdp import FSDPModule
+
+        plain_class = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+        state = {name: whole(tensor).detach().clone() for name, tensor in model.state_dict().items()}
+        duplicate = plain_class(copy.deepcopy(model.config))
+        duplicate.load_state_dict(state)
+        return duplicate.to(next(model.parameters()).device)
     duplicate = copy.deepcopy(model)
     if isinstance(duplicate, WithoutAdapters):
         inner = peft_of(duplicate.model)
@@ -226,7 +248,10 @@ class Decoder:
                  pack: bool | None = None, prompt_bucket: int | None = None, batch_bucket: int | None = None):
         self.device = device = next(model.parameters()).device
         own_dtype = next(model.parameters()).dtype
-        self.copied = dtype is not None and dtype != own_dtype
+        # a sharded (FSDP2) model is sampled from a whole copy on every process: a forward of the
+        # sharded model is a collective, and processes whose rows end early would stop calling it
+        self.copied = (dtype is not None and dtype != own_dtype) or is_sharded(model)
+        dtype = dtype or own_dtype
         cuda = device.type == "cuda"
         self.compile = cuda if compile is None else compile
         # packed weights are oneDNN tensors the compiler cannot take: compiling on a CPU (measured no
@@ -266,9 +291,10 @@ class Decoder:
             return
         values = source_tensors(self.source)
         for name, param in self._params.items():
-            param.copy_(values[name])
+            param.copy_(whole(values[name]))
         for path, module in self._packed.items():
-            module.load(values[f"{path}.weight"], values.get(f"{path}.bias"))
+            bias = values.get(f"{path}.bias")
+            module.load(whole(values[f"{path}.weight"]), None if bias is None else whole(bias))
 
     def _cache(self, batch: int, length: int) -> StaticCache:
         key = (batch, length)

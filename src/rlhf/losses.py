@@ -7,6 +7,8 @@ Nothing here touches a model, a file or a device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -15,32 +17,49 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum()
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ(values·mask) / Σmask; 0 when the mask is empty."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of the masked entries (Bessel-corrected, as in the 2019 RLHF code)."""
+def _local(sums: torch.Tensor) -> torch.Tensor:
+    return sums
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, reduce: Reduce = _local) -> torch.Tensor:
+    """Σ(values·mask) / Σmask; 0 when the mask is empty.
+
+    ``reduce`` sums a tensor across processes (identity by default): with it the sums are global, and
+    every process gets the mean over all processes' entries (for whitening under data parallelism)."""
     mask = mask.to(values.dtype)
-    count = mask.sum()
+    total, count = reduce(torch.stack([(values * mask).sum(), mask.sum()]))
+    return total / count.clamp(min=1.0)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, reduce: Reduce = _local) -> torch.Tensor:
+    """Unbiased variance of the masked entries (Bessel-corrected, as in the 2019 RLHF code), over every
+    process's entries with a summing ``reduce``."""
+    mask = mask.to(values.dtype)
+    mean = masked_mean(values, mask, reduce)
+    squares, count = reduce(torch.stack([((values - mean) ** 2 * mask).sum(), mask.sum()]))
     if count < 2:
         raise ValueError(f"whitening needs at least 2 unmasked values, got {int(count.item())}")
-    mean = masked_mean(values, mask)
-    return ((values - mean) ** 2 * mask).sum() / (count - 1)
+    return squares / (count - 1)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / std over the masked entries; masked-out entries come back as 0.
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           reduce: Reduce = _local) -> torch.Tensor:
+    """(x − mean) / std over the masked entries (of every process, with a summing ``reduce``);
+    masked-out entries come back as 0.
 
     With ``shift_mean=False`` the mean is added back (used for rewards, whose sign matters).
     """
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    mean, var = masked_mean(values, mask, reduce), masked_var(values, mask, reduce)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask.to(values.dtype)
+
+
+ROWS_AT_A_TIME = 4  # (rows, T, V) float copies at a time: a (16, 64, 49 152) batch needs 200 MB, not 800
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -48,13 +67,23 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
 
     logits (B, T, V) are the predictions *for* tokens (B, T) (already shifted). The same
     temperature as at sampling time must be used, or the KL to the reference grows too fast.
+    A few rows at a time, so that the float copies of a bf16 batch never exist all at once.
     """
+    return torch.cat([_token_logprobs(rows, targets, temperature)
+                      for rows, targets in zip(logits.split(ROWS_AT_A_TIME), tokens.split(ROWS_AT_A_TIME))])
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # one (B, T, V) copy fewer
     return torch.gather(logits.log_softmax(-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """H = −Σ_v p_v log p_v per position, (B, T, V) → (B, T)."""
+    """H = −Σ_v p_v log p_v per position, (B, T, V) → (B, T), a few rows at a time."""
+    return torch.cat([_entropy(rows, temperature) for rows in logits.split(ROWS_AT_A_TIME)])
+
+
+def _entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     logp = (logits.float() / temperature).log_softmax(-1)
     return -(logp.exp() * logp).sum(-1)
 
@@ -201,9 +230,10 @@ def ppo_ptx_loss(policy_loss: torch.Tensor, value_loss: torch.Tensor, ptx_loss: 
     return policy_loss + value_coef * value_loss + ptx_coef * ptx_loss
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       reduce: Reduce = _local) -> torch.Tensor:
     """1 − Var(R − V) / Var(R) over masked entries (1 = perfect value function)."""
-    return 1.0 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
+    return 1.0 - masked_var(returns - values, mask, reduce) / masked_var(returns, mask, reduce).clamp(min=1e-8)
 
 
 def adaptive_kl_coef(kl_coef: float, observed_kl: float, target_kl: float, n_steps: int, horizon: int) -> float:

@@ -245,6 +245,10 @@ class ScalarModel(torch.nn.Module):
         self.hf = hf_model
 
     @property
+    def _no_split_modules(self):  # FSDP shards by the wrapped model's blocks
+        return self.hf._no_split_modules
+
+    @property
     def reward_bias(self) -> float:
         return float(getattr(self.hf.config, REWARD_BIAS_KEY, 0.0) or 0.0)
 
@@ -283,6 +287,10 @@ class ResponseLM(torch.nn.Module):
     def __init__(self, hf_model: PreTrainedModel):
         super().__init__()
         self.hf = hf_model
+
+    @property
+    def _no_split_modules(self):  # FSDP shards by the wrapped model's blocks
+        return self.hf._no_split_modules
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, set_seed
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -67,6 +67,9 @@ def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerato
     previous stage of the pipeline left is dropped first (the process group is kept)."""
     AcceleratorState._reset_state()
     log_with = list(getattr(config, "log_with", []) or [])
+    fsdp = fsdp2_plugin(config)
+    if PartialState._shared_state.get("rlhf_cpu_fsdp"):  # an earlier stage's FSDP on CPU processes: undone
+        PartialState().distributed_type, PartialState().rlhf_cpu_fsdp = DistributedType.MULTI_CPU, False
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         gradient_accumulation_steps=gradient_accumulation_steps,
@@ -75,8 +78,24 @@ def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerato
         project_dir=tracking_dir(config) if log_with else None,
         # schedules count optimizer steps: accelerate would otherwise step them once per process
         step_scheduler_with_optimizer=False,
+        fsdp_plugin=fsdp,
     )
+    if fsdp is not None and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate turns FSDP on only for accelerators; FSDP2 itself shards on CPU processes (gloo) as well
+        PartialState().distributed_type = DistributedType.FSDP  # both states: accelerate reads each
+        PartialState().rlhf_cpu_fsdp = True
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = fsdp
+        if accelerator.mixed_precision != "no":
+            fsdp.set_mixed_precision(accelerator.mixed_precision)
+    elif fsdp is not None and accelerator.num_processes == 1:
+        logger.info("sharding: fsdp2 on one process shards nothing; training as usual")
     lora = getattr(config, "lora", None)
+    if lora is not None and accelerator.is_fsdp2:  # an FSDP config from `accelerate launch`
+        from rlhf.config import ConfigError
+
+        raise ConfigError("lora: LoRA under FSDP2 (this accelerate launch's config) is not supported yet; LoRA's "
+                          "frozen base is small enough to replicate: launch with a DDP config")
     if lora is not None and lora.base_dtype == "bf16" and accelerator.mixed_precision != "bf16":
         from rlhf.config import ConfigError
 
@@ -87,6 +106,26 @@ def make_accelerator(config, gradient_accumulation_steps: int = 1) -> Accelerato
         # processes on one CPU must share the cores, or they thrash each other
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // accelerator.num_processes))
     return accelerator
+
+
+def fsdp2_plugin(config):
+    """FSDP2 when the config says ``sharding: fsdp2`` or ``accelerate launch`` ran with an FSDP2 config
+    (its environment), else None: each transformer block (the model's ``_no_split_modules``) and the
+    root sharded, parameters resharded after the forward; mid-stage checkpoints sharded (each process
+    writes its part), the finished model gathered into one plain HF folder."""
+    from accelerate import FullyShardedDataParallelPlugin
+
+    from rlhf.config import ConfigError
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        if os.environ.get("FSDP_VERSION", "1") != "2":
+            raise ConfigError("accelerate launch: FSDP version 1 is not supported; set fsdp_version: 2 in the "
+                              "accelerate config (examples/accelerate/fsdp2.yaml)")
+        return FullyShardedDataParallelPlugin()  # the launcher's settings, from its environment
+    if getattr(config, "sharding", "none") != "fsdp2":
+        return None
+    return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                          reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT")
 
 
 class MetricsLog:
@@ -229,7 +268,7 @@ class SupervisedRun:
             model, optimizer, train_loader, schedule)
         self.valid_loader = accelerator.prepare(valid_loader) if valid_loader is not None else None
         self.step, self.epoch, self.batches_done = 0, 0, 0
-        self.guard = NonFiniteGuard(config.max_bad_steps)
+        self.guard = NonFiniteGuard(config.max_bad_steps, lambda flag: any_process(accelerator, flag))
         self.throughput = Throughput()
 
     def steps(self, loss_fn, desc: str, count_items, checkpoints: Checkpoints | None = None,
@@ -245,7 +284,7 @@ class SupervisedRun:
         progress = tqdm(total=self.total_steps, initial=self.step, desc=desc,
                         disable=not accelerator.is_local_main_process)
         due = every(config.checkpoint_every) if checkpoints is not None else (lambda step: False)
-        stop = StopRequest()
+        stop, replicas_due = StopRequest(), every(config.check_replicas_every)
 
         def save(position_epoch: int, batches_done: int):
             checkpoints.save(self.step, {"epoch": position_epoch, "batches_done": batches_done,
@@ -281,10 +320,14 @@ class SupervisedRun:
                         self.step += 1
                         progress.update(1)
                         progress.set_postfix(loss=f"{loss.item():.3f}")
-                        yield loss.item(), {**metrics, "train/skipped_steps": self.guard.skipped}
-                        if checkpoints is not None and (due(self.step) or stop.requested):
+                        logged = mean_over_processes(accelerator, {"loss": loss.item(), **metrics})
+                        yield logged.pop("loss"), {**logged, "train/skipped_steps": self.guard.skipped}
+                        if replicas_due(self.step):
+                            check_replicas(accelerator, desc, self.step, {"model": model})
+                        stopping = any_process(accelerator, stop.requested)  # a signal to one stops all
+                        if checkpoints is not None and (due(self.step) or stopping):
                             save(self.epoch, self.batches_done)
-                        if stop.requested:
+                        if stopping:
                             raise KeyboardInterrupt
                     if self.step >= self.total_steps:
                         break
@@ -292,9 +335,10 @@ class SupervisedRun:
                 yield None, {"end_of_epoch": self.epoch}
                 if self.step >= self.total_steps:
                     break
-                if checkpoints is not None and (config.checkpoint_every or stop.requested):
+                stopping = any_process(accelerator, stop.requested)
+                if checkpoints is not None and (config.checkpoint_every or stopping):
                     save(self.epoch + 1, 0)  # the next epoch, from its start
-                if stop.requested:
+                if stopping:
                     raise KeyboardInterrupt
         progress.close()
 
@@ -312,6 +356,54 @@ class SupervisedRun:
         return self.schedule.get_last_lr()[0]
 
 
+# ---- data parallelism: what every process must agree on ---------------------------------
+def sum_over_processes(accelerator: Accelerator):
+    """A reduce for :mod:`rlhf.losses`: sums a tensor over every process (the identity on one)."""
+    if accelerator.num_processes == 1:
+        return lambda tensor: tensor
+    return lambda tensor: accelerator.reduce(tensor, "sum")
+
+
+def mean_over_processes(accelerator: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric averaged over the processes, in one collective: what every process logs and acts on
+    (the health monitor, β) is the same number everywhere."""
+    if accelerator.num_processes == 1 or not metrics:
+        return metrics
+    names = list(metrics)
+    values = torch.tensor([float(metrics[name]) for name in names], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(names, accelerator.reduce(values, "mean").tolist()))
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process when it is true on one (a NaN, a stop signal): all take the same branch,
+    or the next collective waits forever."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+
+class ReplicasDiverged(DataError):
+    """Processes that should hold identical weights do not: one line, exit status 2."""
+
+
+def check_replicas(accelerator: Accelerator, stage: str, step: int, models: dict) -> None:
+    """Every process holds the same weights: each one's digest (Σw and Σw² of every parameter, in
+    float64) gathered and compared with process 0's, bit for bit. Raises :class:`ReplicasDiverged`
+    on every process, naming the step, the processes and the model."""
+    if accelerator.num_processes == 1 or accelerator.is_fsdp2:  # sharded weights are not replicas
+        return
+    for name, model in models.items():
+        digest = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                              for p in model.parameters()]).flatten()
+        gathered = accelerator.gather(digest.unsqueeze(0).to(accelerator.device))
+        apart = [rank for rank in range(1, gathered.shape[0]) if not torch.equal(gathered[rank], gathered[0])]
+        if apart:
+            raise ReplicasDiverged(
+                f"{stage}: step {step}: the {name} weights on process{'es' if len(apart) > 1 else ''} "
+                f"{', '.join(map(str, apart))} differ from process 0's (check_replicas_every); the processes "
+                "are no longer one data-parallel run: check that each runs the same code and config")
+
+
 class TrainingDiverged(DataError):
     """Too many updates in a row with a non-finite loss or gradient: one line, exit status 2."""
 
@@ -321,16 +413,18 @@ class NonFiniteGuard:
     as they were) and counts it (``train/skipped_steps``); ``max_bad_steps`` in a row stop the stage
     with one line naming the stage, step, tensor and the last good checkpoint."""
 
-    def __init__(self, max_bad_steps: int):
+    def __init__(self, max_bad_steps: int, any_process=lambda flag: flag):
         self.max_bad_steps, self.skipped, self.in_a_row = max_bad_steps, 0, 0
+        self.any_process = any_process  # every process skips when one sees a non-finite value
 
     def check(self, stage: str, step: int, last_checkpoint=None, **tensors) -> bool:
-        """True when every tensor is finite (the update may go on)."""
+        """True when every tensor is finite on every process (the update may go on)."""
         bad = [name for name, value in tensors.items()
                if value is not None and not bool(torch.isfinite(torch.as_tensor(value).detach().float()).all())]
-        if not bad:
+        if not self.any_process(bool(bad)):
             self.in_a_row = 0
             return True
+        bad = bad or ["a value on another process"]
         self.skipped += 1
         self.in_a_row += 1
         logger.warning("%s: step %d skipped: %s not finite (%d skipped so far)", stage, step, ", ".join(bad),

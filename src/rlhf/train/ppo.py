@@ -13,6 +13,7 @@ import math
 import time
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from rlhf.checkpoint import (
@@ -48,9 +49,13 @@ from rlhf.rollout import RolloutBatch, RolloutEngine, response_logprobs, respons
 from rlhf.train.common import (
     MetricsLog,
     NonFiniteGuard,
+    any_process,
+    check_replicas,
     disable_dropout,
     enable_activation_checkpointing,
     make_accelerator,
+    mean_over_processes,
+    sum_over_processes,
 )
 from rlhf.train.health import HealthMonitor, repeated_ngram_fraction
 
@@ -67,6 +72,24 @@ def check_batching(config: PPOConfig, world_size: int) -> None:
     problem = ppo_batching_problem(config.rollout_batch_size, config.num_minibatches, world_size, "ppo.")
     if problem:
         raise ConfigError(problem)
+    if config.ptx_coef > 0 and config.ptx_batch_size % world_size:
+        raise ConfigError(f"ppo.ptx_batch_size ({config.ptx_batch_size}) must be divisible by the number of "
+                          f"processes ({world_size}): each takes its share of every pretraining batch")
+
+
+class PolicyAndValue(torch.nn.Module):
+    """The two trained models as one module, for FSDP2 (accelerate shards one model per ``prepare``):
+    each transformer block, the policy and the value model are shards of their own, so that each is
+    called directly — there is no forward of this container."""
+
+    def __init__(self, policy, value):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    @property
+    def _no_split_modules(self):
+        blocks = list(self.policy._no_split_modules or []) + list(self.value._no_split_modules or [])
+        return list(dict.fromkeys(blocks + [type(self.policy).__name__, type(self.value).__name__]))
 
 
 class PPOTrainer:
@@ -123,9 +146,15 @@ class PPOTrainer:
             [{"params": trainable_parameters(policy), "lr": config.learning_rate},
              {"params": trainable_parameters(value), "lr": config.value_learning_rate}],
             betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
-        self.policy, self.value, self.optimizer = accelerator.prepare(policy, value, optimizer)
+        if accelerator.is_fsdp2:  # accelerate shards one module per prepare: the two trained ones in one
+            both, self.optimizer = accelerator.prepare(PolicyAndValue(policy, value), optimizer)
+            self.policy, self.value = both.policy, both.value
+        else:
+            self.policy, self.value, self.optimizer = accelerator.prepare(policy, value, optimizer)
         self.kl_coef = config.kl_coef
-        self.guard, self.checkpoints, self.current_step = NonFiniteGuard(config.max_bad_steps), None, 0
+        self.guard = NonFiniteGuard(config.max_bad_steps, lambda flag: any_process(accelerator, flag))
+        self.checkpoints, self.current_step = None, 0
+        self.sum_over_processes = sum_over_processes(accelerator)  # whitening's statistics: the global batch's
         self.health = HealthMonitor(config.health)
         # with one minibatch, the update's forward doubles as the rollout's policy and value scoring
         self.score_in_update = config.num_minibatches == 1
@@ -154,8 +183,11 @@ class PPOTrainer:
         return [self.train_prompts[i] for i in chosen[rank::world]]
 
     def next_ptx_batch(self) -> torch.Tensor:
+        """This process's share of the next pretraining batch: every process draws the same
+        ``ptx_batch_size`` blocks and takes every N-th, so N processes read what one would."""
         index = torch.randint(len(self.ptx_blocks), (self.config.ptx_batch_size,), generator=self.ptx_order)
-        return self.ptx_blocks[index].to(self.accelerator.device)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        return self.ptx_blocks[index[rank::world]].to(self.accelerator.device)
 
     # ---- one PPO step -----------------------------------------------------------------
     def step(self, prompts: list[tuple[list[int], list]]) -> dict[str, float]:
@@ -171,11 +203,12 @@ class PPOTrainer:
 
         batch.rewards, kl = kl_penalized_rewards(batch.scores, batch.logprobs, batch.ref_logprobs,
                                                  batch.response_mask, self.kl_coef)
+        reduce = self.sum_over_processes
         if config.whiten_rewards:
-            batch.rewards = whiten(batch.rewards, batch.response_mask, shift_mean=False)
+            batch.rewards = whiten(batch.rewards, batch.response_mask, shift_mean=False, reduce=reduce)
         advantages, batch.returns = gae_advantages(batch.rewards, batch.values, batch.response_mask,
                                                    config.gamma, config.lam)
-        batch.advantages = whiten(advantages, batch.response_mask)
+        batch.advantages = whiten(advantages, batch.response_mask, reduce=reduce)
 
         stats: dict[str, list[float]] = {}
         minibatch_size = len(prompts) // config.num_minibatches
@@ -191,20 +224,23 @@ class PPOTrainer:
                     stats.setdefault(name, []).append(value)
 
         sequence_kl = kl.sum(1)
-        observed_kl = accelerator.reduce(sequence_kl.mean().detach(), "mean").item()
-        metrics = {
-            "objective/scores": accelerator.reduce(batch.scores.mean(), "mean").item(),
-            "objective/kl": observed_kl,
-            "objective/kl_coef": self.kl_coef,
+        # means over this process's episodes (every process has as many), then over the processes:
+        # what is logged, what β adapts to and what the health monitor judges is the same everywhere
+        metrics = mean_over_processes(accelerator, {
+            "objective/scores": batch.scores.mean().item(),
+            "objective/kl": sequence_kl.mean().item(),
             "objective/non_score_reward": (-self.kl_coef * sequence_kl).mean().item(),
             "objective/rlhf_reward": (batch.scores - self.kl_coef * sequence_kl).mean().item(),
-            "ppo/val/var_explained": explained_variance(batch.values, batch.returns, batch.response_mask).item(),
-            "ppo/returns/mean": masked_mean(batch.returns, batch.response_mask).item(),
             "rollout/response_length": batch.response_mask.sum(1).mean().item(),
             "rollout/eos_fraction": batch.ended_with_eos.float().mean().item(),
             "rollout/repeated_ngrams": repeated_ngram_fraction(batch.response_ids, batch.response_mask).mean().item(),
             **{name: sum(values) / len(values) for name, values in stats.items()},
-        }
+        })
+        metrics["objective/kl_coef"] = self.kl_coef
+        metrics["ppo/val/var_explained"] = explained_variance(batch.values, batch.returns, batch.response_mask,
+                                                              reduce).item()
+        metrics["ppo/returns/mean"] = masked_mean(batch.returns, batch.response_mask, reduce).item()
+        observed_kl = metrics["objective/kl"]
         if config.adaptive_kl:
             self.kl_coef = adaptive_kl_coef(self.kl_coef, observed_kl, config.target_kl,
                                             len(prompts) * accelerator.num_processes, config.kl_horizon)
@@ -262,20 +298,28 @@ class PPOTrainer:
     @torch.no_grad()
     def evaluate(self, prompts: list[tuple[list[int], list]], batch_size: int) -> dict[str, float]:
         """Fresh samples from the policy and from the SFT reference on the same prompts:
-        mean RM scores, win rate of policy over SFT (ties count half) and KL(policy ‖ SFT)."""
+        mean RM scores, win rate of policy over SFT (ties count half) and KL(policy ‖ SFT).
+
+        Each process samples every N-th prompt, in as many batches as the others (a short share is
+        padded with its first prompt, whose extra results are dropped), and the results are gathered."""
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        share = prompts[rank::world]
+        padded = share + share[:1] * (-(-len(prompts) // world) - len(share))
         policy_scores, sft_scores, kls = [], [], []
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+        for start in range(0, len(padded), batch_size):
+            chunk = padded[start:start + batch_size]
             ours = self.engine.rollout(*zip(*chunk), source="policy")
             theirs = self.engine.rollout(*zip(*chunk), source="reference")
             policy_scores.append(ours.scores)
             sft_scores.append(theirs.scores)
             kls.append((ours.logprobs - ours.ref_logprobs).sum(1))
-        ours, theirs = torch.cat(policy_scores), torch.cat(sft_scores)
+        results = [(float(a), float(b), float(c)) for a, b, c in
+                   zip(*(torch.cat(parts).tolist() for parts in (policy_scores, sft_scores, kls)))][:len(share)]
+        ours, theirs, kl = torch.tensor(gather_object(results) if world > 1 else results).T
         wins = (ours > theirs).float() + 0.5 * (ours == theirs).float()
         return {"eval/score_policy": ours.mean().item(), "eval/score_sft": theirs.mean().item(),
-                "eval/win_rate_vs_sft": wins.mean().item(), "eval/kl_to_sft": torch.cat(kls).mean().item(),
-                "eval/prompts": float(len(prompts))}
+                "eval/win_rate_vs_sft": wins.mean().item(), "eval/kl_to_sft": kl.mean().item(),
+                "eval/prompts": float(len(ours))}  # gathered: every prompt once
 
     def train(self, control: RunControl = RunControl()) -> dict:
         config, accelerator = self.config, self.accelerator
@@ -294,7 +338,7 @@ class PPOTrainer:
                 self.kl_coef, self._prompt_queue = resumed["kl_coef"], resumed["prompt_queue"]
                 self.guard.restore(resumed["guard"])
                 self.health.restore(resumed["health"])
-            due, stop = every(config.checkpoint_every), StopRequest()
+            due, stop, replicas_due = every(config.checkpoint_every), StopRequest(), every(config.check_replicas_every)
             progress = tqdm(range(first, steps + 1), desc="ppo", initial=first - 1, total=steps,
                             disable=not accelerator.is_local_main_process)
             loop_started = time.time()
@@ -310,12 +354,15 @@ class PPOTrainer:
                     log.log(step, metrics)
                     progress.set_postfix(score=f"{metrics['objective/scores']:.3f}",
                                          kl=f"{metrics['objective/kl']:.2f}")
-                    if due(step) or stop.requested:
+                    if replicas_due(step):
+                        check_replicas(accelerator, "ppo", step, {"policy": self.policy, "value": self.value})
+                    stopping = any_process(accelerator, stop.requested)  # a signal to one stops all
+                    if due(step) or stopping:
                         self.checkpoints.save(step, {
                             "total_steps": steps, "kl_coef": self.kl_coef, "prompt_queue": self._prompt_queue,
                             "guard": self.guard.state(), "health": self.health.state(), "metrics": log.state()},
                             generators)
-                    if stop.requested:
+                    if stopping:
                         raise KeyboardInterrupt
             trained = time.time()  # the rate below is training's, without set-up or the evaluation
             after = self.evaluate(eval_prompts, per_process)
