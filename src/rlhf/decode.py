@@ -19,6 +19,7 @@ import contextlib
 import copy
 import logging
 import math
+from collections.abc import Mapping
 
 import torch
 from transformers import StaticCache
@@ -194,8 +195,9 @@ def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
     return inner.merge_and_unload() if inner is not None else duplicate
 
 
-def source_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The current weights of ``model`` under the names :func:`plain_copy` gives them."""
+def source_tensors(model: torch.nn.Module) -> Mapping[str, torch.Tensor]:
+    """The current weights of ``model`` under the names :func:`plain_copy` gives them. A LoRA layer's
+    merged weight W + ΔW is computed when it is read, one at a time: never a second whole model."""
     from rlhf.models.lora import WithoutAdapters, peft_of
 
     without = isinstance(model, WithoutAdapters)
@@ -206,13 +208,28 @@ def source_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
     values = {name.replace(".base_layer.", "."): param
               for name, param in inner.named_parameters(remove_duplicate=False) if ".lora_" not in name}
-    if not without:
-        for name, layer in inner.named_modules():
-            if isinstance(layer, LoraLayer) and layer.active_adapters:
-                weight = layer.base_layer.weight
-                delta = sum(layer.get_delta_weight(adapter) for adapter in layer.active_adapters)
-                values[f"{name}.weight"] = weight + delta.to(weight.dtype)
-    return values
+    adapted = {} if without else {f"{name}.weight": layer for name, layer in inner.named_modules()
+                                  if isinstance(layer, LoraLayer) and layer.active_adapters}
+    return _MergedWeights(values, adapted)
+
+
+class _MergedWeights(Mapping):
+    def __init__(self, values: dict[str, torch.Tensor], adapted: dict):
+        self.values, self.adapted = values, adapted
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        layer = self.adapted.get(name)
+        if layer is None:
+            return self.values[name]
+        weight = layer.base_layer.weight
+        delta = sum(layer.get_delta_weight(adapter) for adapter in layer.active_adapters)
+        return weight + delta.to(weight.dtype)
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 def round_up(value: int, multiple: int) -> int:
