@@ -3,8 +3,10 @@
     rlhf sft      [--config FILE] [key=value ...]
     rlhf reward   [--config FILE] [key=value ...]
     rlhf ppo      [--config FILE] [key=value ...]
+    rlhf dpo      [--config FILE] [key=value ...]   # DPO from the SFT model on the comparisons
     rlhf pipeline [--config FILE | --preset NAME] --run-dir DIR [section.key=value ...]
     rlhf generate --model DIR --prompt TEXT
+    rlhf bestofn  --model DIR --reward-model DIR --prompts FILE --n 1 4 16 --output FILE
     rlhf report   RUN_DIR          # RUN_DIR/report.html
     rlhf data     curate|stats|convert FILE [...]
     rlhf eval     benchmarks|winrate|paper-samples [...]
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for stage, text in (("sft", "supervised fine-tuning on demonstrations"),
                         ("reward", "train a reward model on ranked comparisons"),
-                        ("ppo", "PPO-ptx against a reward model")):
+                        ("ppo", "PPO-ptx against a reward model"),
+                        ("dpo", "direct preference optimisation from the SFT model on ranked comparisons")):
         _add_config_arguments(commands.add_parser(stage, help=text))
     pipeline = commands.add_parser("pipeline", help="run SFT → reward → PPO into RUN_DIR")
     _add_config_arguments(pipeline)
@@ -56,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=POSITIVE_INT, default=128)
     generate.add_argument("--temperature", type=NON_NEGATIVE, default=0.7, help="0 = greedy")
     generate.add_argument("--seed", type=COUNT, default=0)
+    bestofn = commands.add_parser("bestofn", help="best-of-n: n samples per prompt, the reward model keeps the best")
+    bestofn.add_argument("--model", required=True, help="the policy to sample from (HF folder, hub id or preset)")
+    bestofn.add_argument("--reward-model", required=True, help="reward-model folder that picks the best")
+    bestofn.add_argument("--prompts", required=True, help="prompt file (any format `rlhf data` reads)")
+    bestofn.add_argument("--n", type=POSITIVE_INT, nargs="+", default=[1, 4, 16],
+                         help="one or more n (≤ 64): the max is sampled once, smaller n use the first samples")
+    bestofn.add_argument("--max-prompts", type=POSITIVE_INT, default=64)
+    bestofn.add_argument("--max-new-tokens", type=POSITIVE_INT, default=64)
+    bestofn.add_argument("--temperature", type=NON_NEGATIVE, default=1.0)
+    bestofn.add_argument("--seed", type=COUNT, default=0)
+    bestofn.add_argument("--output", required=True, help="JSONL: per prompt its samples, scores and best per n")
+    bestofn.add_argument("--overwrite", action="store_true", help="replace an --output file rlhf wrote before")
     _add_data_commands(commands)
     _add_eval_commands(commands)
     add_label_commands(commands)
@@ -261,6 +276,22 @@ def run(args: argparse.Namespace) -> None:
         for prompt, response in zip(args.prompt, generate(args.model, args.prompt, args.max_new_tokens,
                                                           args.temperature, args.seed)):
             print(f"### prompt\n{prompt}\n### response\n{response}\n")
+    elif args.command == "bestofn":
+        from rlhf.bestofn import best_of_n
+        from rlhf.data.readers import read_prompts
+        from rlhf.outputs import check_output_file, write_jsonl
+
+        if max(args.n) > 64:
+            raise DataError(f"bestofn: --n {max(args.n)}: at most 64 samples per prompt")
+        inputs = [args.prompts, args.model, args.reward_model]
+        check_output_file(args.output, inputs, args.overwrite)  # before sampling: a refusal costs nothing
+        prompts = [p.prompt for p in read_prompts(args.prompts)][:args.max_prompts]
+        rows, summary = best_of_n(args.model, args.reward_model, prompts, sorted(set(args.n)), args.max_new_tokens,
+                                  args.temperature, args.seed)
+        write_jsonl(args.output, rows, inputs, args.overwrite)
+        print(f"best-of-n on {len(rows)} prompts (reward model {args.reward_model}):")
+        for row in summary:
+            print(f"  n = {row['n']:2d}  score {row['score']:+.3f}  KL {row['kl']:.3f} nats")
     elif args.command == "pipeline":
         from rlhf.checkpoint import RunControl
         from rlhf.pipeline import run_pipeline
@@ -271,12 +302,13 @@ def run(args: argparse.Namespace) -> None:
         _print_summary(summary, args.run_dir)
     else:
         from rlhf.checkpoint import RunControl
+        from rlhf.train.dpo import train_dpo
         from rlhf.train.ppo import train_ppo
         from rlhf.train.reward import train_reward
         from rlhf.train.sft import train_sft
 
         config = load_config(args.command, args.config, args.overrides)
-        trainer = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}[args.command]
+        trainer = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo, "dpo": train_dpo}[args.command]
         metrics = trainer(config, RunControl(args.restart, args.force))
         print(f"{args.command}: wrote {config.output_dir}: " + ", ".join(
             f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))

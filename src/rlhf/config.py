@@ -146,6 +146,22 @@ class RewardConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0)
 
 
+class DPOConfig(StageConfig):
+    """Direct preference optimisation from the SFT model on the reward model's comparisons."""
+
+    data: list[str] = Field(default_factory=list, description="comparison files (K ≥ 2 ranked responses)")
+    beta: float = Field(0.1, gt=0, description="β: the strength of the implicit KL to the reference (paper: 0.1)")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1, description="prompts per batch, each with all its K responses (paper: 64)")
+    grad_accum_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-6, gt=0, description="paper: 1e-6")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
 class PPOConfig(StageConfig):
     model: str = Field("tiny", description="the SFT policy; also the frozen reference")
     reward_model: str = Field("", description="reward-model folder")
@@ -275,7 +291,7 @@ class PipelineConfig(BaseModel):
 
 
 STAGE_CONFIGS: dict[str, type[BaseModel]] = {
-    "sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "pipeline": PipelineConfig,
+    "sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "pipeline": PipelineConfig,
 }
 
 

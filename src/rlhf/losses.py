@@ -125,6 +125,19 @@ def ranking_loss(scores: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor)
     return per_prompt.mean(), accuracy
 
 
+def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023) on K-way rankings: the reward-model loss on the implicit reward
+    r(x, y) = β·(log π(y|x) − log π_ref(y|x)).
+
+    policy_logps, reference_logps (B, K) are Σ_t log p(y_t | x, y_<t) over each response's tokens;
+    ranks, valid (B, K) as in :func:`ranking_loss`. For each prompt, over its ordered pairs
+    (y_w ranked above y_l): −log σ(β·[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]),
+    averaged per prompt, then over prompts; K = 2 is the paper's loss. Returns (loss, the share of
+    pairs whose implicit rewards are in the right order)."""
+    return ranking_loss(beta * (policy_logps.float() - reference_logps.float()), ranks, valid)
+
+
 def kl_penalized_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,

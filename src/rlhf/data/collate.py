@@ -82,6 +82,8 @@ def encode_demonstrations(tokenizer, demos: list[Demonstration], max_length: int
 class RankedExample:
     sequences: list[list[int]]  # K tokenised prompt+response sequences
     ranks: list[int]
+    prompt_lengths: list[int] | None = None  # where each sequence's response starts (DPO's loss mask)
+    reference_logps: list[float] | None = None  # log π_ref(y_k | x) of each response, once computed (DPO)
 
 
 def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int,
@@ -91,8 +93,9 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int
         prompt = encode_prompt(tokenizer, comparison.prompt)
         responses = [encode_response(tokenizer, text) for text in comparison.responses]
         if _fits(len(prompt) + max(map(len, responses)), max_length, comparison.source, on_too_long):
-            sequences = [sum(truncate_pair(prompt, response, max_length), []) for response in responses]
-            examples.append(RankedExample(sequences, list(comparison.ranks)))
+            pairs = [truncate_pair(prompt, response, max_length) for response in responses]
+            examples.append(RankedExample([kept + said for kept, said in pairs], list(comparison.ranks),
+                                          [len(kept) for kept, _ in pairs]))
     _report_dropped("comparisons", len(comparisons), len(examples), max_length)
     return examples
 
@@ -143,7 +146,9 @@ def collate_ranked(examples: list[RankedExample], pad_id: int) -> dict[str, torc
     """All K responses of all prompts in one flat batch, so each response is forwarded once.
 
     input_ids/attention_mask: (ΣK, T); ranks/valid/flat_index: (B, K_max), where
-    flat_index[b, k] is the row of response k of prompt b (0 where not valid).
+    flat_index[b, k] is the row of response k of prompt b (0 where not valid). With the examples'
+    prompt lengths, loss_mask (ΣK, T) marks each row's response tokens; with their reference
+    log-probs, reference_logps (ΣK,).
     """
     input_ids, attention_mask = pad([seq for e in examples for seq in e.sequences], pad_id,
                                     multiple_of=PAD_MULTIPLE)
@@ -158,8 +163,16 @@ def collate_ranked(examples: list[RankedExample], pad_id: int) -> dict[str, torc
         valid[b, :k] = True
         flat_index[b, :k] = torch.arange(row, row + k)
         row += k
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks, "valid": valid,
-            "flat_index": flat_index}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks, "valid": valid,
+             "flat_index": flat_index}
+    if all(e.prompt_lengths is not None for e in examples):
+        lengths = [(start, len(seq)) for e in examples for start, seq in zip(e.prompt_lengths, e.sequences)]
+        batch["loss_mask"] = torch.zeros_like(attention_mask)
+        for row, (start, end) in enumerate(lengths):
+            batch["loss_mask"][row, start:end] = 1
+    if all(e.reference_logps is not None for e in examples):
+        batch["reference_logps"] = torch.tensor([value for e in examples for value in e.reference_logps])
+    return batch
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):

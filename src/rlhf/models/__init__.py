@@ -299,6 +299,20 @@ class ResponseLM(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.float(), input_ids[:, 1:][targets])
 
 
+class SequenceLogProbs(ResponseLM):
+    """A causal LM whose forward is Σ_t log p(y_t | x, y_<t) over each row's response tokens (the
+    rows where ``loss_mask`` is 1), (N, T) → (N,) float: the output layer applied only where a
+    response token is predicted, as :class:`ResponseLM`. DPO's policy and reference."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = loss_mask[:, 1:].bool()  # position t − 1 predicts token t
+        logits = output_logits(self.hf, hidden[:, :-1][targets]).float()  # (M, V), row-major order
+        token = logits.log_softmax(-1).gather(-1, input_ids[:, 1:][targets].unsqueeze(-1)).squeeze(-1)
+        rows = targets.nonzero()[:, 0]
+        return torch.zeros(input_ids.shape[0], device=token.device).index_add(0, rows, token)
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real (mask = 1) column of each row, whatever the padding side. (B, T) → (B,)."""
     columns = attention_mask.shape[1]

@@ -39,13 +39,14 @@ def ranked_scores(model, batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_rankings(model, loader, accelerator) -> dict[str, float]:
-    """Pair accuracy and loss over a loader, pair-weighted, gathered over processes."""
+def evaluate_rankings(model, loader, accelerator, scores_fn=ranked_scores) -> dict[str, float]:
+    """Pair accuracy and loss over a loader, pair-weighted, gathered over processes; ``scores_fn(model,
+    batch)`` gives the (B, K) scores ranked (the reward model's; DPO's implicit rewards)."""
     model.eval()
     correct, pairs, loss_sum, prompts = (torch.zeros(()) for _ in range(4))
     for batch in loader:
         with accelerator.autocast():
-            scores = ranked_scores(model, batch)
+            scores = scores_fn(model, batch)
         loss, accuracy = ranking_loss(scores, batch["ranks"], batch["valid"])
         n_pairs = ((batch["ranks"].unsqueeze(2) < batch["ranks"].unsqueeze(1))
                    & batch["valid"].unsqueeze(2) & batch["valid"].unsqueeze(1)).sum().float().cpu()

@@ -1,0 +1,101 @@
+"""Direct preference optimisation (Rafailov et al. 2023) from the SFT model, on the comparisons the
+reward model learns from: no reward model, no sampling. K-way rankings give all their ordered pairs,
+and each response is forwarded once, as in the reward model (:func:`rlhf.losses.dpo_loss`). The
+reference log-probs are computed once, before training, by the model itself: at step 0 every
+implicit reward is 0 and the loss is log 2."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rlhf.checkpoint import Checkpoints, RunControl, check_stage_output, save_checkpoint, staged_output, write_metadata
+from rlhf.config import DPOConfig
+from rlhf.data.collate import RankedExample, collate_ranked, encode_comparisons
+from rlhf.data.readers import DataError, read_comparisons
+from rlhf.losses import dpo_loss
+from rlhf.models import SequenceLogProbs, load_causal_lm, load_tokenizer
+from rlhf.models.lora import add_lora
+from rlhf.train.common import (
+    MetricsLog,
+    SupervisedRun,
+    enable_activation_checkpointing,
+    make_accelerator,
+    split_and_encode,
+)
+from rlhf.train.reward import evaluate_rankings
+
+
+@torch.no_grad()
+def add_reference_logps(model: SequenceLogProbs, examples: list[RankedExample], pad_id: int, batch_size: int,
+                        accelerator) -> None:
+    """Fill each example's ``reference_logps`` with Σ log π_ref(y_k | x) of its responses, from ``model``
+    as it is now (the reference), in eval mode and under the stage's autocast."""
+    model.eval()
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        batch = {name: tensor.to(accelerator.device) for name, tensor in collate_ranked(chunk, pad_id).items()}
+        with accelerator.autocast():
+            logps = model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).float().cpu().tolist()
+        for example in chunk:
+            example.reference_logps, logps = logps[:len(example.sequences)], logps[len(example.sequences):]
+
+
+def implicit_rewards(model, batch: dict, beta: float) -> torch.Tensor:
+    """r(x, y_k) = β·(log π(y_k|x) − log π_ref(y_k|x)) laid out per prompt: (B, K_max)."""
+    logps = model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    return beta * (logps.float() - batch["reference_logps"].float())[batch["flat_index"]]
+
+
+def train_dpo(config: DPOConfig, control: RunControl = RunControl()) -> dict:
+    if not config.data:
+        raise DataError("dpo: no comparison files given (set data=[FILE, ...])")
+    started = time.time()
+    check_stage_output(config, "dpo")  # before any loading: a refused output_dir costs nothing
+    accelerator = make_accelerator(config, config.grad_accum_steps)
+    tokenizer = load_tokenizer(config.model, config.chat_template)
+    comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
+    train, valid, splits = split_and_encode(
+        config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
+                                                                             on_too_long))
+    hf = load_causal_lm(config.model, dropout=0.0, tokenizer=tokenizer)  # no dropout: the reference has none
+    hf.config.use_cache = False
+    reference = SequenceLogProbs(hf).to(accelerator.device)
+    add_reference_logps(reference, train + valid, tokenizer.pad_token_id, config.batch_size, accelerator)
+    if config.lora:
+        add_lora(hf, config.lora)
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(hf)
+    run = SupervisedRun(config, accelerator, SequenceLogProbs(hf), train, valid,
+                        lambda b: collate_ranked(b, tokenizer.pad_token_id),
+                        [max(map(len, e.sequences)) for e in train])
+    log = MetricsLog(config.metrics_file, "dpo", accelerator, config.output_dir, config)
+
+    def loss_fn(batch):
+        logps = run.model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        index = batch["flat_index"]
+        loss, accuracy = dpo_loss(logps[index], batch["reference_logps"][index], batch["ranks"], batch["valid"],
+                                  config.beta)
+        return loss, {"dpo/accuracy": accuracy.item()}
+
+    with staged_output(config, "dpo", accelerator, control) as staging:
+        checkpoints = Checkpoints(staging, "dpo", accelerator, config, config.keep_checkpoints)
+        run.resume(checkpoints, control, log)
+        for loss, metrics in run.steps(loss_fn, "dpo", lambda batch: int(batch["ranks"].shape[0]), checkpoints,
+                                       lambda: {"metrics": log.state()}):
+            if loss is not None:
+                log.log(run.step, {"dpo/loss": loss, **metrics, "dpo/lr": run.learning_rate,
+                                   "dpo/prompts_per_s": run.throughput.rate})
+        metrics = {"steps": run.step, "train_prompts": len(train), "valid_prompts": len(valid),
+                   "prompts_per_s": run.throughput.rate, "train/loss": log.last.get("dpo/loss")}
+        if run.valid_loader is not None:
+            evaluation = evaluate_rankings(run.model, run.valid_loader, accelerator,
+                                           lambda model, batch: implicit_rewards(model, batch, config.beta))
+            metrics.update({"valid/accuracy": evaluation["accuracy"], "valid/loss": evaluation["loss"]})
+        log.log(run.step, {f"dpo/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        save_checkpoint(staging, run.model, tokenizer, accelerator)
+        write_metadata(staging, "dpo", config, {f"data[{i}]": p for i, p in enumerate(config.data)}, metrics,
+                       accelerator, started, splits)
+    log.close()
+    return metrics
