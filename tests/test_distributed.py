@@ -260,3 +260,29 @@ def test_accelerate_launch_with_the_fsdp2_example_config_shards(data, tmp_path, 
                                  text=True, env={**env(), **fsdp_env, "FSDP_VERSION": "1"}, timeout=600)
     assert version_one.returncode == 2 and "FSDP version 1 is not supported" in version_one.stderr
     assert not (tmp_path / "v1").exists()
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_evaluation_shares_the_prompts_and_every_process_makes_the_same_calls(monkeypatch, count):
+    """Sampling a sharded model is a collective: a process with fewer (or no) prompts must still make
+    as many rollout calls as the others; what it adds for padding is dropped before the gather."""
+    from types import SimpleNamespace
+
+    from rlhf.train import ppo
+
+    calls, sent = {0: [], 1: []}, {}
+
+    def process(rank: int):
+        class Engine:
+            def rollout(self, ids, conversations, source):
+                calls[rank].append((source, len(ids)))
+                return SimpleNamespace(scores=torch.ones(len(ids)), logprobs=torch.zeros(len(ids), 2),
+                                       ref_logprobs=torch.zeros(len(ids), 2))
+        return SimpleNamespace(engine=Engine(), accelerator=SimpleNamespace(process_index=rank, num_processes=2))
+
+    prompts = [([1, 2], [{"role": "user", "content": f"p{i}"}]) for i in range(count)]
+    for rank in (0, 1):
+        monkeypatch.setattr(ppo, "gather_object", lambda rows, rank=rank: sent.setdefault(rank, rows) or [(0., 0., 0.)])
+        ppo.PPOTrainer.evaluate(process(rank), prompts, batch_size=2)
+    assert calls[0] == calls[1] and calls[0]
+    assert len(sent[0]) + len(sent[1]) == count and len(sent[0]) == -(-count // 2)

@@ -300,11 +300,11 @@ class PPOTrainer:
         """Fresh samples from the policy and from the SFT reference on the same prompts:
         mean RM scores, win rate of policy over SFT (ties count half) and KL(policy ‖ SFT).
 
-        Each process samples every N-th prompt, in as many batches as the others (a short share is
-        padded with its first prompt, whose extra results are dropped), and the results are gathered."""
+        Each process samples every N-th prompt, in as many batches as the others (a short or empty
+        share is padded with a prompt whose extra results are dropped), and the results are gathered."""
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         share = prompts[rank::world]
-        padded = share + share[:1] * (-(-len(prompts) // world) - len(share))
+        padded = share + (share[:1] or prompts[:1]) * (-(-len(prompts) // world) - len(share))  # none: still calls
         policy_scores, sft_scores, kls = [], [], []
         for start in range(0, len(padded), batch_size):
             chunk = padded[start:start + batch_size]
