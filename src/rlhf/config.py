@@ -129,12 +129,10 @@ class SFTConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0)
 
 
-class RewardConfig(StageConfig):
+class ComparisonsConfig(StageConfig):
+    """What the stages that learn from ranked comparisons share (the reward model, DPO)."""
+
     data: list[str] = Field(default_factory=list, description="comparison files (K ≥ 2 ranked responses)")
-    normalize_data: list[str] = Field(
-        default_factory=list, description="demonstration files whose mean score is set to 0 after training")
-    normalize_max_examples: int = Field(
-        1024, ge=1, description="a seeded sample of this many demonstrations sets the bias")
     epochs: int = Field(1, ge=1, description="paper: 1 (more overfits)")
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1, description="prompts per batch, each with all its K responses (paper: 64)")
@@ -146,20 +144,19 @@ class RewardConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0)
 
 
-class DPOConfig(StageConfig):
+class RewardConfig(ComparisonsConfig):
+    normalize_data: list[str] = Field(
+        default_factory=list, description="demonstration files whose mean score is set to 0 after training")
+    normalize_max_examples: int = Field(
+        1024, ge=1, description="a seeded sample of this many demonstrations sets the bias")
+
+
+class DPOConfig(ComparisonsConfig):
     """Direct preference optimisation from the SFT model on the reward model's comparisons."""
 
-    data: list[str] = Field(default_factory=list, description="comparison files (K ≥ 2 ranked responses)")
     beta: float = Field(0.1, gt=0, description="β: the strength of the implicit KL to the reference (paper: 0.1)")
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1, description="prompts per batch, each with all its K responses (paper: 64)")
-    grad_accum_steps: int = Field(1, ge=1)
     learning_rate: float = Field(1e-6, gt=0, description="paper: 1e-6")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
 
 
 class PPOConfig(StageConfig):

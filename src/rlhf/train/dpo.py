@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from rlhf.checkpoint import Checkpoints, RunControl, check_stage_output, save_checkpoint, staged_output, write_metadata
+from rlhf.checkpoint import RunControl, check_stage_output, save_checkpoint, staged_output, write_metadata
 from rlhf.config import DPOConfig
 from rlhf.data.collate import RankedExample, collate_ranked, encode_comparisons
 from rlhf.data.readers import DataError, read_comparisons
@@ -24,7 +24,7 @@ from rlhf.train.common import (
     make_accelerator,
     split_and_encode,
 )
-from rlhf.train.reward import evaluate_rankings
+from rlhf.train.reward import train_on_rankings
 
 
 @torch.no_grad()
@@ -80,19 +80,9 @@ def train_dpo(config: DPOConfig, control: RunControl = RunControl()) -> dict:
         return loss, {"dpo/accuracy": accuracy.item()}
 
     with staged_output(config, "dpo", accelerator, control) as staging:
-        checkpoints = Checkpoints(staging, "dpo", accelerator, config, config.keep_checkpoints)
-        run.resume(checkpoints, control, log)
-        for loss, metrics in run.steps(loss_fn, "dpo", lambda batch: int(batch["ranks"].shape[0]), checkpoints,
-                                       lambda: {"metrics": log.state()}):
-            if loss is not None:
-                log.log(run.step, {"dpo/loss": loss, **metrics, "dpo/lr": run.learning_rate,
-                                   "dpo/prompts_per_s": run.throughput.rate})
-        metrics = {"steps": run.step, "train_prompts": len(train), "valid_prompts": len(valid),
-                   "prompts_per_s": run.throughput.rate, "train/loss": log.last.get("dpo/loss")}
-        if run.valid_loader is not None:
-            evaluation = evaluate_rankings(run.model, run.valid_loader, accelerator,
-                                           lambda model, batch: implicit_rewards(model, batch, config.beta))
-            metrics.update({"valid/accuracy": evaluation["accuracy"], "valid/loss": evaluation["loss"]})
+        metrics = train_on_rankings(run, "dpo", loss_fn,
+                                    lambda model, batch: implicit_rewards(model, batch, config.beta),
+                                    log, staging, control, len(train), len(valid))
         log.log(run.step, {f"dpo/{k}": v for k, v in metrics.items() if isinstance(v, float)})
         save_checkpoint(staging, run.model, tokenizer, accelerator)
         write_metadata(staging, "dpo", config, {f"data[{i}]": p for i, p in enumerate(config.data)}, metrics,

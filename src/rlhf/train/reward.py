@@ -60,6 +60,26 @@ def evaluate_rankings(model, loader, accelerator, scores_fn=ranked_scores) -> di
             "pairs": int(pairs)}
 
 
+def train_on_rankings(run: SupervisedRun, stage: str, loss_fn, scores_fn, log: MetricsLog, staging, control,
+                      train_count: int, valid_count: int) -> dict:
+    """The loop the reward model and DPO share: resume, train with ``loss_fn`` (logging
+    ``STAGE/loss``, ``/lr``, ``/prompts_per_s``), then pair accuracy and loss on the validation
+    prompts under ``scores_fn``. Returns the stage's summary metrics."""
+    checkpoints = Checkpoints(staging, stage, run.accelerator, run.config, run.config.keep_checkpoints)
+    run.resume(checkpoints, control, log)
+    for loss, metrics in run.steps(loss_fn, stage, lambda batch: int(batch["ranks"].shape[0]), checkpoints,
+                                   lambda: {"metrics": log.state()}):
+        if loss is not None:
+            log.log(run.step, {f"{stage}/loss": loss, **metrics, f"{stage}/lr": run.learning_rate,
+                               f"{stage}/prompts_per_s": run.throughput.rate})
+    summary = {"steps": run.step, "train_prompts": train_count, "valid_prompts": valid_count,
+               "prompts_per_s": run.throughput.rate, "train/loss": log.last.get(f"{stage}/loss")}
+    if run.valid_loader is not None:
+        evaluation = evaluate_rankings(run.model, run.valid_loader, run.accelerator, scores_fn)
+        summary.update({"valid/accuracy": evaluation["accuracy"], "valid/loss": evaluation["loss"]})
+    return summary
+
+
 @torch.no_grad()
 def mean_demonstration_score(model, loader, accelerator) -> float:
     model.eval()
@@ -98,18 +118,8 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
         return loss, {"reward/accuracy": accuracy.item()}
 
     with staged_output(config, "reward", accelerator, control) as staging:
-        checkpoints = Checkpoints(staging, "reward", accelerator, config, config.keep_checkpoints)
-        run.resume(checkpoints, control, log)
-        for loss, metrics in run.steps(loss_fn, "reward", lambda batch: int(batch["ranks"].shape[0]), checkpoints,
-                                       lambda: {"metrics": log.state()}):
-            if loss is not None:
-                log.log(run.step, {"reward/loss": loss, **metrics, "reward/lr": run.learning_rate,
-                                   "reward/prompts_per_s": run.throughput.rate})
-        metrics = {"steps": run.step, "train_prompts": len(train), "valid_prompts": len(valid),
-                   "prompts_per_s": run.throughput.rate, "train/loss": log.last.get("reward/loss")}
-        if run.valid_loader is not None:
-            evaluation = evaluate_rankings(run.model, run.valid_loader, accelerator)
-            metrics.update({"valid/accuracy": evaluation["accuracy"], "valid/loss": evaluation["loss"]})
+        metrics = train_on_rankings(run, "reward", loss_fn, ranked_scores, log, staging, control,
+                                    len(train), len(valid))
         metrics["bias"] = _normalize(run.model, tokenizer, config, accelerator)
         log.log(run.step, {f"reward/{k}": v for k, v in metrics.items() if isinstance(v, float)})
         save_checkpoint(staging, run.model, tokenizer, accelerator)
