@@ -85,3 +85,22 @@ def test_ppo_batching_is_checked_per_process(episodes, minibatches, world, probl
     with pytest.raises(ConfigError, match=problem):
         check_batching(config, world)
     check_batching(PPOConfig(rollout_batch_size=32, num_minibatches=4), 4)  # 8 per process, 2 per minibatch
+
+
+def test_rloo_batches_hold_whole_groups_of_k_on_each_process(capsys):
+    from rlhf.cli import main
+    from rlhf.config import ConfigError, PPOConfig
+    from rlhf.train.ppo import check_batching
+
+    assert PPOConfig(advantage="rloo", rloo_k=4, rollout_batch_size=8).group_size == 4
+    assert PPOConfig(rollout_batch_size=6).group_size == 1  # gae: any batch
+    config = PPOConfig(advantage="rloo", rloo_k=4, rollout_batch_size=8)
+    check_batching(config, 2)  # one group of 4 on each of 2 processes
+    with pytest.raises(ConfigError, match=r"^ppo.rollout_batch_size \(8\) must be divisible by ppo.rloo_k \(4\) "
+                                          r"times the number of processes \(4\)"):
+        check_batching(config, 4)
+    assert main(["ppo", "advantage=rloo", "rloo_k=4", "rollout_batch_size=6"]) == 2
+    assert "rollout_batch_size (6) must be divisible by rloo_k (4): each process samples whole groups" \
+        in capsys.readouterr().err
+    assert main(["ppo", "advantage=rloo", "rloo_k=1"]) == 2
+    assert "rloo_k" in capsys.readouterr().err

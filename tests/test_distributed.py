@@ -44,6 +44,7 @@ except ReplicasDiverged as error:
     out["diverged"] = str(error)
 Path = __import__("pathlib").Path
 Path(sys.argv[1] + f".{rank}").write_text(json.dumps(out))
+torch.distributed.destroy_process_group()  # as rlhf.cli does: gloo's threads must not outlive the interpreter
 '''
 
 

@@ -17,6 +17,7 @@ from rlhf.losses import (
     ppo_value_loss,
     ranking_loss,
     response_lm_loss,
+    rloo_advantages,
     token_logprobs,
     whiten,
 )
@@ -224,3 +225,15 @@ def test_whitening_across_processes_equals_whitening_the_whole_batch():
         torch.testing.assert_close(results[rank][3], whole[3])
     # and without the reduce, each half's own statistics: not the same numbers
     assert not torch.allclose(whiten(values[:2], mask[:2]), whole[0][:2])
+
+
+def test_rloo_advantages_leave_one_out_by_hand():
+    """k = 4, rewards 1, 2, 3, 6: the others' means are 11/3, 10/3, 3, 2."""
+    got = rloo_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), 4)
+    torch.testing.assert_close(got, torch.tensor([1 - 11 / 3, 2 - 10 / 3, 0.0, 4.0]))
+    assert abs(got.sum().item()) < 1e-6  # a group's advantages sum to 0
+    # two groups of k = 2: each sample against its one sibling, groups never mixed
+    torch.testing.assert_close(rloo_advantages(torch.tensor([1.0, 3.0, 5.0, 5.0]), 2),
+                               torch.tensor([-2.0, 2.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="not groups of k = 4"):
+        rloo_advantages(torch.ones(6), 4)

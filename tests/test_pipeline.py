@@ -275,3 +275,50 @@ def test_stage_folders_from_before_the_marker_are_recognised_as_their_own(tiny_r
         (old / MARKER).unlink()
         assert ownership(old, stage, earlier_stage_output(stage)) == (True, []), sorted(p.name for p in old.iterdir())
         assert not ownership(old, "sft" if stage != "sft" else "reward", earlier_stage_output("x"))[0]
+
+
+def test_rloo_step_is_reinforce_with_the_leave_one_out_baseline_and_no_value_model(tiny_run, tmp_path):
+    """advantage=rloo in the PPO trainer: k samples of each prompt in a row, no value model, and at the
+    first (one-minibatch) update the ratio is 1, so the clipped loss is −Σ_i A_i·n_i / Σ_i n_i with
+    A_i = R_i − mean of its k − 1 siblings' R, R = score − β·Σ_t (log π − log π_ref) (computed here from
+    the rollout batch, not through the trainer's functions)."""
+    run_dir, _ = tiny_run
+    trainer = _ppo_trainer(run_dir, tmp_path, "advantage=rloo", "rloo_k=4", "kl_coef=0.5")
+    assert trainer.value is None and set(trainer.trained_models()) == {"policy"}
+    prompts = trainer.next_prompts(8)
+    assert [p[0] for p in prompts[:4]] == [prompts[0][0]] * 4 and prompts[4][0] == prompts[7][0] != prompts[0][0]
+    seen = {}
+    rollout, update = trainer.engine.rollout, trainer.update
+    trainer.engine.rollout = lambda *a, **k: seen.setdefault("batch", rollout(*a, **k))
+    trainer.update = lambda mb, forward: seen.setdefault("stats", update(mb, forward))
+    first = trainer.step(prompts)
+    batch = seen["batch"]
+    lengths = batch.response_mask.sum(1)
+    kl = ((batch.logprobs - batch.ref_logprobs) * batch.response_mask).sum(1)
+    assert kl.abs().max() < 1e-6  # policy == reference before any update
+    total = batch.scores.double() - 0.5 * kl.double()
+    expected = 0.0
+    for i in range(8):
+        group = [j for j in range(8) if j // 4 == i // 4 and j != i]
+        expected -= (total[i] - total[group].mean()) * lengths[i]
+    assert seen["stats"]["ppo/loss/policy"] == pytest.approx((expected / lengths.sum()).item(), rel=1e-4, abs=1e-6)
+    assert first["ppo/policy/approxkl"] == 0.0
+    assert not {"ppo/loss/value", "ppo/val/var_explained", "ppo/val/clipfrac"} & set(first)
+    second = trainer.step(trainer.next_prompts(8))
+    assert second["objective/kl"] != 0.0
+
+
+def test_rloo_raises_the_score(tiny_run, tmp_path):
+    """RLOO on the tiny task (the preset's PPO settings, 4 samples per prompt, no critic) beats SFT."""
+    from rlhf.train.ppo import train_ppo
+
+    run_dir, _ = tiny_run
+    preset = load_config("pipeline", [preset_config_path("tiny")]).ppo
+    config = preset.model_validate({**preset.model_dump(), "model": str(run_dir / "sft"),
+                                    "reward_model": str(run_dir / "reward"), "ptx_coef": 0.0,
+                                    "prompts": [str(run_dir / "data/prompts.jsonl")], "advantage": "rloo",
+                                    "rloo_k": 4, "output_dir": str(tmp_path / "rloo")})
+    summary = train_ppo(config)
+    assert summary["eval/score_policy"] > summary["eval/score_sft"] + 1.0
+    assert summary["eval/win_rate_vs_sft"] >= 0.7
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "rloo") is not None

@@ -349,7 +349,17 @@ def main(argv: list[str] | None = None) -> int:
         return BUG_EXIT
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Tear down the process group of a multi-process run before the interpreter exits: left to
+    interpreter shutdown, gloo's threads can be destroyed while still joinable, and the process
+    aborts (SIGABRT, "terminate called without an active exception") after its work is done."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def _terminated(signum, frame):

@@ -185,6 +185,10 @@ class PPOConfig(StageConfig):
     no_eos_score: float | None = Field(
         -1.0, description="the score of a response that hits max_new_tokens without ending (EOS), in place of "
         "the reward model's (lm-human-preferences, 'N+ implementation details': -1); null keeps the RM's")
+    advantage: Literal["gae", "rloo"] = Field(
+        "gae", description="gae: PPO with a value model (the paper); rloo: REINFORCE leave-one-out over rloo_k "
+        "samples of each prompt, no value model, the same clipped update (Ahmadian et al. 2024)")
+    rloo_k: int = Field(4, ge=2, description="with advantage=rloo: samples per prompt, k")
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     clip_range: float = Field(0.2, gt=0)
@@ -206,7 +210,7 @@ class PPOConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check(self) -> PPOConfig:
-        problem = ppo_batching_problem(self.rollout_batch_size, self.num_minibatches)
+        problem = ppo_batching_problem(self.rollout_batch_size, self.num_minibatches, group=self.group_size)
         if problem:
             raise ValueError(problem)
         if self.max_prompt_length + self.max_new_tokens > self.max_length:
@@ -214,13 +218,23 @@ class PPOConfig(StageConfig):
                              f"exceeds max_length ({self.max_length})")
         return self
 
+    @property
+    def group_size(self) -> int:
+        """Samples of one prompt in a batch, all on one process: rloo_k with RLOO, else 1."""
+        return self.rloo_k if self.advantage == "rloo" else 1
+
 
 def ppo_batching_problem(rollout_batch_size: int, num_minibatches: int, world_size: int = 1,
-                         prefix: str = "") -> str | None:
+                         prefix: str = "", group: int = 1) -> str | None:
     """Why PPO's batch settings do not work on ``world_size`` processes, or ``None``: each process
     samples rollout_batch_size / world_size episodes and cuts them into ``num_minibatches``
-    minibatches of at least 2 (advantages are whitened in each). ``prefix`` goes before field names."""
-    if rollout_batch_size % world_size:
+    minibatches of at least 2 (advantages are whitened in each). With RLOO each process holds whole
+    groups of ``group`` samples of one prompt. ``prefix`` goes before field names."""
+    if rollout_batch_size % (world_size * group):
+        if group > 1:
+            where = f" times the number of processes ({world_size})" if world_size > 1 else ""
+            return (f"{prefix}rollout_batch_size ({rollout_batch_size}) must be divisible by {prefix}rloo_k "
+                    f"({group}){where}: each process samples whole groups of rloo_k responses to one prompt")
         return (f"{prefix}rollout_batch_size ({rollout_batch_size}) must be divisible by the number of processes "
                 f"({world_size})")
     per_process = rollout_batch_size // world_size

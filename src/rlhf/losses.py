@@ -189,6 +189,20 @@ def gae_advantages(
     return advantages, (advantages + values) * mask
 
 
+def rloo_advantages(sequence_rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024): each of a prompt's k samples
+    is judged against the mean of the other k − 1, A_i = R_i − (Σ_j R_j − R_i)/(k − 1), no critic.
+
+    sequence_rewards (B,) holds B/k groups of k consecutive samples of one prompt each, R_i =
+    score − β·Σ_t kl_t; returns A (B,). Each group's advantages sum to 0.
+    """
+    if k < 2 or sequence_rewards.shape[0] % k:
+        raise ValueError(f"rloo_advantages: {sequence_rewards.shape[0]} rewards are not groups of k = {k} (k ≥ 2)")
+    groups = sequence_rewards.view(-1, k)
+    baseline = (groups.sum(1, keepdim=True) - groups) / (k - 1)
+    return (groups - baseline).reshape(-1)
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

@@ -85,7 +85,8 @@ class RolloutEngine:
     """Sampling and scoring for PPO, each model forwarded once per batch.
 
     ``policy`` and ``reference`` sample (through a :class:`~rlhf.decode.Decoder` each, or the eager
-    loop with ``engine="eager"``); ``value`` and ``reward_model`` are :class:`~rlhf.models.ScalarModel`.
+    loop with ``engine="eager"``); ``value`` and ``reward_model`` are :class:`~rlhf.models.ScalarModel`
+    (``value`` is None with RLOO: the values are zeros).
     ``autocast`` is the context the scoring forwards run under (the accelerator's); ``dtype`` the
     precision to sample in (bf16 under bf16 mixed precision, else ``None``). A ``reward_tokenizer``
     (one that differs from the policy's) makes the reward model read each episode re-rendered in its
@@ -144,7 +145,8 @@ class RolloutEngine:
             ref_logprobs, _ = response_logprobs(self.models["reference"], ids, mask, response_ids, self.temperature)
             if score_policy:
                 logprobs, _ = response_logprobs(self.models["policy"], ids, mask, response_ids, self.temperature)
-                values = response_values(self.value, ids, mask, query_ids.shape[1])
+                values = torch.zeros_like(ref_logprobs) if self.value is None else \
+                    response_values(self.value, ids, mask, query_ids.shape[1])
             else:
                 logprobs, values = torch.zeros_like(ref_logprobs), torch.zeros_like(ref_logprobs)
             scores = self.reward_scores(ids, mask, response_ids, response_mask, conversations)
@@ -177,4 +179,5 @@ class RolloutEngine:
         """The one-minibatch step: the update's first forward, before any weight changes, is the
         rollout policy's; its log-probs and values complete the batch (no second forward)."""
         batch.logprobs = forward["logprobs"].detach() * batch.response_mask
-        batch.values = forward["values"].detach() * batch.response_mask
+        if forward["values"] is not None:  # RLOO has no value model
+            batch.values = forward["values"].detach() * batch.response_mask

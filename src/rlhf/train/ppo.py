@@ -41,6 +41,7 @@ from rlhf.losses import (
     ppo_ptx_loss,
     ppo_value_loss,
     response_lm_loss,
+    rloo_advantages,
     whiten,
 )
 from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, same_tokenizer
@@ -69,7 +70,8 @@ def freeze(model):
 def check_batching(config: PPOConfig, world_size: int) -> None:
     """PPO's batch settings on ``world_size`` processes (:func:`rlhf.config.ppo_batching_problem`):
     a :class:`ConfigError` naming the fields and the number of processes."""
-    problem = ppo_batching_problem(config.rollout_batch_size, config.num_minibatches, world_size, "ppo.")
+    problem = ppo_batching_problem(config.rollout_batch_size, config.num_minibatches, world_size, "ppo.",
+                                   config.group_size)
     if problem:
         raise ConfigError(problem)
     if config.ptx_coef > 0 and config.ptx_batch_size % world_size:
@@ -121,11 +123,16 @@ class PPOTrainer:
         else:
             self.reference = freeze(load_causal_lm(config.model, tokenizer=tokenizer)).to(accelerator.device)
         reward_tokenizer = load_tokenizer(config.reward_model)
-        if not same_tokenizer(tokenizer, reward_tokenizer, texts_too=False) and not config.value_model:
+        self.rloo = config.advantage == "rloo"  # REINFORCE leave-one-out: no value model at all
+        if self.rloo:
+            value = None
+            self.reward_model = freeze(load_scalar_model(config.reward_model, reward_tokenizer, trained=True)
+                                       ).to(accelerator.device)
+        elif not same_tokenizer(tokenizer, reward_tokenizer, texts_too=False) and not config.value_model:
             raise DataError(f"ppo.value_model: the reward model {config.reward_model} has another vocabulary than "
                             f"the policy {config.model}, and the value model reads the policy's tokens; set "
                             "value_model to a model with the policy's tokenizer (e.g. the SFT model)")
-        if config.lora and config.value_lora and not config.value_model:
+        elif config.lora and config.value_lora and not config.value_model:
             # the value model is the reward model with adapters (and its own copy of the head): with them
             # disabled it *is* the reward model, so one copy of those weights serves both, as for the policy
             value = load_scalar_model(config.reward_model, tokenizer, trained=True)
@@ -137,16 +144,20 @@ class PPOTrainer:
             value = load_scalar_model(config.value_model or config.reward_model, tokenizer)
             if config.lora and config.value_lora:
                 add_lora(value.hf, config.lora, scalar_head=True)
-        for model in (policy, value):  # eval mode, and no dropout even in train mode (checkpointing)
+        trained = [policy] if value is None else [policy, value]
+        for model in trained:  # eval mode, and no dropout even in train mode (checkpointing)
             disable_dropout(model.eval())
         if config.gradient_checkpointing:  # HF recomputes only in train mode: train mode with dropout 0
-            for model in (policy, value.hf):
-                enable_activation_checkpointing(model)
-        optimizer = torch.optim.AdamW(
-            [{"params": trainable_parameters(policy), "lr": config.learning_rate},
-             {"params": trainable_parameters(value), "lr": config.value_learning_rate}],
-            betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
-        if accelerator.is_fsdp2:  # accelerate shards one module per prepare: the two trained ones in one
+            for model in trained:
+                enable_activation_checkpointing(getattr(model, "hf", model))
+        groups = [{"params": trainable_parameters(policy), "lr": config.learning_rate}]
+        if value is not None:
+            groups.append({"params": trainable_parameters(value), "lr": config.value_learning_rate})
+        optimizer = torch.optim.AdamW(groups, betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
+        if value is None:
+            self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
+            self.value = None
+        elif accelerator.is_fsdp2:  # accelerate shards one module per prepare: the two trained ones in one
             both, self.optimizer = accelerator.prepare(PolicyAndValue(policy, value), optimizer)
             self.policy, self.value = both.policy, both.value
         else:
@@ -174,13 +185,15 @@ class PPOTrainer:
 
     # ---- data -------------------------------------------------------------------------
     def next_prompts(self, count: int) -> list[tuple[list[int], list]]:
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        """This process's ``count`` prompts of the next batch; with RLOO, count / k prompts, each k
+        times in a row (a group stays on one process)."""
+        rank, world, k = self.accelerator.process_index, self.accelerator.num_processes, self.config.group_size
         chosen = []
-        for _ in range(count * world):
+        for _ in range(count // k * world):
             if not self._prompt_queue:
                 self._prompt_queue = torch.randperm(len(self.train_prompts), generator=self.prompt_order).tolist()
             chosen.append(self._prompt_queue.pop())
-        return [self.train_prompts[i] for i in chosen[rank::world]]
+        return [self.train_prompts[i] for i in chosen[rank::world] for _ in range(k)]
 
     def next_ptx_batch(self) -> torch.Tensor:
         """This process's share of the next pretraining batch: every process draws the same
@@ -206,9 +219,14 @@ class PPOTrainer:
         reduce = self.sum_over_processes
         if config.whiten_rewards:
             batch.rewards = whiten(batch.rewards, batch.response_mask, shift_mean=False, reduce=reduce)
-        advantages, batch.returns = gae_advantages(batch.rewards, batch.values, batch.response_mask,
-                                                   config.gamma, config.lam)
-        batch.advantages = whiten(advantages, batch.response_mask, reduce=reduce)
+        if self.rloo:  # one advantage per response, on each of its tokens; no critic, nothing to whiten
+            advantages = rloo_advantages(batch.rewards.sum(1), config.rloo_k)
+            batch.advantages = advantages[:, None] * batch.response_mask
+            batch.returns = torch.zeros_like(batch.rewards)
+        else:
+            advantages, batch.returns = gae_advantages(batch.rewards, batch.values, batch.response_mask,
+                                                       config.gamma, config.lam)
+            batch.advantages = whiten(advantages, batch.response_mask, reduce=reduce)
 
         stats: dict[str, list[float]] = {}
         minibatch_size = len(prompts) // config.num_minibatches
@@ -237,9 +255,10 @@ class PPOTrainer:
             **{name: sum(values) / len(values) for name, values in stats.items()},
         })
         metrics["objective/kl_coef"] = self.kl_coef
-        metrics["ppo/val/var_explained"] = explained_variance(batch.values, batch.returns, batch.response_mask,
-                                                              reduce).item()
-        metrics["ppo/returns/mean"] = masked_mean(batch.returns, batch.response_mask, reduce).item()
+        if self.value is not None:
+            metrics["ppo/val/var_explained"] = explained_variance(batch.values, batch.returns, batch.response_mask,
+                                                                  reduce).item()
+            metrics["ppo/returns/mean"] = masked_mean(batch.returns, batch.response_mask, reduce).item()
         observed_kl = metrics["objective/kl"]
         if config.adaptive_kl:
             self.kl_coef = adaptive_kl_coef(self.kl_coef, observed_kl, config.target_kl,
@@ -253,12 +272,11 @@ class PPOTrainer:
         """The policy's log-probs (and logits), the values and the ptx loss, with gradients."""
         config = self.config
         ids, mask = mb.full_sequence()
-        checkpointing = config.gradient_checkpointing
-        self.policy.train(checkpointing)
-        self.value.train(checkpointing)
+        for model in self.trained_models().values():
+            model.train(config.gradient_checkpointing)
         with self.accelerator.autocast():
             logprobs, logits = response_logprobs(self.policy, ids, mask, mb.response_ids, config.temperature)
-            values = response_values(self.value, ids, mask, mb.query_ids.shape[1])
+            values = None if self.value is None else response_values(self.value, ids, mask, mb.query_ids.shape[1])
             ptx_loss = torch.zeros((), device=ids.device)
             if self.ptx_blocks is not None:
                 ptx_ids = self.next_ptx_batch()
@@ -272,14 +290,19 @@ class PPOTrainer:
         ptx_loss = forward["ptx_loss"]
         policy_loss, policy_stats = ppo_policy_loss(forward["logprobs"], mb.logprobs, mb.advantages, mb.response_mask,
                                                     config.clip_range)
-        value_loss, value_clipfrac = ppo_value_loss(forward["values"], mb.values, mb.returns, mb.response_mask,
-                                                    config.value_clip_range)
+        value_stats = {}
+        if forward["values"] is None:  # RLOO: no critic
+            value_loss = torch.zeros((), device=policy_loss.device)
+        else:
+            value_loss, value_clipfrac = ppo_value_loss(forward["values"], mb.values, mb.returns, mb.response_mask,
+                                                        config.value_clip_range)
+            value_stats = {"ppo/loss/value": value_loss.item(), "ppo/val/clipfrac": value_clipfrac.item()}
         loss = ppo_ptx_loss(policy_loss, value_loss, ptx_loss, config.value_coef, config.ptx_coef)
         accelerator.backward(loss)
-        self.policy.eval()
-        self.value.eval()
-        norm = accelerator.clip_grad_norm_(list(self.policy.parameters()) + list(self.value.parameters()),
-                                           config.max_grad_norm)
+        models = self.trained_models().values()
+        for model in models:
+            model.eval()
+        norm = accelerator.clip_grad_norm_([p for model in models for p in model.parameters()], config.max_grad_norm)
         if self.guard.check("ppo", self.current_step, loss=loss, gradient_norm=norm,
                             last_checkpoint=self.checkpoints and self.checkpoints.last_saved):
             self.optimizer.step()
@@ -287,12 +310,15 @@ class PPOTrainer:
         with torch.no_grad():
             entropy = masked_mean(entropy_from_logits(forward["logits"].detach(), config.temperature), mb.response_mask)
         return {
-            "ppo/loss/policy": policy_loss.item(), "ppo/loss/value": value_loss.item(),
-            "ppo/loss/ptx": ptx_loss.item(), "ppo/loss/total": loss.item(),
+            "ppo/loss/policy": policy_loss.item(), "ppo/loss/ptx": ptx_loss.item(), "ppo/loss/total": loss.item(),
             "ppo/policy/clipfrac": policy_stats["clipfrac"].item(),
             "ppo/policy/approxkl": policy_stats["approxkl"].item(),
-            "ppo/policy/entropy": entropy.item(), "ppo/val/clipfrac": value_clipfrac.item(),
+            "ppo/policy/entropy": entropy.item(), **value_stats,
         }
+
+    def trained_models(self) -> dict:
+        """The models the update trains: the policy, and the value model unless RLOO has none."""
+        return {"policy": self.policy} if self.value is None else {"policy": self.policy, "value": self.value}
 
     # ---- evaluation -------------------------------------------------------------------
     @torch.no_grad()
@@ -355,7 +381,7 @@ class PPOTrainer:
                     progress.set_postfix(score=f"{metrics['objective/scores']:.3f}",
                                          kl=f"{metrics['objective/kl']:.2f}")
                     if replicas_due(step):
-                        check_replicas(accelerator, "ppo", step, {"policy": self.policy, "value": self.value})
+                        check_replicas(accelerator, "ppo", step, self.trained_models())
                     stopping = any_process(accelerator, stop.requested)  # a signal to one stops all
                     if due(step) or stopping:
                         self.checkpoints.save(step, {
