@@ -308,17 +308,52 @@ def test_rloo_step_is_reinforce_with_the_leave_one_out_baseline_and_no_value_mod
     assert second["objective/kl"] != 0.0
 
 
-def test_rloo_raises_the_score(tiny_run, tmp_path):
-    """RLOO on the tiny task (the preset's PPO settings, 4 samples per prompt, no critic) beats SFT."""
-    from rlhf.train.ppo import train_ppo
+def test_rloo_raises_the_score(tiny_run):
+    """RLOO on the tiny task (the preset's PPO settings, 4 samples per prompt, no critic, no ptx) beats SFT."""
+    run_dir, summary = tiny_run
+    rloo = summary["rloo"]
+    assert rloo["eval/score_policy"] > rloo["eval/score_sft"] + 1.0
+    assert rloo["eval/win_rate_vs_sft"] >= 0.7
+    meta = json.loads((run_dir / "rloo" / "rlhf.json").read_text())
+    assert meta["config"]["advantage"] == "rloo" and meta["config"]["ptx_coef"] == 0.0
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "rloo") is not None
+
+
+def test_overoptimization_judges_every_method_with_a_gold_model_and_fits_the_curves(tiny_run, capsys):
+    """Last in this file (it adds gold-reward/ to the run). A gold reward model is trained (every
+    training comparison, twice the epochs, never optimised against); SFT, PPO's 4 snapshots and final
+    policy, RLOO, DPO and best-of-n are judged on held-out prompts; the table and the curve land in
+    report.html."""
+    from rlhf.bestofn import best_of_n_kl
+    from rlhf.cli import main
 
     run_dir, _ = tiny_run
-    preset = load_config("pipeline", [preset_config_path("tiny")]).ppo
-    config = preset.model_validate({**preset.model_dump(), "model": str(run_dir / "sft"),
-                                    "reward_model": str(run_dir / "reward"), "ptx_coef": 0.0,
-                                    "prompts": [str(run_dir / "data/prompts.jsonl")], "advantage": "rloo",
-                                    "rloo_k": 4, "output_dir": str(tmp_path / "rloo")})
-    summary = train_ppo(config)
-    assert summary["eval/score_policy"] > summary["eval/score_sft"] + 1.0
-    assert summary["eval/win_rate_vs_sft"] >= 0.7
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "rloo") is not None
+    assert sorted(p.name for p in (run_dir / "ppo" / "snapshots").iterdir()) == [
+        "step-000004", "step-000008", "step-000012", "step-000016"]
+    AutoModelForCausalLM.from_pretrained(run_dir / "ppo" / "snapshots" / "step-000008")  # plain HF folders
+    assert main(["eval", "overoptimization", str(run_dir), "--prompts", "12", "--n", "1", "2", "4",
+                 "--max-new-tokens", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "PPO: gold gain = d(α − β log d): α = " in printed and "best-of-n: gold gain = d(α − β d)" in printed
+    gold = json.loads((run_dir / "gold-reward" / "rlhf.json").read_text())
+    proxy = json.loads((run_dir / "reward" / "rlhf.json").read_text())
+    assert gold["config"]["epochs"] == 2 * proxy["config"]["epochs"] and gold["config"]["max_examples"] is None
+    for stage in ("ppo", "rloo"):  # the gold model was never a reward to optimise
+        config = json.loads((run_dir / stage / "rlhf.json").read_text())["config"]
+        assert config["reward_model"] == str(run_dir / "reward")
+    result = json.loads((run_dir / "overoptimization.json").read_text())
+    labels = [p["label"] for p in result["points"]]
+    assert labels == ["sft", "ppo step 4", "ppo step 8", "ppo step 12", "ppo step 16", "ppo", "rloo", "dpo",
+                      "best-of-1", "best-of-2", "best-of-4"]
+    points = {p["label"]: p for p in result["points"]}
+    assert points["sft"]["kl"] == 0.0 and points["sft"]["win_rate_vs_sft"]["win_rate"] == 0.5
+    assert points["best-of-4"]["kl"] == pytest.approx(best_of_n_kl(4))
+    assert points["ppo"]["kl"] > 0 and points["ppo"]["proxy"] > points["sft"]["proxy"]
+    assert points["ppo step 16"]["gold"] == pytest.approx(points["ppo"]["gold"])  # the last snapshot is the policy
+    assert points["best-of-4"]["proxy"] >= points["best-of-1"]["proxy"]  # the proxy picks its best of more
+    assert {"alpha", "beta", "peak_kl"} <= set(result["fits"]["rl"]) and "alpha" in result["fits"]["best_of_n"]
+    assert [row["method"] for row in result["table"]] == ["SFT", "PPO-ptx", "RLOO", "DPO", "best-of-1", "best-of-2",
+                                                          "best-of-4"]
+    html = (run_dir / "report.html").read_text()
+    assert "Methods side by side" in html and "Reward over-optimisation" in html
+    assert "alt='gold and proxy score against sqrt KL' src='data:image/png;base64," in html

@@ -293,11 +293,12 @@ def config_inputs(config: BaseModel) -> list[str]:
     return paths
 
 
-# what a stage writes: a Hugging Face checkpoint (weights, config, tokenizer) and our metadata
+# what a stage writes: a Hugging Face checkpoint (weights, config, tokenizer) and our metadata (and PPO's
+# snapshots of the policy along training)
 CHECKPOINT_NAMES = (r"rlhf\.json|splits\.json|config\.yaml|config\.json|generation_config\.json|"
                     r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
                     r"tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
-                    r"merges\.txt|tokenizer\.model|chat_template\.(jinja|json)|adapter")
+                    r"merges\.txt|tokenizer\.model|chat_template\.(jinja|json)|adapter|snapshots")
 
 
 def earlier_stage_output(stage: str) -> Earlier:
@@ -360,6 +361,18 @@ def staged_output(config: BaseModel, stage: str, accelerator: Accelerator, contr
 def has_checkpoints(staging: Path) -> bool:
     """The staging folder of an interrupted run that :class:`Checkpoints` took up: kept for the next run."""
     return (staging / FOLDER / START_FILE).is_file()
+
+
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_folders(stage_dir: Path) -> list[tuple[int, Path]]:
+    """A finished PPO stage's policy snapshots (``snapshot_every``), (step, folder) by step."""
+    found = []
+    for folder in (Path(stage_dir) / SNAPSHOTS).glob("step-*"):
+        if folder.name.removeprefix("step-").isdigit() and (folder / "config.json").is_file():
+            found.append((int(folder.name.removeprefix("step-")), folder))
+    return sorted(found)
 
 
 def save_checkpoint(folder: Path, model, tokenizer, accelerator: Accelerator) -> None:

@@ -10,6 +10,7 @@
     rlhf report   RUN_DIR          # RUN_DIR/report.html
     rlhf data     curate|stats|convert FILE [...]
     rlhf eval     benchmarks|winrate|paper-samples [...]
+    rlhf eval     overoptimization RUN_DIR [--gold DIR]   # gold vs proxy against √KL; methods side by side
     rlhf label    serve|add-user|load|export|agreement|audit|disable-user|enable-user|reset-password [...]
     rlhf config   STAGE            # print a stage's defaults as YAML, ready to edit
 """
@@ -134,6 +135,18 @@ def _add_eval_commands(commands) -> None:
     wins.add_argument("--max-new-tokens", type=POSITIVE_INT, default=96)
     wins.add_argument("--temperature", type=NON_NEGATIVE, default=0.7)
     wins.add_argument("--seed", type=COUNT, default=0)
+    over = actions.add_parser("overoptimization", help="gold vs proxy score against sqrt(KL) for PPO along training "
+                                                      "and best-of-n (Gao et al.'s fits), and every method of the run "
+                                                      "side by side; into RUN_DIR/report.html")
+    over.add_argument("run_dir", help="a pipeline run folder with sft, reward and ppo (ppo.snapshot_every > 0 "
+                                      "for the curve)")
+    over.add_argument("--gold", help="the gold reward-model folder (default: train RUN_DIR/gold-reward on every "
+                                     "training comparison, twice as long as the run's)")
+    over.add_argument("--prompts", type=POSITIVE_INT, default=64, help="held-out prompts (the PPO stage's test split)")
+    over.add_argument("--n", type=POSITIVE_INT, nargs="+", default=[1, 2, 4, 8, 16], help="best-of-n's n (≤ 64)")
+    over.add_argument("--max-new-tokens", type=POSITIVE_INT, default=64)
+    over.add_argument("--temperature", type=NON_NEGATIVE, default=1.0)
+    over.add_argument("--seed", type=COUNT, default=0)
     samples = actions.add_parser("paper-samples", help="truthfulness and toxicity of the paper's released samples")
     samples.add_argument("--data-dir", default="../shared/data")
 
@@ -141,7 +154,9 @@ def _add_eval_commands(commands) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     from rlhf.train.common import inference_autocast
 
-    if args.action == "paper-samples":
+    if args.action == "overoptimization":
+        run_overoptimization(args)
+    elif args.action == "paper-samples":
         from pathlib import Path
 
         from rlhf.eval.paper_samples import markdown_table, paper_sample_tables
@@ -207,6 +222,41 @@ def run_eval(args: argparse.Namespace) -> None:
             by = win_rate_by_category(policy_scores, baseline_scores, named)
             for category, r in by.items():
                 print(f"  {category}: {r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}] n={r['n']}")
+
+
+def run_overoptimization(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rlhf.checkpoint import is_finished, snapshot_folders
+    from rlhf.eval.overoptimization import fit_lines, overoptimization, train_gold_reward
+    from rlhf.pipeline import is_run_dir
+
+    run_dir = Path(args.run_dir)
+    if not is_run_dir(run_dir):
+        raise DataError(f"{run_dir}: not an rlhf run folder (no pipeline config.yaml); give the --run-dir of a "
+                        "pipeline run")
+    for stage in ("sft", "reward", "ppo"):
+        if not is_finished(run_dir / stage):
+            raise DataError(f"{run_dir / stage}: not a finished stage; run the pipeline first")
+    if max(args.n) > 64:
+        raise DataError(f"eval overoptimization: --n {max(args.n)}: at most 64 samples per prompt")
+    if not snapshot_folders(run_dir / "ppo"):
+        logging.getLogger("rlhf").warning("%s: no PPO snapshots (ppo.snapshot_every was 0): the PPO curve has "
+                                          "two points, SFT and the final policy", run_dir / "ppo")
+    if args.gold and not is_finished(args.gold):
+        raise DataError(f"--gold {args.gold}: not a finished reward-model folder")
+    gold = Path(args.gold) if args.gold else train_gold_reward(run_dir)
+    result = overoptimization(run_dir, gold, args.prompts, tuple(args.n), args.max_new_tokens, args.temperature,
+                              args.seed)
+    print(f"over-optimisation on {result['prompts']} held-out prompts, gold judge {gold}:")
+    for line in fit_lines(result["fits"]):
+        print(f"  {line}")
+    print(f"  {'method':<14} {'KL':>7} {'gold':>8} {'proxy':>8}  gold win rate vs SFT")
+    for row in result["table"]:
+        rate = row["win_rate"]
+        print(f"  {row['method']:<14} {row['kl']:7.3f} {row['gold']:+8.3f} {row['proxy']:+8.3f}  "
+              f"{rate['win_rate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}]")
+    print(run_dir / "report.html")
 
 
 def run_data(args: argparse.Namespace) -> None:

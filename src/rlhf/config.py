@@ -199,6 +199,9 @@ class PPOConfig(StageConfig):
     ptx_batch_size: int = Field(8, ge=1, description="pretraining blocks per minibatch")
     ptx_block_size: int = Field(128, ge=8)
     eval_prompts: int = Field(64, ge=1, description="held-out prompts for the final PPO-vs-SFT comparison")
+    snapshot_every: int = Field(
+        0, ge=0, description="save the policy as a plain HF folder in OUTPUT/snapshots/step-N every N steps (0: "
+        "never), for the over-optimisation curve (rlhf eval overoptimization)")
     rollout_engine: Literal["static", "eager"] = Field(
         "static", description="static: a static KV cache (CUDA graphs on a GPU, pre-packed bf16 weights on a CPU); "
         "eager: the plain dynamic-cache loop")
@@ -285,12 +288,17 @@ class PipelineConfig(BaseModel):
     valid_fraction: float = Field(0.1, ge=0, lt=1, description="the same split for every stage")
     test_fraction: float = Field(0.1, ge=0, lt=1)
     compare_without_ptx: bool = Field(False, description="also train PPO with ptx_coef=0 into RUN_DIR/ppo-noptx")
+    compare_methods: list[Literal["rloo", "dpo"]] = Field(
+        default_factory=list, description="also train these on the same data, for the methods table of `rlhf eval "
+        "overoptimization`: rloo into RUN_DIR/rloo (the ppo section with advantage=rloo, no ptx), dpo into "
+        "RUN_DIR/dpo (the dpo section, from SFT on the comparisons)")
     chat_template: str | None = Field(
         None, description="chat template for every stage (text or file); default: the tokenizer's, else plain")
     data: DataPaths = Field(default_factory=DataPaths)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")

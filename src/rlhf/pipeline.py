@@ -57,7 +57,13 @@ def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
     }
     if config.compare_without_ptx:
         stages["ppo-noptx"] = _stage(config.ppo, **{**ppo_update, "output_dir": str(run_dir / "ppo-noptx"),
-                                                   "ptx_coef": 0.0})
+                                                   "ptx_coef": 0.0, "snapshot_every": 0})
+    if "rloo" in config.compare_methods:  # the same prompts and episodes, k samples per prompt, no critic
+        stages["rloo"] = _stage(config.ppo, **{**ppo_update, "output_dir": str(run_dir / "rloo"), "ptx_coef": 0.0,
+                                              "advantage": "rloo", "snapshot_every": 0})
+    if "dpo" in config.compare_methods:
+        stages["dpo"] = _stage(config.dpo, model=sft_dir, output_dir=str(run_dir / "dpo"), data=paths["comparisons"],
+                               **common)
     return stages
 
 
@@ -90,6 +96,7 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunControl = RunControl()) -> dict:
+    from rlhf.train.dpo import train_dpo
     from rlhf.train.ppo import train_ppo
     from rlhf.train.reward import train_reward
     from rlhf.train.sft import train_sft
@@ -99,7 +106,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunContro
     paths = data_paths(config, run_dir)
     stages = stage_configs(config, run_dir, paths)
     write_run_file(run_dir / "config.yaml", dump_config(config))
-    trainers = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo, "ppo-noptx": train_ppo}
+    trainers = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo, "ppo-noptx": train_ppo, "rloo": train_ppo,
+                "dpo": train_dpo}
     summary = {}
     for name, stage_config in stages.items():
         folder = Path(stage_config.output_dir)

@@ -65,6 +65,13 @@ def curves_png(rows: list[dict]) -> str | None:
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
+    return figure_png(figure)
+
+
+def figure_png(figure) -> str:
+    """A matplotlib figure as a base64 PNG for an ``<img>`` (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
@@ -139,8 +146,32 @@ def build_html(run_dir: Path) -> str:
                 f"<td class='response'>{escape(samples[n].get(p, ''))}</td>" for n in names) + "</tr>" for p in prompts)
             parts += ["<h2>Responses side by side</h2><table><thead><tr><th>prompt</th>"
                       + "".join(f"<th>{escape(n)}</th>" for n in names) + f"</tr></thead><tbody>{rows}</tbody></table>"]
+    parts += overoptimization_section(run_dir)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def overoptimization_section(run_dir: Path) -> list[str]:
+    """``rlhf eval overoptimization``'s results: the methods side by side under the gold judge, and
+    gold and proxy score against √KL with Gao et al.'s fitted forms (nothing when it has not run)."""
+    from rlhf.eval.overoptimization import RESULT_FILE, fit_lines, plot
+
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return []
+    result = json.loads(path.read_text())
+    rows = [[r["method"], r["kl"], r["gold"], r["proxy"],
+             f"{r['win_rate']['win_rate']:.3f} [{r['win_rate']['low']:.3f}, {r['win_rate']['high']:.3f}]",
+             r["wall_time_s"]] for r in result["table"]]
+    return ["<h2>Methods side by side</h2>",
+            f"<p>On {result['prompts']} held-out prompts; the gold judge is <code>{escape(result['gold_model'])}"
+            "</code> (trained on every training comparison, never optimised against). KL to SFT in nats per "
+            "response; best-of-n's KL is log n − (n − 1)/n.</p>",
+            _table(["method", "KL to SFT", "gold score", "proxy score", "gold win rate vs SFT [95 % CI]",
+                    "wall time (s)"], rows),
+            "<h2>Reward over-optimisation</h2>",
+            f"<img alt='gold and proxy score against sqrt KL' src='data:image/png;base64,{plot(result)}'>",
+            "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in fit_lines(result["fits"])) + "</ul>"]
 
 
 def write_html_report(run_dir: str | Path) -> Path:

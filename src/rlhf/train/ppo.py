@@ -17,6 +17,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from rlhf.checkpoint import (
+    SNAPSHOTS,
     Checkpoints,
     RunControl,
     StopRequest,
@@ -365,6 +366,7 @@ class PPOTrainer:
                 self.guard.restore(resumed["guard"])
                 self.health.restore(resumed["health"])
             due, stop, replicas_due = every(config.checkpoint_every), StopRequest(), every(config.check_replicas_every)
+            snapshot_due = every(config.snapshot_every)
             progress = tqdm(range(first, steps + 1), desc="ppo", initial=first - 1, total=steps,
                             disable=not accelerator.is_local_main_process)
             loop_started = time.time()
@@ -380,6 +382,9 @@ class PPOTrainer:
                     log.log(step, metrics)
                     progress.set_postfix(score=f"{metrics['objective/scores']:.3f}",
                                          kl=f"{metrics['objective/kl']:.2f}")
+                    if snapshot_due(step):  # a plain HF folder of the policy, for the over-optimisation curve
+                        save_checkpoint(staging / SNAPSHOTS / f"step-{step:06d}", self.policy, self.tokenizer,
+                                        accelerator)
                     if replicas_due(step):
                         check_replicas(accelerator, "ppo", step, self.trained_models())
                     stopping = any_process(accelerator, stop.requested)  # a signal to one stops all
