@@ -216,6 +216,29 @@ def test_ptx_batches_are_shared_out_between_processes():
         assert first[step] == alone[step][0::2] and second[step] == alone[step][1::2]
 
 
+def test_rloo_groups_stay_whole_on_one_process_and_the_processes_share_out_the_prompts():
+    """With RLOO (k = 4) each process gets whole groups of 4 samples of one prompt; 2 processes
+    taking 8 episodes each see, between them, the 4 prompts one process taking 16 sees."""
+    from types import SimpleNamespace
+
+    from rlhf.train.ppo import PPOTrainer
+
+    def draws(rank: int, world: int, count: int) -> list:
+        trainer = SimpleNamespace(
+            config=SimpleNamespace(group_size=4), train_prompts=[(i, None) for i in range(12)], _prompt_queue=[],
+            prompt_order=torch.Generator().manual_seed(5),
+            accelerator=SimpleNamespace(process_index=rank, num_processes=world))
+        return [[p[0] for p in PPOTrainer.next_prompts(trainer, count)] for _ in range(3)]
+
+    alone, first, second = draws(0, 1, 16), draws(0, 2, 8), draws(1, 2, 8)
+    for step in range(3):
+        for share in (alone[step], first[step], second[step]):
+            groups = [share[i:i + 4] for i in range(0, len(share), 4)]
+            assert all(len(set(group)) == 1 for group in groups)  # k samples of one prompt, in a row
+        assert sorted(first[step] + second[step]) == sorted(alone[step])
+        assert not set(first[step]) & set(second[step])
+
+
 def test_a_ptx_batch_that_does_not_split_evenly_is_a_config_error():
     from rlhf.config import ConfigError, PPOConfig
     from rlhf.train.ppo import check_batching
