@@ -115,7 +115,20 @@ class StageConfig(BaseModel):
         return self
 
 
-class SFTConfig(StageConfig):
+class SupervisedConfig(StageConfig):
+    """How the stages that learn from a fixed data set (SFT, the reward model, DPO) run their loop."""
+
+    micro_batch_tokens: int | None = Field(
+        None, ge=1, description="cut each batch into micro-batches of at most this many padded tokens (rows × the "
+        "longest) and accumulate their gradients: the same update as the whole batch, in bounded memory "
+        "(null: the batch in one forward)")
+    log_every: int = Field(
+        1, ge=1, description="reduce and log the loss and metrics every N optimizer steps; in between they stay "
+        "on the device (no host synchronisation: set 10-50 on a GPU)")
+    compile: bool = Field(False, description="torch.compile the training model's forward (worth it on a GPU)")
+
+
+class SFTConfig(SupervisedConfig):
     data: list[str] = Field(default_factory=list, description="demonstration files")
     epochs: int = Field(16, ge=1, description="paper: 16")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
@@ -129,7 +142,7 @@ class SFTConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0)
 
 
-class ComparisonsConfig(StageConfig):
+class ComparisonsConfig(SupervisedConfig):
     """What the stages that learn from ranked comparisons share (the reward model, DPO)."""
 
     data: list[str] = Field(default_factory=list, description="comparison files (K ≥ 2 ranked responses)")

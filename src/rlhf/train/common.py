@@ -3,6 +3,7 @@ and the optimizer/schedule. Stages are thin loops on top of these."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -177,8 +178,9 @@ class MetricsLog:
 
 def make_optimizer_and_schedule(params, learning_rate: float, total_steps: int, warmup_ratio: float,
                                 min_lr_ratio: float, weight_decay: float = 0.0,
-                                betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8):
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay)
+                                betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, fused: bool = False):
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay,
+                                  fused=fused or None)
     schedule = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=int(warmup_ratio * total_steps), num_training_steps=max(total_steps, 1),
         min_lr_rate=min_lr_ratio,
@@ -238,32 +240,68 @@ def split_and_encode(config, records: list, encode) -> tuple[list, list, dict[st
     return train, valid, splits
 
 
+def token_micro_batches(examples: list, budget: int | None, shape) -> list[list]:
+    """One batch's examples cut into micro-batches of at most ``budget`` padded tokens: Σ rows × the
+    longest length, with ``shape(example)`` = (rows, length) (a ranked example is K rows). Longest
+    first, so the largest micro-batch comes first; an example over the budget is one on its own.
+    No budget: the batch whole."""
+    if not budget or len(examples) <= 1:
+        return [examples]
+    ordered = sorted(examples, key=lambda e: shape(e)[1], reverse=True)
+    chunks, current, rows = [], [], 0
+    for example in ordered:
+        more, length = shape(example)
+        if current and (rows + more) * shape(current[0])[1] > budget:
+            chunks.append(current)
+            current, rows = [], 0
+        current.append(example)
+        rows += more
+    return chunks + [current]
+
+
 class SupervisedRun:
-    """The loop SFT and the reward model share: length-grouped batches, AdamW with cosine decay
+    """The loop SFT, the reward model and DPO share: length-grouped batches, AdamW with cosine decay
     to ``min_lr_ratio`` after warm-up, gradient accumulation and clipping, all through accelerate.
 
-    ``steps(loss_fn)`` runs the epochs and yields after every optimizer step; ``loss_fn(batch)``
-    returns (loss, metrics) and runs under autocast.
+    Each batch may be cut into micro-batches by a token budget (``micro_batch_tokens``): their losses
+    are weighted by ``loss_weight(micro_batch)`` — the count the loss averages over (target tokens,
+    prompts) — so the update is the whole batch's. The loss, the metrics and the non-finite check
+    stay on the device between logging points (``log_every``): a non-finite gradient norm skips the
+    update inside the fused AdamW step (``found_inf``), and the guard counts it at the next flush.
+
+    ``steps(loss_fn)`` runs the epochs and yields at every logging point; ``loss_fn(batch)`` returns
+    (loss, metrics as tensors or floats) and runs under autocast.
     """
 
-    def __init__(self, config, accelerator: Accelerator, model, train: list, valid: list, collate, lengths: list[int]):
+    def __init__(self, config, accelerator: Accelerator, model, train: list, valid: list, collate, shape,
+                 loss_weight):
         from torch.utils.data import DataLoader
 
         from rlhf.data.collate import LengthGroupedBatches
 
         self.config, self.accelerator = config, accelerator
-        self.sampler = LengthGroupedBatches(lengths, config.batch_size, config.seed)
+        self.sampler = LengthGroupedBatches([shape(e)[1] for e in train], config.batch_size, config.seed)
+
+        def micro_batches(examples):  # collated on the loader's side: the weights are counted on the CPU
+            return [{**batch, "loss_weight": float(loss_weight(batch))} for batch in
+                    (collate(chunk) for chunk in token_micro_batches(examples, config.micro_batch_tokens, shape))]
+
         # each loader draws its iterator's base seed from its own generator, not the global RNG that
         # dropout uses: a resumed epoch must not shift the dropout masks of an uninterrupted run
-        train_loader = DataLoader(train, batch_sampler=self.sampler, collate_fn=collate,
+        train_loader = DataLoader(train, batch_sampler=self.sampler, collate_fn=micro_batches,
                                   generator=torch.Generator().manual_seed(config.seed))
         valid_loader = DataLoader(valid, batch_size=config.batch_size, collate_fn=collate,
                                   generator=torch.Generator().manual_seed(config.seed)) if valid else None
         steps_per_epoch = -(-len(train_loader) // (config.grad_accum_steps * accelerator.num_processes))
         self.total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
+        # fused AdamW takes the skip decision as a tensor (found_inf): no host synchronisation per step;
+        # FSDP2's sharded parameters take the plain path and a per-step check
+        self.skip_on_device = not accelerator.is_fsdp2
         optimizer, schedule = make_optimizer_and_schedule(
             trainable_parameters(model), config.learning_rate, self.total_steps, config.warmup_ratio,
-            config.min_lr_ratio, config.weight_decay)
+            config.min_lr_ratio, config.weight_decay, fused=self.skip_on_device)
+        if config.compile:
+            model.forward = torch.compile(model.forward)
         self.model, self.optimizer, self.train_loader, self.schedule = accelerator.prepare(
             model, optimizer, train_loader, schedule)
         self.valid_loader = accelerator.prepare(valid_loader) if valid_loader is not None else None
@@ -273,8 +311,9 @@ class SupervisedRun:
 
     def steps(self, loss_fn, desc: str, count_items, checkpoints: Checkpoints | None = None,
               state_fn=lambda: {}):
-        """Yield (loss, metrics) after each optimizer step, and (None, {"end_of_epoch": n}) after each
-        epoch; ``count_items(batch)`` feeds the throughput.
+        """Yield (loss, metrics) every ``log_every`` optimizer steps — the means over those steps,
+        averaged over the processes — and (None, {"end_of_epoch": n}) after each epoch;
+        ``count_items(batch)`` feeds the throughput.
 
         With ``checkpoints``, the loop resumes from :meth:`resume`'s position and writes a checkpoint
         every ``checkpoint_every`` steps, at each epoch's end and when SIGINT/SIGTERM asks it to stop
@@ -284,7 +323,26 @@ class SupervisedRun:
         progress = tqdm(total=self.total_steps, initial=self.step, desc=desc,
                         disable=not accelerator.is_local_main_process)
         due = every(config.checkpoint_every) if checkpoints is not None else (lambda step: False)
-        stop, replicas_due = StopRequest(), every(config.check_replicas_every)
+        stop, replicas_due, log_due = StopRequest(), every(config.check_replicas_every), every(config.log_every)
+        pending: list[tuple[int, torch.Tensor, torch.Tensor | None, dict]] = []  # (step, loss, norm, metrics)
+
+        def flush() -> tuple[float, dict] | None:
+            """One host synchronisation for the pending steps: the guard counts (or stops on) their
+            non-finite updates, and their mean loss and metrics are reduced over the processes."""
+            if not pending:
+                return None
+            values = torch.stack([torch.stack([loss.float(), torch.zeros(()) if norm is None else norm.float()])
+                                  for _, loss, norm, _ in pending]).tolist()
+            for (step, _, norm, _), (loss, norm_value) in zip(pending, values):
+                if norm is not None:  # skipped on the device: counted (or stopped on) here
+                    self.guard.check(desc, step, loss=torch.tensor(loss), gradient_norm=torch.tensor(norm_value),
+                                     last_checkpoint=checkpoints and checkpoints.last_saved)
+            names = list(pending[0][3])
+            means = torch.tensor([sum(v[0] for v in values) / len(values)]
+                                 + [sum(float(m[name]) for *_, m in pending) / len(pending) for name in names])
+            pending.clear()
+            logged = mean_over_processes(accelerator, dict(zip(["loss", *names], means.tolist())))
+            return logged.pop("loss"), {**logged, "train/skipped_steps": self.guard.skipped}
 
         def save(position_epoch: int, batches_done: int):
             checkpoints.save(self.step, {"epoch": position_epoch, "batches_done": batches_done,
@@ -292,6 +350,7 @@ class SupervisedRun:
                                          **state_fn()})
 
         model.train()
+        step_loss, step_metrics = None, {}
         with stop.installed():
             for self.epoch in range(self.epoch or 1, config.epochs + 1):
                 self.sampler.set_epoch(self.epoch - 1)  # 0-based, as accelerate counts: its loader does the same
@@ -299,39 +358,49 @@ class SupervisedRun:
                 loader = self.train_loader
                 if self.batches_done:  # resumed inside this epoch: its first batches are trained already
                     loader = accelerator.skip_first_batches(loader, self.batches_done)
-                for batch in loader:
+                for micro_batches in loader:
                     with accelerator.accumulate(model):
-                        with accelerator.autocast():
-                            loss, metrics = loss_fn(batch)
-                        accelerator.backward(loss)
-                        finite = True
+                        loss, metrics = self._forward_backward(loss_fn, micro_batches)
+                        share = 1.0 / accelerator.gradient_accumulation_steps
+                        step_loss = loss * share if step_loss is None else step_loss + loss * share
+                        for name, value in metrics.items():
+                            step_metrics[name] = step_metrics.get(name, 0.0) + value * share
                         if accelerator.sync_gradients:
                             norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                            finite = self.guard.check(desc, self.step + 1, loss=loss, gradient_norm=norm,
-                                                      last_checkpoint=checkpoints and checkpoints.last_saved)
-                        if finite:
-                            self.optimizer.step()
-                        if accelerator.sync_gradients:  # one schedule step per optimizer step, any world size
-                            self.schedule.step()
+                            if self.skip_on_device:  # the fused step leaves weights and moments as they were
+                                self.optimizer.optimizer.found_inf = (~torch.isfinite(norm)).float()
+                                self.optimizer.step()
+                            elif self.guard.check(desc, self.step + 1, loss=loss, gradient_norm=norm,
+                                                  last_checkpoint=checkpoints and checkpoints.last_saved):
+                                self.optimizer.step()
+                            self.schedule.step()  # one schedule step per optimizer step, any world size
                         self.optimizer.zero_grad()
                     self.batches_done += 1
-                    self.throughput.add(count_items(batch) * accelerator.num_processes)
+                    self.throughput.add(sum(count_items(b) for b in micro_batches) * accelerator.num_processes)
                     if accelerator.sync_gradients:
                         self.step += 1
                         progress.update(1)
-                        progress.set_postfix(loss=f"{loss.item():.3f}")
-                        logged = mean_over_processes(accelerator, {"loss": loss.item(), **metrics})
-                        yield logged.pop("loss"), {**logged, "train/skipped_steps": self.guard.skipped}
+                        pending.append((self.step, step_loss, norm.detach() if self.skip_on_device else None,
+                                        step_metrics))  # norm None: the guard checked this step already
+                        step_loss, step_metrics = None, {}
+                        stopping = any_process(accelerator, stop.requested)  # a signal to one stops all
+                        saving = checkpoints is not None and (due(self.step) or stopping)
+                        if log_due(self.step) or saving or self.step >= self.total_steps:
+                            loss_value, logged = flush()
+                            progress.set_postfix(loss=f"{loss_value:.3f}")
+                            yield loss_value, logged
                         if replicas_due(self.step):
                             check_replicas(accelerator, desc, self.step, {"model": model})
-                        stopping = any_process(accelerator, stop.requested)  # a signal to one stops all
-                        if checkpoints is not None and (due(self.step) or stopping):
+                        if saving:
                             save(self.epoch, self.batches_done)
                         if stopping:
                             raise KeyboardInterrupt
                     if self.step >= self.total_steps:
                         break
                 self.batches_done = 0
+                flushed = flush()  # an epoch's last steps are logged before its evaluation
+                if flushed is not None:
+                    yield flushed
                 yield None, {"end_of_epoch": self.epoch}
                 if self.step >= self.total_steps:
                     break
@@ -341,6 +410,27 @@ class SupervisedRun:
                 if stopping:
                     raise KeyboardInterrupt
         progress.close()
+
+    def _forward_backward(self, loss_fn, micro_batches: list[dict]) -> tuple[torch.Tensor, dict]:
+        """Forward and backward each micro-batch of one batch, its loss weighted by its share of the
+        batch's ``loss_weight``: the gradients (and the loss returned) are the whole batch's. Gradients
+        are synchronised across processes on the last micro-batch only."""
+        accelerator, model = self.accelerator, self.model
+        total = sum(batch["loss_weight"] for batch in micro_batches)
+        batch_loss, batch_metrics = None, {}
+        for index, batch in enumerate(micro_batches):
+            share = batch["loss_weight"] / total if total else 1.0 / len(micro_batches)
+            last = index == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss, metrics = loss_fn(batch)
+                accelerator.backward(loss if len(micro_batches) == 1 else loss * share)
+            loss = loss.detach() * share
+            batch_loss = loss if batch_loss is None else batch_loss + loss
+            for name, value in metrics.items():
+                value = value.detach() if isinstance(value, torch.Tensor) else value
+                batch_metrics[name] = batch_metrics.get(name, 0.0) + value * share
+        return batch_loss, batch_metrics
 
     def resume(self, checkpoints: Checkpoints, control: RunControl, log: MetricsLog) -> dict | None:
         """Load the newest checkpoint (models, optimizer, schedule, RNGs, the metrics so far) and take up

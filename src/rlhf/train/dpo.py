@@ -24,7 +24,7 @@ from rlhf.train.common import (
     make_accelerator,
     split_and_encode,
 )
-from rlhf.train.reward import train_on_rankings
+from rlhf.train.reward import ranked_prompts, ranked_shape, train_on_rankings
 
 
 @torch.no_grad()
@@ -68,8 +68,8 @@ def train_dpo(config: DPOConfig, control: RunControl = RunControl()) -> dict:
     if config.gradient_checkpointing:
         enable_activation_checkpointing(hf)
     run = SupervisedRun(config, accelerator, SequenceLogProbs(hf), train, valid,
-                        lambda b: collate_ranked(b, tokenizer.pad_token_id),
-                        [max(map(len, e.sequences)) for e in train])
+                        lambda b: collate_ranked(b, tokenizer.pad_token_id), shape=ranked_shape,
+                        loss_weight=ranked_prompts)
     log = MetricsLog(config.metrics_file, "dpo", accelerator, config.output_dir, config)
 
     def loss_fn(batch):
@@ -77,7 +77,7 @@ def train_dpo(config: DPOConfig, control: RunControl = RunControl()) -> dict:
         index = batch["flat_index"]
         loss, accuracy = dpo_loss(logps[index], batch["reference_logps"][index], batch["ranks"], batch["valid"],
                                   config.beta)
-        return loss, {"dpo/accuracy": accuracy.item()}
+        return loss, {"dpo/accuracy": accuracy}
 
     with staged_output(config, "dpo", accelerator, control) as staging:
         metrics = train_on_rankings(run, "dpo", loss_fn,

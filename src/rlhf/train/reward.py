@@ -31,6 +31,16 @@ from rlhf.train.common import (
 )
 
 
+def ranked_shape(example) -> tuple[int, int]:
+    """A ranked example in a batch: K rows of at most its longest response's length."""
+    return len(example.sequences), max(map(len, example.sequences))
+
+
+def ranked_prompts(batch: dict) -> int:
+    """What the ranking loss averages over: the prompts of a batch."""
+    return batch["ranks"].shape[0]
+
+
 def ranked_scores(model, batch: dict) -> torch.Tensor:
     """Forward every response once and lay the scores out per prompt: (B, K_max)."""
     values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -110,12 +120,12 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.hf)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
-                        [max(map(len, e.sequences)) for e in train])
+                        shape=ranked_shape, loss_weight=ranked_prompts)
     log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir, config)
 
     def loss_fn(batch):
         loss, accuracy = ranking_loss(ranked_scores(run.model, batch), batch["ranks"], batch["valid"])
-        return loss, {"reward/accuracy": accuracy.item()}
+        return loss, {"reward/accuracy": accuracy}
 
     with staged_output(config, "reward", accelerator, control) as staging:
         metrics = train_on_rankings(run, "reward", loss_fn, ranked_scores, log, staging, control,

@@ -23,6 +23,11 @@ from rlhf.train.common import (
 )
 
 
+def target_tokens(batch: dict) -> torch.Tensor:
+    """What :func:`sft_loss` averages over: the tokens predicted (``loss_mask`` past position 0)."""
+    return batch["loss_mask"][:, 1:].sum()
+
+
 def sft_loss(model, batch: dict) -> torch.Tensor:
     """``model`` is a :class:`ResponseLM` (possibly DDP-wrapped): its forward is the loss."""
     return model(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
@@ -66,7 +71,7 @@ def train_sft(config: SFTConfig, control: RunControl = RunControl()) -> dict:
         enable_activation_checkpointing(model)
     model = ResponseLM(model)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_sft(b, tokenizer.pad_token_id),
-                        [len(e.input_ids) for e in train])
+                        shape=lambda e: (1, len(e.input_ids)), loss_weight=target_tokens)
     log = MetricsLog(config.metrics_file, "sft", accelerator, config.output_dir, config)
     best = {"valid/loss": math.inf, "epoch": 0}
     last_loss = None
