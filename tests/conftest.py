@@ -37,3 +37,20 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state()
     yield
     AcceleratorState._reset_state()
+
+
+@pytest.fixture
+def poisoned_sft_loss(monkeypatch):
+    """SFT's loss made NaN at the calls numbered in ``calls["nan_at"]`` (set by the test); ``calls["n"]``
+    counts the calls (reset it between runs)."""
+    import rlhf.train.sft as sft
+
+    calls, real = {"n": 0, "nan_at": set()}, sft.sft_loss
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("nan") if calls["n"] in calls["nan_at"] else loss
+
+    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    return calls

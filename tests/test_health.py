@@ -31,21 +31,13 @@ def test_the_guard_skips_non_finite_updates_and_stops_after_max_bad_steps(tmp_pa
     assert guard.skipped == 4
 
 
-def test_an_injected_nan_is_skipped_and_the_weights_stay_finite(tiny_path, data, tmp_path, monkeypatch):
+def test_an_injected_nan_is_skipped_and_the_weights_stay_finite(tiny_path, data, tmp_path, poisoned_sft_loss):
     """One SFT batch's loss is made NaN: that update is skipped (counted), the others train."""
     from safetensors.torch import load_file
 
     import rlhf.train.sft as sft
 
-    calls = {"n": 0}
-    real = sft.sft_loss
-
-    def poisoned(model, batch):
-        calls["n"] += 1
-        loss = real(model, batch)
-        return loss * float("nan") if calls["n"] == 3 else loss
-
-    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    poisoned_sft_loss["nan_at"] = {3}
     config = load_config("sft", [], [f"model={tiny_path}", f"data=[{data['demonstrations']}]", "max_steps=6",
                                      "batch_size=8", "max_length=128", "valid_fraction=0",
                                      f"metrics_file={tmp_path / 'm.jsonl'}", f"output_dir={tmp_path / 'sft'}"])

@@ -70,21 +70,14 @@ def test_a_token_budget_gives_the_whole_batch_update(stage, data, tiny_path, tmp
 
 
 def test_logging_every_n_steps_changes_only_the_log_and_a_nan_is_skipped_on_the_device(data, tiny_path, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        poisoned_sft_loss):
     """log_every=3: rows at steps 3 and 6 (means of their steps), the same weights bit for bit as
     logging every step; a NaN injected into step 2's loss is skipped in the fused AdamW step (the
     weights stay finite) and counted at the next logging point."""
     import rlhf.train.sft as sft
 
-    calls = {"n": 0}
-    real = sft.sft_loss
-
-    def poisoned(model, batch):
-        calls["n"] += 1
-        loss = real(model, batch)
-        return loss * float("nan") if calls["n"] == 2 else loss
-
-    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    calls = poisoned_sft_loss
+    calls["nan_at"] = {2}
     runs = {}
     for every in (1, 3):
         calls["n"] = 0
