@@ -45,3 +45,16 @@ def test_fits_use_the_gain_over_sft_and_name_the_best_measured_point():
     assert fitted["rl"]["best_measured"]["label"] == "d=2.0"
     assert fitted["best_of_n"]["alpha"] == pytest.approx(1.0) and fitted["best_of_n"]["beta"] == pytest.approx(1.0)
     assert fitted["best_of_n"]["peak_d"] == pytest.approx(0.5)
+
+
+def test_a_folder_that_is_not_a_finished_run_is_one_line_and_exit_2(tmp_path, capsys):
+    from rlhf.cli import main
+    from rlhf.pipeline import prepare_run_dir
+
+    assert main(["eval", "overoptimization", str(tmp_path / "nothing")]) == 2
+    assert "not an rlhf run folder" in capsys.readouterr().err
+    prepare_run_dir(tmp_path / "run")  # a run folder of ours, but no stage has finished
+    assert main(["eval", "overoptimization", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sft: not a finished stage; run the pipeline first" in err
+    assert not (tmp_path / "run" / "gold-reward").exists()
