@@ -104,3 +104,16 @@ def test_rloo_batches_hold_whole_groups_of_k_on_each_process(capsys):
         in capsys.readouterr().err
     assert main(["ppo", "advantage=rloo", "rloo_k=1"]) == 2
     assert "rloo_k" in capsys.readouterr().err
+
+
+def test_a_pipeline_stage_that_cannot_run_is_refused_before_any_stage_trains(tmp_path, capsys):
+    """The RLOO stage takes the ppo section's batch: 6 episodes are not groups of rloo_k = 4. One line,
+    exit 2, and no stage has started."""
+    from rlhf.cli import main
+
+    assert main(["pipeline", "--preset", "tiny", "--run-dir", str(tmp_path / "run"), "compare_methods=[rloo]",
+                 "ppo.rollout_batch_size=6", "ppo.num_minibatches=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rlhf: error: invalid pipeline rloo config: ")
+    assert "rollout_batch_size (6) must be divisible by rloo_k (4)" in err
+    assert not any((tmp_path / "run" / stage).exists() for stage in ("sft", "sft.incomplete", "reward", "ppo"))

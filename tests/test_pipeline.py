@@ -71,10 +71,13 @@ def test_checkpoints_load_with_plain_transformers(tiny_run):
 def test_metrics_file_has_the_ppo_names(tiny_run):
     run_dir, _ = tiny_run
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    ppo_rows = [r for r in rows if r["stage"] == "ppo" and "objective/scores" in r]
+    ppo_rows = [r for r in rows if r["run"] == "ppo" and "objective/scores" in r]
     assert len(ppo_rows) == 16
     assert REQUIRED_PPO_METRICS <= set(ppo_rows[0])
-    assert {r["stage"] for r in rows} == {"sft", "reward", "ppo"}
+    rloo_rows = [r for r in rows if r["run"] == "rloo" and "objective/scores" in r]  # the same stage, no critic
+    assert len(rloo_rows) == 16 and rloo_rows[0]["stage"] == "ppo"
+    assert REQUIRED_PPO_METRICS - set(rloo_rows[0]) == {"ppo/loss/value", "ppo/val/var_explained"}
+    assert {r["stage"] for r in rows} == {"sft", "reward", "ppo", "dpo"}
     assert (run_dir / "config.yaml").exists()
 
 
@@ -331,6 +334,8 @@ def test_overoptimization_judges_every_method_with_a_gold_model_and_fits_the_cur
     assert sorted(p.name for p in (run_dir / "ppo" / "snapshots").iterdir()) == [
         "step-000004", "step-000008", "step-000012", "step-000016"]
     AutoModelForCausalLM.from_pretrained(run_dir / "ppo" / "snapshots" / "step-000008")  # plain HF folders
+    assert main(["eval", "overoptimization", str(run_dir), "--gold", str(run_dir / "reward")]) == 2
+    assert "a policy of this run was optimised against it" in capsys.readouterr().err
     assert main(["eval", "overoptimization", str(run_dir), "--prompts", "12", "--n", "1", "2", "4",
                  "--max-new-tokens", "24"]) == 0
     printed = capsys.readouterr().out

@@ -224,6 +224,21 @@ def run_eval(args: argparse.Namespace) -> None:
                 print(f"  {category}: {r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}] n={r['n']}")
 
 
+def optimised_against(run_dir) -> list[str]:
+    """The reward models the run's policy stages optimised against (from their metadata)."""
+    import json
+
+    from rlhf.checkpoint import METADATA_FILE
+
+    found = [str(run_dir / "reward")]
+    for meta in run_dir.glob(f"*/{METADATA_FILE}"):
+        try:
+            found.append(json.loads(meta.read_text())["config"]["reward_model"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return [path for path in found if isinstance(path, str) and path]
+
+
 def run_overoptimization(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -245,6 +260,10 @@ def run_overoptimization(args: argparse.Namespace) -> None:
                                           "two points, SFT and the final policy", run_dir / "ppo")
     if args.gold and not is_finished(args.gold):
         raise DataError(f"--gold {args.gold}: not a finished reward-model folder")
+    if args.gold and any(os.path.exists(proxy) and os.path.samefile(args.gold, proxy)
+                         for proxy in optimised_against(run_dir)):
+        raise DataError(f"--gold {args.gold}: a policy of this run was optimised against it; the gold judge must "
+                        "be a reward model no stage used (leave --gold out to train one)")
     gold = Path(args.gold) if args.gold else train_gold_reward(run_dir)
     result = overoptimization(run_dir, gold, args.prompts, tuple(args.n), args.max_new_tokens, args.temperature,
                               args.seed)
@@ -383,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         run(args)
+        _leave_process_group()  # on success only: after an error a collective may still be under way
     except (ConfigError, DataError) as error:
         print(f"rlhf: error: {error}", file=sys.stderr)
         return 2
@@ -399,7 +419,6 @@ def main(argv: list[str] | None = None) -> int:
         return BUG_EXIT
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _leave_process_group()
     return 0
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import yaml
 
 from rlhf.checkpoint import METADATA_FILE, RunControl, is_finished
-from rlhf.config import PipelineConfig, dump_config
+from rlhf.config import PipelineConfig, build_config, dump_config
 from rlhf.data.readers import DataError
 from rlhf.data.synthetic import write_synthetic_data
 from rlhf.outputs import OutputError, write_run_file
@@ -21,9 +22,10 @@ from rlhf.outputs import OutputError, write_run_file
 logger = logging.getLogger(__name__)
 
 
-def _stage(config, **update):
-    """A stage config with the pipeline's fields filled in, validated again."""
-    return type(config).model_validate({**config.model_dump(), **update})
+def _stage(config, name: str, **update):
+    """A stage config with the pipeline's fields filled in, validated again (a problem is a one-line
+    :class:`ConfigError` naming the stage, before any stage trains)."""
+    return build_config(type(config), {**config.model_dump(), **update}, f"pipeline {name}")
 
 
 def data_paths(config: PipelineConfig, run_dir: Path) -> dict:
@@ -50,20 +52,22 @@ def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
     if not paths["pretraining"]:
         ppo_update["ptx_coef"] = 0.0
     stages = {
-        "sft": _stage(config.sft, model=config.model, output_dir=sft_dir, data=paths["demonstrations"], **common),
-        "reward": _stage(config.reward, model=sft_dir, output_dir=reward_dir, data=paths["comparisons"],
+        "sft": _stage(config.sft, "sft", model=config.model, output_dir=sft_dir, data=paths["demonstrations"],
+                      **common),
+        "reward": _stage(config.reward, "reward", model=sft_dir, output_dir=reward_dir, data=paths["comparisons"],
                          normalize_data=paths["demonstrations"], **common),
-        "ppo": _stage(config.ppo, **ppo_update),
+        "ppo": _stage(config.ppo, "ppo", **ppo_update),
     }
+    without_ptx = {**ppo_update, "ptx_coef": 0.0, "snapshot_every": 0}
     if config.compare_without_ptx:
-        stages["ppo-noptx"] = _stage(config.ppo, **{**ppo_update, "output_dir": str(run_dir / "ppo-noptx"),
-                                                   "ptx_coef": 0.0, "snapshot_every": 0})
+        stages["ppo-noptx"] = _stage(config.ppo, "ppo-noptx", **{**without_ptx,
+                                                                 "output_dir": str(run_dir / "ppo-noptx")})
     if "rloo" in config.compare_methods:  # the same prompts and episodes, k samples per prompt, no critic
-        stages["rloo"] = _stage(config.ppo, **{**ppo_update, "output_dir": str(run_dir / "rloo"), "ptx_coef": 0.0,
-                                              "advantage": "rloo", "snapshot_every": 0})
+        stages["rloo"] = _stage(config.ppo, "rloo", **{**without_ptx, "output_dir": str(run_dir / "rloo"),
+                                                       "advantage": "rloo"})
     if "dpo" in config.compare_methods:
-        stages["dpo"] = _stage(config.dpo, model=sft_dir, output_dir=str(run_dir / "dpo"), data=paths["comparisons"],
-                               **common)
+        stages["dpo"] = _stage(config.dpo, "dpo", model=sft_dir, output_dir=str(run_dir / "dpo"),
+                               data=paths["comparisons"], **common)
     return stages
 
 
@@ -97,7 +101,7 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunControl = RunControl()) -> dict:
     from rlhf.train.dpo import train_dpo
-    from rlhf.train.ppo import train_ppo
+    from rlhf.train.ppo import check_batching, train_ppo
     from rlhf.train.reward import train_reward
     from rlhf.train.sft import train_sft
 
@@ -105,6 +109,10 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunContro
     prepare_run_dir(run_dir)
     paths = data_paths(config, run_dir)
     stages = stage_configs(config, run_dir, paths)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; every PPO-like stage checked before any trains
+    for name, stage_config in stages.items():
+        if name in ("ppo", "ppo-noptx", "rloo"):
+            check_batching(stage_config, world)
     write_run_file(run_dir / "config.yaml", dump_config(config))
     trainers = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo, "ppo-noptx": train_ppo, "rloo": train_ppo,
                 "dpo": train_dpo}

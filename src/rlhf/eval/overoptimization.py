@@ -67,20 +67,30 @@ def rl_peak(alpha: float, beta: float) -> float | None:
 
 
 def best_of_n_peak(alpha: float, beta: float) -> float | None:
-    """d at which d(α − β d) is highest: α / (2β); None when β ≤ 0 or α ≤ 0."""
+    """d at which d(α − β d) is highest: α / (2β); None when β ≤ 0 (still rising) or α ≤ 0 (falling
+    from the start: the peak is SFT itself)."""
     return alpha / (2 * beta) if beta > 0 and alpha > 0 else None
 
 
 # ---- measuring ---------------------------------------------------------------------------
 def held_out_prompts(run_dir: Path, limit: int) -> list:
-    """The PPO stage's held-out prompts (its test split; else its validation split), as it split them."""
+    """The PPO stage's held-out prompts (its test split; else its validation split), as it split them,
+    that fit its ``max_prompt_length`` in the SFT model's tokens (PPO's evaluation skips the others too)."""
+    from rlhf.data.collate import encode_prompt
+    from rlhf.data.records import DataError
+    from rlhf.models import load_tokenizer
+
     meta = json.loads((run_dir / "ppo" / METADATA_FILE).read_text())
     config = meta["config"]
     prompts = [p for path in config["prompts"] for p in read_prompts(path, config.get("skip_invalid", False))]
     splits = split_records(prompts, config["seed"], config["valid_fraction"], config["test_fraction"])
-    chosen = splits["test"] or splits["valid"]
+    tokenizer = load_tokenizer(str(run_dir / "sft"))
+    chosen = [p for p in splits["test"] or splits["valid"]
+              if len(encode_prompt(tokenizer, p.prompt)) <= config["max_prompt_length"]]
     if not chosen:
-        raise ValueError(f"{run_dir / 'ppo'}: no held-out prompts (valid_fraction and test_fraction are 0)")
+        raise DataError(f"{run_dir / 'ppo'}: no held-out prompt of at most max_prompt_length "
+                        f"({config['max_prompt_length']}) tokens (valid_fraction and test_fraction are 0, or every "
+                        "held-out prompt is longer)")
     return chosen[:limit]
 
 
@@ -210,11 +220,11 @@ def plot(result: dict) -> str:
         axis.plot(d, [p["gold"] - sft["gold"] for p in chosen], "o-", label="gold (measured)")
         axis.plot(d, [p["proxy"] - sft["proxy"] for p in chosen], "s--", alpha=0.7, label="proxy (measured)")
         fit = fitted.get(family, {})
-        if "alpha" in fit and d[-1] > 0:
-            grid = np.linspace(1e-3, max(d[-1], fit["peak_d"] or 0) * 1.1, 200)
+        if "alpha" in fit and d[-1] > 0:  # the fitted curve over the measured range, and up to a near peak
+            grid = np.linspace(1e-3, max(d[-1], min(fit["peak_d"] or 0, 2 * d[-1])) * 1.1, 200)
             curve = grid * (fit["alpha"] - fit["beta"] * (np.log(grid) if family == "rl" else grid))
             axis.plot(grid, curve, ":", color="black", label=f"gold fit α={fit['alpha']:.3g}, β={fit['beta']:.3g}")
-            if fit["peak_d"] is not None:
+            if fit["peak_d"] is not None and fit["peak_d"] <= grid[-1]:
                 axis.axvline(fit["peak_d"], color="red", alpha=0.5, label=f"gold peak: KL {fit['peak_kl']:.3g} nats")
         axis.set_title(title)
         axis.set_xlabel("d = √KL(π ‖ π_SFT)")
@@ -232,8 +242,12 @@ def fit_lines(fitted: dict) -> list[str]:
         if "alpha" not in fit:
             lines.append(f"{form}: not fitted ({fit.get('error', 'no points')})")
             continue
-        peak = ("no peak within the form (still rising)" if fit["peak_kl"] is None else
-                f"gold peaks at KL {fit['peak_kl']:.3g} nats (d = {fit['peak_d']:.3g})")
+        if fit["peak_kl"] is not None:
+            peak = f"gold peaks at KL {fit['peak_kl']:.3g} nats (d = {fit['peak_d']:.3g})"
+        elif fit["beta"] <= 0:
+            peak = "no peak within the form (the gold score is still rising)"
+        else:
+            peak = "the gold score falls from the start (no gain over SFT)"
         best = fit["best_measured"]
         lines.append(f"{form}: α = {fit['alpha']:.4g}, β = {fit['beta']:.4g}; {peak}; best measured "
                      f"{best['label']} (KL {best['kl']:.3g}, gold {best['gold']:+.3f})")

@@ -274,7 +274,7 @@ class SupervisedRun:
     """
 
     def __init__(self, config, accelerator: Accelerator, model, train: list, valid: list, collate, shape,
-                 loss_weight):
+                 loss_weight, count_items):
         from torch.utils.data import DataLoader
 
         from rlhf.data.collate import LengthGroupedBatches
@@ -282,9 +282,10 @@ class SupervisedRun:
         self.config, self.accelerator = config, accelerator
         self.sampler = LengthGroupedBatches([shape(e)[1] for e in train], config.batch_size, config.seed)
 
-        def micro_batches(examples):  # collated on the loader's side: the weights are counted on the CPU
-            return [{**batch, "loss_weight": float(loss_weight(batch))} for batch in
-                    (collate(chunk) for chunk in token_micro_batches(examples, config.micro_batch_tokens, shape))]
+        def micro_batches(examples):  # collated on the loader's side: weights and counts taken on the CPU
+            return [{**batch, "loss_weight": float(loss_weight(batch)), "items": float(count_items(batch))}
+                    for batch in (collate(chunk) for chunk in
+                                  token_micro_batches(examples, config.micro_batch_tokens, shape))]
 
         # each loader draws its iterator's base seed from its own generator, not the global RNG that
         # dropout uses: a resumed epoch must not shift the dropout masks of an uninterrupted run
@@ -309,11 +310,10 @@ class SupervisedRun:
         self.guard = NonFiniteGuard(config.max_bad_steps, lambda flag: any_process(accelerator, flag))
         self.throughput = Throughput()
 
-    def steps(self, loss_fn, desc: str, count_items, checkpoints: Checkpoints | None = None,
-              state_fn=lambda: {}):
+    def steps(self, loss_fn, desc: str, checkpoints: Checkpoints | None = None, state_fn=lambda: {}):
         """Yield (loss, metrics) every ``log_every`` optimizer steps — the means over those steps,
-        averaged over the processes — and (None, {"end_of_epoch": n}) after each epoch;
-        ``count_items(batch)`` feeds the throughput.
+        averaged over the processes — and (None, {"end_of_epoch": n}) after each epoch. The
+        throughput counts ``count_items`` of each micro-batch (given at construction).
 
         With ``checkpoints``, the loop resumes from :meth:`resume`'s position and writes a checkpoint
         every ``checkpoint_every`` steps, at each epoch's end and when SIGINT/SIGTERM asks it to stop
@@ -331,15 +331,17 @@ class SupervisedRun:
             non-finite updates, and their mean loss and metrics are reduced over the processes."""
             if not pending:
                 return None
-            values = torch.stack([torch.stack([loss.float(), torch.zeros(()) if norm is None else norm.float()])
+            values = torch.stack([torch.stack([loss.float(), loss.new_zeros(()) if norm is None else norm.float()])
                                   for _, loss, norm, _ in pending]).tolist()
             for (step, _, norm, _), (loss, norm_value) in zip(pending, values):
                 if norm is not None:  # skipped on the device: counted (or stopped on) here
                     self.guard.check(desc, step, loss=torch.tensor(loss), gradient_norm=torch.tensor(norm_value),
                                      last_checkpoint=checkpoints and checkpoints.last_saved)
             names = list(pending[0][3])
-            means = torch.tensor([sum(v[0] for v in values) / len(values)]
-                                 + [sum(float(m[name]) for *_, m in pending) / len(pending) for name in names])
+            metrics = torch.stack([torch.stack([torch.as_tensor(m[name], dtype=torch.float32).to(loss_device)
+                                                for name in names]) for *_, m in pending]).mean(0).tolist() \
+                if names else []
+            means = torch.tensor([sum(v[0] for v in values) / len(values), *metrics])
             pending.clear()
             logged = mean_over_processes(accelerator, dict(zip(["loss", *names], means.tolist())))
             return logged.pop("loss"), {**logged, "train/skipped_steps": self.guard.skipped}
@@ -350,7 +352,8 @@ class SupervisedRun:
                                          **state_fn()})
 
         model.train()
-        step_loss, step_metrics = None, {}
+        step_loss, step_metrics, step_batches = None, {}, 0
+        loss_device = accelerator.device
         with stop.installed():
             for self.epoch in range(self.epoch or 1, config.epochs + 1):
                 self.sampler.set_epoch(self.epoch - 1)  # 0-based, as accelerate counts: its loader does the same
@@ -361,10 +364,10 @@ class SupervisedRun:
                 for micro_batches in loader:
                     with accelerator.accumulate(model):
                         loss, metrics = self._forward_backward(loss_fn, micro_batches)
-                        share = 1.0 / accelerator.gradient_accumulation_steps
-                        step_loss = loss * share if step_loss is None else step_loss + loss * share
+                        step_batches += 1  # the step's loss: the mean over its batches (a short last one too)
+                        step_loss = loss if step_loss is None else step_loss + loss
                         for name, value in metrics.items():
-                            step_metrics[name] = step_metrics.get(name, 0.0) + value * share
+                            step_metrics[name] = step_metrics.get(name, 0.0) + value
                         if accelerator.sync_gradients:
                             norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                             if self.skip_on_device:  # the fused step leaves weights and moments as they were
@@ -376,16 +379,21 @@ class SupervisedRun:
                             self.schedule.step()  # one schedule step per optimizer step, any world size
                         self.optimizer.zero_grad()
                     self.batches_done += 1
-                    self.throughput.add(sum(count_items(b) for b in micro_batches) * accelerator.num_processes)
+                    self.throughput.add(sum(b["items"] for b in micro_batches) * accelerator.num_processes)
                     if accelerator.sync_gradients:
                         self.step += 1
                         progress.update(1)
-                        pending.append((self.step, step_loss, norm.detach() if self.skip_on_device else None,
-                                        step_metrics))  # norm None: the guard checked this step already
-                        step_loss, step_metrics = None, {}
-                        stopping = any_process(accelerator, stop.requested)  # a signal to one stops all
+                        pending.append((self.step, step_loss / step_batches,
+                                        norm.detach() if self.skip_on_device else None,  # None: checked already
+                                        {name: value / step_batches for name, value in step_metrics.items()}))
+                        step_loss, step_metrics, step_batches = None, {}, 0
+                        # several processes agree on a stop signal at logging and checkpoint points only (a
+                        # collective); one process reads its own flag every step
+                        boundary = log_due(self.step) or due(self.step) or self.step >= self.total_steps
+                        stopping = any_process(accelerator, stop.requested) \
+                            if boundary or accelerator.num_processes == 1 else False
                         saving = checkpoints is not None and (due(self.step) or stopping)
-                        if log_due(self.step) or saving or self.step >= self.total_steps:
+                        if boundary or saving:
                             loss_value, logged = flush()
                             progress.set_postfix(loss=f"{loss_value:.3f}")
                             yield loss_value, logged
@@ -420,8 +428,10 @@ class SupervisedRun:
         batch_loss, batch_metrics = None, {}
         for index, batch in enumerate(micro_batches):
             share = batch["loss_weight"] / total if total else 1.0 / len(micro_batches)
-            last = index == len(micro_batches) - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            # no_sync on all but the last micro-batch of a synchronising step (within a step that does not
+            # synchronise, accumulate() holds it already: a nested one would switch FSDP2's sync back on)
+            holding = accelerator.sync_gradients and index < len(micro_batches) - 1
+            with accelerator.no_sync(model) if holding else contextlib.nullcontext():
                 with accelerator.autocast():
                     loss, metrics = loss_fn(batch)
                 accelerator.backward(loss if len(micro_batches) == 1 else loss * share)

@@ -69,7 +69,7 @@ def train_dpo(config: DPOConfig, control: RunControl = RunControl()) -> dict:
         enable_activation_checkpointing(hf)
     run = SupervisedRun(config, accelerator, SequenceLogProbs(hf), train, valid,
                         lambda b: collate_ranked(b, tokenizer.pad_token_id), shape=ranked_shape,
-                        loss_weight=ranked_prompts)
+                        loss_weight=ranked_prompts, count_items=ranked_prompts)
     log = MetricsLog(config.metrics_file, "dpo", accelerator, config.output_dir, config)
 
     def loss_fn(batch):

@@ -77,8 +77,7 @@ def train_on_rankings(run: SupervisedRun, stage: str, loss_fn, scores_fn, log: M
     prompts under ``scores_fn``. Returns the stage's summary metrics."""
     checkpoints = Checkpoints(staging, stage, run.accelerator, run.config, run.config.keep_checkpoints)
     run.resume(checkpoints, control, log)
-    for loss, metrics in run.steps(loss_fn, stage, lambda batch: int(batch["ranks"].shape[0]), checkpoints,
-                                   lambda: {"metrics": log.state()}):
+    for loss, metrics in run.steps(loss_fn, stage, checkpoints, lambda: {"metrics": log.state()}):
         if loss is not None:
             log.log(run.step, {f"{stage}/loss": loss, **metrics, f"{stage}/lr": run.learning_rate,
                                f"{stage}/prompts_per_s": run.throughput.rate})
@@ -120,7 +119,7 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.hf)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
-                        shape=ranked_shape, loss_weight=ranked_prompts)
+                        shape=ranked_shape, loss_weight=ranked_prompts, count_items=ranked_prompts)
     log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir, config)
 
     def loss_fn(batch):

@@ -71,7 +71,8 @@ def train_sft(config: SFTConfig, control: RunControl = RunControl()) -> dict:
         enable_activation_checkpointing(model)
     model = ResponseLM(model)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_sft(b, tokenizer.pad_token_id),
-                        shape=lambda e: (1, len(e.input_ids)), loss_weight=target_tokens)
+                        shape=lambda e: (1, len(e.input_ids)), loss_weight=target_tokens,
+                        count_items=lambda batch: batch["attention_mask"].sum())
     log = MetricsLog(config.metrics_file, "sft", accelerator, config.output_dir, config)
     best = {"valid/loss": math.inf, "epoch": 0}
     last_loss = None
@@ -80,8 +81,7 @@ def train_sft(config: SFTConfig, control: RunControl = RunControl()) -> dict:
         resumed = run.resume(checkpoints, control, log)
         if resumed is not None:
             best, last_loss = resumed["best"], resumed["last_loss"]
-        steps = run.steps(lambda batch: (sft_loss(run.model, batch), {}), "sft",
-                          lambda batch: int(batch["attention_mask"].sum()), checkpoints,
+        steps = run.steps(lambda batch: (sft_loss(run.model, batch), {}), "sft", checkpoints,
                           lambda: {"best": best, "last_loss": last_loss, "metrics": log.state()})
         for loss, step_metrics in steps:
             if loss is not None:
