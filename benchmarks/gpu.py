@@ -175,6 +175,24 @@ def our_stages(model_dir: Path, data: dict, work: Path, args, length: int) -> di
             "rm_comparisons_per_s": reward["prompts_per_s"], "ppo_episodes_per_s": ppo["episodes_per_s"]}
 
 
+def measured(name: str, fn, *args):
+    """``fn(*args)``, or None when the device runs out of memory (the other figures still come)."""
+    try:
+        return fn(*args)
+    except torch.OutOfMemoryError:
+        print(f"  {name}: out of memory", flush=True)
+        torch.cuda.empty_cache()
+        return None
+
+
+def ratio(a, b) -> str:
+    return "–" if a is None or b is None or isinstance(a, dict) else f"{a / b:.2f}"
+
+
+def show(value, spec: str) -> str:
+    return "OOM" if value is None else format(value, spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["135m", "1b"], choices=sorted(SHAPES))
@@ -208,26 +226,32 @@ def main() -> None:
             data = write_data(work, max(args.sft_batch, args.ppo_batch) * (args.steps * 2 + 2), args.length,
                               prompt_words=12 if shape == "tiny" else 80)  # ≈ 100 SmolLM2 tokens
             row = {"matmul_params": n}
-            plain = {b: plain_training(model_dir, b, args.length, args.steps, device) for b in args.plain_batches}
-            row["plain_tokens_per_s"] = max(plain.values())
+            plain = {b: measured(f"plain loop, batch {b}", plain_training, model_dir, b, args.length, args.steps,
+                                 device) for b in args.plain_batches}
+            row["plain_tokens_per_s"] = max((r for r in plain.values() if r is not None), default=None)
             row["plain_by_batch"] = plain
-            row.update(our_stages(model_dir, data, work, args, args.length))
-            row["generate_tokens_per_s"] = plain_generate(model_dir, args.ppo_batch, 128, 48, device)
-            row["decoder_tokens_per_s"] = our_generate(model_dir, args.ppo_batch, 128, 48, device)
+            ours = measured("our stages", our_stages, model_dir, data, work, args, args.length) or {}
+            for name in ("sft_tokens_per_s", "sft_wall_s", "rm_comparisons_per_s", "ppo_episodes_per_s"):
+                row[name] = ours.get(name)
+            row["generate_tokens_per_s"] = measured("generate", plain_generate, model_dir, args.ppo_batch, 128, 48,
+                                                    device)
+            row["decoder_tokens_per_s"] = measured("decoder", our_generate, model_dir, args.ppo_batch, 128, 48,
+                                                   device)
             for name in ("plain", "sft"):
-                row[f"{name}_mfu"] = 6 * n * row[f"{name}_tokens_per_s"] / peak
+                rate = row[f"{name}_tokens_per_s"]
+                row[f"{name}_mfu"] = None if rate is None else 6 * n * rate / peak
             results["shapes"][shape] = row
             torch.cuda.empty_cache() if device.startswith("cuda") else None
         print(f"\n{shape} ({n / 1e6:.0f}M matmul parameters)")
-        print(f"  SFT          {row['sft_tokens_per_s']:10.0f} tokens/s  ({row['sft_mfu']:.1%} of peak; "
-              f"{row['sft_tokens_per_s'] / row['plain_tokens_per_s']:.0%} of the plain loop)")
-        print(f"  plain loop   {row['plain_tokens_per_s']:10.0f} tokens/s  ({row['plain_mfu']:.1%}; by batch "
-              + ", ".join(f"{b}: {r:.0f}" for b, r in plain.items()) + ")")
-        print(f"  reward model {row['rm_comparisons_per_s']:10.1f} comparisons/s")
-        print(f"  PPO          {row['ppo_episodes_per_s']:10.1f} episodes/s at batch {args.ppo_batch}")
-        print(f"  decoder      {row['decoder_tokens_per_s']:10.0f} new tokens/s at batch {args.ppo_batch} "
-              f"({row['decoder_tokens_per_s'] / row['generate_tokens_per_s']:.1f}x generate: "
-              f"{row['generate_tokens_per_s']:.0f})", flush=True)
+        print(f"  SFT          {show(row['sft_tokens_per_s'], '10.0f')} tokens/s  ({show(row['sft_mfu'], '.1%')} of "
+              f"peak; {ratio(row['sft_tokens_per_s'], row['plain_tokens_per_s'])}x the plain loop)")
+        print(f"  plain loop   {show(row['plain_tokens_per_s'], '10.0f')} tokens/s  ({show(row['plain_mfu'], '.1%')}; "
+              "by batch " + ", ".join(f"{b}: {show(r, '.0f')}" for b, r in plain.items()) + ")")
+        print(f"  reward model {show(row['rm_comparisons_per_s'], '10.1f')} comparisons/s")
+        print(f"  PPO          {show(row['ppo_episodes_per_s'], '10.1f')} episodes/s at batch {args.ppo_batch}")
+        print(f"  decoder      {show(row['decoder_tokens_per_s'], '10.0f')} new tokens/s at batch {args.ppo_batch} "
+              f"({ratio(row['decoder_tokens_per_s'], row['generate_tokens_per_s'])}x generate: "
+              f"{show(row['generate_tokens_per_s'], '.0f')})", flush=True)
     print("RESULT " + json.dumps(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
