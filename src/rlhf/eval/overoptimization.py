@@ -143,7 +143,9 @@ def measure_run(run_dir: Path, gold_dir: Path, prompts: list, ns: list[int], max
     sft, proxy = str(run_dir / "sft"), str(run_dir / "reward")
     conversations = [p.prompt for p in prompts]
     policies = [("sft", "sft", 0, sft)]
-    policies += [("ppo", f"ppo step {step}", step, str(folder)) for step, folder in snapshot_folders(run_dir / "ppo")]
+    final = json.loads((run_dir / "ppo" / METADATA_FILE).read_text())["metrics"].get("steps", math.inf)
+    policies += [("ppo", f"ppo step {step}", step, str(folder)) for step, folder in snapshot_folders(run_dir / "ppo")
+                 if step <= final]  # a forced resume with fewer steps may have left later ones
     policies += [(name, name, None, str(run_dir / name)) for name in POLICY_STAGES if is_finished(run_dir / name)]
     points, baseline = [], None
     for method, label, step, folder in policies:

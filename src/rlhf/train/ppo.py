@@ -10,7 +10,6 @@ every model runs with dropout off, so at the first minibatch the ratio is exactl
 from __future__ import annotations
 
 import math
-import shutil
 import time
 
 import torch
@@ -25,7 +24,6 @@ from rlhf.checkpoint import (
     check_stage_output,
     every,
     save_checkpoint,
-    snapshot_folders,
     staged_output,
     write_metadata,
 )
@@ -367,10 +365,6 @@ class PPOTrainer:
                 self.kl_coef, self._prompt_queue = resumed["kl_coef"], resumed["prompt_queue"]
                 self.guard.restore(resumed["guard"])
                 self.health.restore(resumed["health"])
-                if accelerator.is_main_process:  # snapshots past the checkpoint are redone (ours, in staging)
-                    for snapshot_step, folder in snapshot_folders(staging):
-                        if snapshot_step > resumed["step"]:
-                            shutil.rmtree(folder)
             due, stop, replicas_due = every(config.checkpoint_every), StopRequest(), every(config.check_replicas_every)
             snapshot_due = every(config.snapshot_every)
             progress = tqdm(range(first, steps + 1), desc="ppo", initial=first - 1, total=steps,
