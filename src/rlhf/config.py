@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -162,6 +162,9 @@ class RewardConfig(ComparisonsConfig):
         default_factory=list, description="demonstration files whose mean score is set to 0 after training")
     normalize_max_examples: int = Field(
         1024, ge=1, description="a seeded sample of this many demonstrations sets the bias")
+    disjoint_from: str | None = Field(
+        None, description="a reward-model folder: train on none of the comparisons it trained on (for a judge "
+        "independent of the reward model PPO optimises)")
 
 
 class DPOConfig(ComparisonsConfig):
@@ -287,7 +290,13 @@ class EvalConfig(BaseModel):
     temperature: float = Field(0.7, ge=0, description="sampling temperature of the report's responses; 0 = greedy")
     perplexity_tokens: int = Field(16384, ge=1, description="held-out pretraining tokens scored per model")
     perplexity_block_size: int = Field(256, ge=8)
-    report_prompts: int = Field(8, ge=0, description="prompts shown side by side in report.md")
+    report_prompts: int = Field(10, ge=0, description="prompts shown side by side in the reports (half harmful)")
+    judge_prompts: int = Field(
+        64, ge=0, description="held-out PPO prompts (its test split) the judge also scores, beside the fixed "
+        "harmful and ordinary prompts")
+    reference_data: list[str] | None = Field(
+        None, description="demonstration files whose test split (human-written references) measures helpfulness "
+        "as per-token log-likelihood; default: the run's demonstration files")
 
 
 class PipelineConfig(BaseModel):
@@ -312,6 +321,10 @@ class PipelineConfig(BaseModel):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    judge: dict[str, Any] | None = Field(
+        None, description="train a judge into RUN_DIR/judge: a reward model from the base model on comparisons the "
+        "proxy reward model never saw (disjoint_from), which scores the held-out win rates; its fields (a reward "
+        "section's) override the reward section's; {} = the reward section as it is")
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")

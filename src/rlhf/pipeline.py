@@ -56,8 +56,13 @@ def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
                       **common),
         "reward": _stage(config.reward, "reward", model=sft_dir, output_dir=reward_dir, data=paths["comparisons"],
                          normalize_data=paths["demonstrations"], **common),
-        "ppo": _stage(config.ppo, "ppo", **ppo_update),
     }
+    if config.judge is not None:  # the base model on comparisons the proxy never trained on
+        judge = {"model": config.model, **config.judge}
+        stages["judge"] = _stage(config.reward, "judge", **{
+            **judge, "output_dir": str(run_dir / "judge"), "data": paths["comparisons"],
+            "normalize_data": paths["demonstrations"], "disjoint_from": reward_dir, **common})
+    stages["ppo"] = _stage(config.ppo, "ppo", **ppo_update)
     without_ptx = {**ppo_update, "ptx_coef": 0.0, "snapshot_every": 0}
     if config.compare_without_ptx:
         stages["ppo-noptx"] = _stage(config.ppo, "ppo-noptx", **{**without_ptx,
@@ -114,8 +119,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunContro
         if name in ("ppo", "ppo-noptx", "rloo"):
             check_batching(stage_config, world)
     write_run_file(run_dir / "config.yaml", dump_config(config))
-    trainers = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo, "ppo-noptx": train_ppo, "rloo": train_ppo,
-                "dpo": train_dpo}
+    trainers = {"sft": train_sft, "reward": train_reward, "judge": train_reward, "ppo": train_ppo,
+                "ppo-noptx": train_ppo, "rloo": train_ppo, "dpo": train_dpo}
     summary = {}
     for name, stage_config in stages.items():
         folder = Path(stage_config.output_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from html import escape
 from pathlib import Path
 
@@ -112,9 +113,46 @@ vertical-align:top;text-align:left}th{background:#f3f3f3}td.response{white-space
 img{max-width:100%}h1{font-size:1.6em}"""
 
 
+def markdown_inline(text: str) -> str:
+    """A note's **bold** and `code` as HTML, everything else escaped."""
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escape(text))
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def result_section(results: dict) -> list[str]:
+    """The report's opening: the held-out result with its intervals, every model's metrics, and base /
+    SFT / PPO side by side on harmful and ordinary prompts."""
+    from rlhf.eval.refusal import is_refusal
+    from rlhf.eval.report import headline, side_by_side_prompts
+
+    parts = []
+    if "reward" in results:
+        header, rows, notes = headline(results)
+        parts += ["<h2>Result on held-out prompts</h2>", _table(header, rows),
+                  "<ul>" + "".join(f"<li>{markdown_inline(note)}</li>" for note in notes) + "</ul>"]
+    policies = results.get("policies", {})
+    metrics = sorted({k for m in policies.values() for k in m})
+    parts += ["<h2>Every measure</h2>", _table(["model", *metrics],
+                                                [[name, *[m.get(k) for k in metrics]] for name, m in policies.items()])]
+    samples = results.get("samples", {})
+    shown = [n for n in ("base", "sft", "ppo") if n in samples]
+    if shown:
+        rows = "".join("<tr><td>" + escape(p) + "</td>" + "".join(
+            f"<td class='response'>{'🛑 ' if is_refusal(samples[n][p]) else ''}{escape(samples[n][p])}</td>"
+            for n in shown) + "</tr>" for p in side_by_side_prompts(10) if all(p in samples[n] for n in shown))
+        parts += ["<h2>Responses side by side</h2><table><thead><tr><th>prompt</th>"
+                  + "".join(f"<th>{escape(n)}</th>" for n in shown) + f"</tr></thead><tbody>{rows}</tbody></table>",
+                  "<p>🛑 = detected as a refusal.</p>"]
+    return parts
+
+
 def build_html(run_dir: Path) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf report: {escape(str(run_dir))}</title>",
              f"<style>{STYLE}</style></head><body><h1>RLHF run report</h1><p><code>{escape(str(run_dir))}</code></p>"]
+    eval_path = run_dir / "eval.json"
+    results = json.loads(eval_path.read_text()) if eval_path.exists() else None
+    if results:
+        parts += result_section(results)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
@@ -127,25 +165,14 @@ def build_html(run_dir: Path) -> str:
         parts += ["<h2>Training curves</h2>", f"<img alt='training curves' src='data:image/png;base64,{png}'>"]
     if rows:
         parts += ["<h2>Health</h2>", health_panel(rows)]
-    eval_path = run_dir / "eval.json"
-    if eval_path.exists():
-        results = json.loads(eval_path.read_text())
-        policies = results.get("policies", {})
-        metrics = sorted({k for m in policies.values() for k in m})
-        parts += ["<h2>Evaluation</h2>", _table(["model", *metrics],
-                                                [[name, *[m.get(k) for k in metrics]] for name, m in policies.items()])]
-        if "reward" in results:
-            reward = results["reward"]
-            parts.append(f"<p>Reward-model accuracy on {reward['pairs']} held-out pairs: "
-                         f"<b>{reward['accuracy']:.3f}</b></p>")
-        samples = results.get("samples", {})
-        if samples:
-            names = list(samples)
-            prompts = list(next(iter(samples.values())))
-            rows = "".join("<tr><td>" + escape(p) + "</td>" + "".join(
-                f"<td class='response'>{escape(samples[n].get(p, ''))}</td>" for n in names) + "</tr>" for p in prompts)
-            parts += ["<h2>Responses side by side</h2><table><thead><tr><th>prompt</th>"
-                      + "".join(f"<th>{escape(n)}</th>" for n in names) + f"</tr></thead><tbody>{rows}</tbody></table>"]
+    if results and results.get("samples"):
+        samples = results["samples"]
+        names = list(samples)
+        prompts = list(next(iter(samples.values())))
+        rows = "".join("<tr><td>" + escape(p) + "</td>" + "".join(
+            f"<td class='response'>{escape(samples[n].get(p, ''))}</td>" for n in names) + "</tr>" for p in prompts)
+        parts += ["<h2>All responses</h2><table><thead><tr><th>prompt</th>"
+                  + "".join(f"<th>{escape(n)}</th>" for n in names) + f"</tr></thead><tbody>{rows}</tbody></table>"]
     parts += overoptimization_section(run_dir)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -41,3 +41,27 @@ def held_out_perplexity(model, tokenizer, text_path, held_out_fraction: float = 
     _, held_out = split_text(read_text(text_path), held_out_fraction)
     blocks = pack_text(tokenizer, held_out, block_size)[: max(1, max_tokens // block_size)]
     return perplexity(model, blocks, autocast=autocast)
+
+
+@torch.no_grad()
+def reference_log_likelihood(model, tokenizer, demonstrations: list, max_length: int, batch_size: int = 8,
+                             autocast=None) -> float:
+    """Mean per-token log-likelihood (nats, higher = better) of human-written reference responses given
+    their prompts: Σ over every reference token of log p(y_t | x, y_<t) / the number of those tokens.
+    Helpfulness that the chat template and the model's own style cannot fake: a model that stopped
+    following instructions gives the references less probability."""
+    from rlhf.data.collate import collate_sft, encode_demonstrations
+
+    examples = encode_demonstrations(tokenizer, demonstrations, max_length, "truncate")
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate_sft(examples[start:start + batch_size], tokenizer.pad_token_id)
+        with autocast() if autocast else torch.enable_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        count = int(batch["loss_mask"][:, 1:].sum())
+        total -= response_lm_loss(logits, batch["input_ids"], batch["loss_mask"]).item() * count
+        tokens += count
+    if not tokens:
+        raise ValueError("no reference tokens to score")
+    return total / tokens

@@ -1,4 +1,5 @@
-"""``RUN_DIR/report.md``: the numbers, then base / SFT / PPO responses side by side."""
+"""``RUN_DIR/report.md``: the result on held-out prompts with its intervals, base / SFT / PPO responses
+side by side, then the training numbers and the proxy reward model's view."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, is_refusal
+from rlhf.eval.winrate import proportion_interval
 from rlhf.outputs import write_run_file
 
 
@@ -19,10 +21,83 @@ def _fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def write_report(run_dir: Path, results: dict, prompts_shown: int = 6) -> Path:
+def _interval(value: dict, digits: int = 2) -> str:
+    return f"{value['win_rate' if 'win_rate' in value else 'rate']:.{digits}f} [{value['low']:.{digits}f}, " \
+           f"{value['high']:.{digits}f}]"
+
+
+def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """The result on held-out data, measure by model: (header, rows, notes). Rates carry their 95 %
+    intervals (Wilson for rates, bootstrap over prompts for win rates)."""
     policies = results["policies"]
     names = list(policies)
-    lines = [f"# RLHF run report: `{run_dir}`", ""]
+    rows = []
+    for label, key, n in (("harmful prompts refused", "harmful_refused", len(HARMFUL_PROMPTS)),
+                          ("ordinary prompts answered", "ordinary_answered", len(ORDINARY_PROMPTS))):
+        rows.append([f"{label} (of {n})"] + [
+            "–" if policies[m].get(key) is None else _interval(proportion_interval(round(policies[m][key] * n), n))
+            for m in names])
+    judged = results.get("judged")
+    if judged:
+        vs = judged["vs_sft"]
+        rows.append([f"win rate vs SFT, judge `{judged['judge']}` ({judged['prompts']} prompts)"] +
+                    [_interval(vs[m]["all"]) if m in vs else ("0.50" if m == "sft" else "–") for m in names])
+        for category in ("harmful", "ordinary", "held_out"):
+            if any(category in v for v in vs.values()):
+                rows.append([f"… on {category.replace('_', '-')} prompts"] +
+                            [_interval(vs[m][category]) if category in vs.get(m, {}) else "–" for m in names])
+    if any("reference_logprob" in policies[m] for m in names):
+        rows.append([f"log-likelihood of {results.get('references', '?')} human references, nats/token"] +
+                    [_fmt(policies[m].get("reference_logprob"), 3) for m in names])
+    if any("held_out_perplexity" in policies[m] for m in names):
+        sft = policies.get("sft", {}).get("held_out_perplexity")
+
+        def tax(m):
+            value = policies[m].get("held_out_perplexity")
+            if value is None or not sft or m in ("base", "sft"):
+                return _fmt(value, 2)
+            return f"{value:.2f} ({100 * (value / sft - 1):+.1f} % vs SFT)"
+        rows.append(["held-out pretraining perplexity (alignment tax)"] + [tax(m) for m in names])
+    reward = results["reward"]
+    notes = [f"Reward-model accuracy on {reward['pairs']} held-out ({reward.get('split', 'test')}) pairs: "
+             f"**{reward['accuracy']:.3f}**."]
+    if judged:
+        independent = judged["judge"] == "judge"
+        notes.append(f"Judge: `{judged['judge']}/` — " + (
+            "a reward model trained from the base model on comparisons the proxy reward model never saw; PPO never "
+            "optimised against it." if independent else
+            "the run's own reward model, which PPO optimised against (no `judge` stage in this run): an optimistic "
+            "judge."))
+    notes.append("Refusals are detected by phrase (`rlhf.eval.refusal`) on fixed prompts no stage trains on; "
+                 "perplexity is on the held-out end of the pretraining text (lower is better).")
+    return ["held-out measure", *names], rows, notes
+
+
+def side_by_side_prompts(count: int) -> list[str]:
+    """Half harmful, half ordinary (the odd one harmful)."""
+    return HARMFUL_PROMPTS[: count // 2 + count % 2] + ORDINARY_PROMPTS[: count // 2]
+
+
+def write_report(run_dir: Path, results: dict, prompts_shown: int = 10) -> Path:
+    policies = results["policies"]
+    names = list(policies)
+    lines = [f"# RLHF run report: `{run_dir}`", "", "## Result on held-out prompts", ""]
+    header, rows, notes = headline(results)
+    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += [""] + [f"- {note}" for note in notes] + [""]
+
+    shown = [n for n in ("base", "sft", "ppo") if n in names]
+    lines += ["## Responses side by side", "", "| prompt | " + " | ".join(shown) + " |",
+              "| --- | " + " | ".join("---" for _ in shown) + " |"]
+    for prompt in side_by_side_prompts(prompts_shown):
+        cells = []
+        for name in shown:
+            response = results["samples"][name][prompt]
+            cells.append(("🛑 " if is_refusal(response) else "") + _cell(response))
+        lines.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
+    lines += ["", "🛑 = detected as a refusal. All responses: `eval.json`.", ""]
+
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
@@ -31,42 +106,24 @@ def write_report(run_dir: Path, results: dict, prompts_shown: int = 6) -> Path:
                   f"| SFT | valid loss {_fmt(summary['sft'].get('valid/loss'))}, "
                   f"{_fmt(summary['sft'].get('tokens_per_s'), 0)} tokens/s |",
                   f"| reward model | valid accuracy {_fmt(summary['reward'].get('valid/accuracy'))}, "
-                  f"normalisation bias {_fmt(summary['reward'].get('bias'))} |",
-                  f"| PPO | {_fmt(summary['ppo'].get('episodes'), 0)} episodes, "
+                  f"normalisation bias {_fmt(summary['reward'].get('bias'))} |"]
+        if "judge" in summary:
+            lines.append(f"| judge | valid accuracy {_fmt(summary['judge'].get('valid/accuracy'))} |")
+        lines += [f"| PPO | {_fmt(summary['ppo'].get('episodes'), 0)} episodes, "
                   f"{_fmt(summary['ppo'].get('episodes_per_s'), 2)} episodes/s |", ""]
-    reward = results["reward"]
     ppo = results["ppo_vs_sft"]
-    lines += ["## Held-out numbers", "",
-              f"- Reward-model accuracy on {reward['pairs']} held-out ({reward['split']}) pairs: "
-              f"**{reward['accuracy']:.3f}**",
-              f"- PPO vs SFT on {int(ppo.get('prompts', 0))} held-out prompts (judge: the run's reward model): "
-              f"mean score {ppo['score_policy']:+.3f} vs {ppo['score_sft']:+.3f}, "
-              f"win rate **{ppo['win_rate_vs_sft']:.3f}**, KL(PPO ‖ SFT) {ppo['kl_to_sft']:.2f} nats per response"]
+    lines += ["## Under the proxy reward model", "",
+              f"- PPO vs SFT on {int(ppo.get('prompts', 0))} held-out prompts (judge: the run's reward model, which "
+              f"PPO optimised): mean score {ppo['score_policy']:+.3f} vs {ppo['score_sft']:+.3f}, "
+              f"win rate {ppo['win_rate_vs_sft']:.3f}, KL(PPO ‖ SFT) {ppo['kl_to_sft']:.2f} nats per response"]
     if "ppo_noptx_vs_sft" in results:
         noptx = results["ppo_noptx_vs_sft"]
         lines.append(f"- PPO without ptx vs SFT: mean score {noptx['score_policy']:+.3f}, win rate "
                      f"{noptx['win_rate_vs_sft']:.3f}, KL {noptx['kl_to_sft']:.2f} nats")
-    lines += ["", "| model | harmful prompts refused | ordinary prompts answered | RM score, harmful prompts | "
-              "RM score, ordinary prompts | held-out perplexity |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| model | RM score, harmful prompts | RM score, ordinary prompts |", "| --- | --- | --- |"]
     for name in names:
         m = policies[name]
-        lines.append(f"| {name} | {m['harmful_refused']:.2f} | {m['ordinary_answered']:.2f} | "
-                     f"{_fmt(m.get('rm_score_harmful'), 3)} | {_fmt(m.get('rm_score_ordinary'), 3)} | "
-                     f"{_fmt(m.get('held_out_perplexity'), 2)} |")
-    lines += ["", f"Refusals are detected by phrase (`rlhf.eval.refusal`) over {len(HARMFUL_PROMPTS)} harmful "
-              f"and {len(ORDINARY_PROMPTS)} ordinary prompts; RM scores are the run's normalised reward model "
-              "(demonstrations score 0 on average; higher = preferred); perplexity is on the held-out end of the "
-              "pretraining text (the alignment tax: lower is better).", ""]
-
-    shown = [n for n in ("base", "sft", "ppo") if n in names]
-    lines += ["## Responses side by side", "", "| prompt | " + " | ".join(shown) + " |",
-              "| --- | " + " | ".join("---" for _ in shown) + " |"]
-    chosen = HARMFUL_PROMPTS[: prompts_shown // 2 + prompts_shown % 2] + ORDINARY_PROMPTS[: prompts_shown // 2]
-    for prompt in chosen:
-        cells = []
-        for name in shown:
-            response = results["samples"][name][prompt]
-            cells.append(("🛑 " if is_refusal(response) else "") + _cell(response))
-        lines.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
-    lines += ["", "🛑 = detected as a refusal. All responses: `eval.json`.", ""]
+        lines.append(f"| {name} | {_fmt(m.get('rm_score_harmful'), 3)} | {_fmt(m.get('rm_score_ordinary'), 3)} |")
+    lines += ["", "RM scores are the run's normalised reward model (demonstrations score 0 on average; higher = "
+              "preferred).", ""]
     return write_run_file(run_dir / "report.md", "\n".join(lines))

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from rlhf.checkpoint import METADATA_FILE
+from rlhf.checkpoint import METADATA_FILE, is_finished
 from rlhf.config import PipelineConfig
 from rlhf.data.collate import (
     PAD_MULTIPLE,
@@ -28,11 +28,13 @@ from rlhf.data.collate import (
     pad,
     split_records,
 )
-from rlhf.data.readers import read_comparisons
+from rlhf.data.readers import read_comparisons, read_demonstrations
 from rlhf.data.records import as_conversation
-from rlhf.eval.perplexity import held_out_perplexity
+from rlhf.eval.overoptimization import held_out_prompts
+from rlhf.eval.perplexity import held_out_perplexity, reference_log_likelihood
 from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
 from rlhf.eval.report import write_report
+from rlhf.eval.winrate import win_rate, win_rate_by_category
 from rlhf.generate import generate
 from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.outputs import write_run_file
@@ -78,6 +80,24 @@ def reward_scores(reward_dir: Path, prompts: list[str], responses: list[str], ba
     return scores
 
 
+def held_out_references(paths: list[str], config: PipelineConfig) -> list:
+    """The test split (else the validation split) of demonstration files, as every stage splits them."""
+    demos = [d for path in paths for d in read_demonstrations(path, config.data.skip_invalid)]
+    held_out = split_records(demos, config.seed, config.valid_fraction, config.test_fraction)
+    return held_out["test"] or held_out["valid"]
+
+
+def judged_win_rates(judge_dir: Path, prompts: list, categories: list[str], responses: dict[str, list[str]],
+                     baseline: str = "sft") -> dict[str, dict]:
+    """Each policy against ``baseline`` under the judge, prompt by prompt: the win rate with its
+    bootstrap interval, overall and per category of prompt."""
+    scores = {name: reward_scores(judge_dir, prompts, texts) for name, texts in responses.items()}
+    return {name: {"all": win_rate(scores[name], scores[baseline]),
+                   **win_rate_by_category(scores[name], scores[baseline], categories),
+                   "mean_score": sum(scores[name]) / len(prompts)}
+            for name in responses if name != baseline}
+
+
 def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> dict:
     run_dir, eval_config = Path(run_dir), config.eval
     started = time.time()
@@ -94,25 +114,42 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         noptx = json.loads((run_dir / "ppo-noptx" / METADATA_FILE).read_text())["metrics"]
         results["ppo_noptx_vs_sft"] = {k.removeprefix("eval/"): v for k, v in noptx.items() if k.startswith("eval/")}
 
-    prompts = HARMFUL_PROMPTS + ORDINARY_PROMPTS
+    fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
+    conversations = [p.prompt for p in held_out_prompts(run_dir, eval_config.judge_prompts)] \
+        if eval_config.judge_prompts else []
+    references = held_out_references(eval_config.reference_data or paths["demonstrations"], config)
+    judged: dict[str, list[str]] = {}
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
         tokenizer = load_tokenizer(path, config.chat_template)
         model = load_causal_lm(path, tokenizer=tokenizer).eval()
+        prompts = fixed + (conversations if name != "base" else [])  # the judge compares the trained ones
         responses = generate(path, prompts, eval_config.max_new_tokens, eval_config.temperature,
                              seed=config.seed, model=model, tokenizer=tokenizer)
-        harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):]
+        harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):len(fixed)]
         metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary)}
+        if references:
+            metrics["reference_logprob"] = reference_log_likelihood(
+                model, tokenizer, references, config.sft.max_length, autocast=inference_autocast)
         if paths.get("pretraining"):
             metrics["held_out_perplexity"] = held_out_perplexity(
                 model, tokenizer, paths["pretraining"], config.ppo.ptx_held_out_fraction,
                 eval_config.perplexity_block_size, eval_config.perplexity_tokens, autocast=inference_autocast)
         results["policies"][name] = metrics
-        results["samples"][name] = dict(zip(prompts, responses))
+        results["samples"][name] = dict(zip(fixed, responses))
+        if name != "base":
+            judged[name] = responses
         del model
     for name, samples in results["samples"].items():
-        scores = reward_scores(run_dir / "reward", prompts, [samples[p] for p in prompts])
+        scores = reward_scores(run_dir / "reward", fixed, [samples[p] for p in fixed])
         results["policies"][name]["rm_score_harmful"] = sum(scores[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
         results["policies"][name]["rm_score_ordinary"] = sum(scores[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
+    if "sft" in judged and len(judged) > 1:
+        judge = run_dir / "judge" if is_finished(run_dir / "judge") else run_dir / "reward"
+        categories = (["harmful"] * len(HARMFUL_PROMPTS) + ["ordinary"] * len(ORDINARY_PROMPTS)
+                      + ["held_out"] * len(conversations))
+        results["judged"] = {"judge": judge.name, "prompts": len(categories),
+                             "vs_sft": judged_win_rates(judge, fixed + conversations, categories, judged)}
+    results["references"] = len(references)
     results["eval_wall_time_s"] = round(time.time() - started, 1)
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
     # eval.json last and atomically: its presence means done

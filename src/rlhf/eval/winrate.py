@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -52,3 +53,18 @@ def read_human_labels(path) -> tuple[list[float], list[str | None]]:
     if not results:
         raise DataError(f"{path}: no labels")
     return results, categories
+
+
+def proportion_interval(successes: int, n: int, confidence: float = 0.95) -> dict[str, float]:
+    """A rate and its Wilson score interval (sound at 0 or n successes, where the normal one collapses):
+    centre (p + z²/2n) / (1 + z²/n), half-width z √(p(1−p)/n + z²/4n²) / (1 + z²/n)."""
+    from statistics import NormalDist
+
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    rate = successes / n
+    scale = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / scale
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / scale
+    return {"rate": rate, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "n": n}

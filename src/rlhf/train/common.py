@@ -231,11 +231,13 @@ def enable_activation_checkpointing(model) -> None:
 def split_and_encode(config, records: list, encode) -> tuple[list, list, dict[str, list]]:
     """Split records (same split in every stage), sample the training part, and tokenise both.
 
-    ``encode(records, on_too_long)`` → examples. Returns (train, valid, splits)."""
+    ``encode(records, on_too_long)`` → examples. Returns (train, valid, splits); ``splits["trained"]`` is
+    the sample of the training split that was offered to training (what ``disjoint_from`` leaves out)."""
     from rlhf.data.collate import sample_records, split_records
 
     splits = split_records(records, config.seed, config.valid_fraction, config.test_fraction)
-    train = encode(sample_records(splits["train"], config.max_examples, config.seed), config.on_too_long)
+    splits["trained"] = sample_records(splits["train"], config.max_examples, config.seed)
+    train = encode(splits["trained"], config.on_too_long)
     valid = encode(splits["valid"], config.on_too_long) if splits["valid"] else []
     return train, valid, splits
 

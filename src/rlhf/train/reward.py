@@ -4,7 +4,10 @@ After training a bias is stored so the demonstrations score mean 0."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,6 +32,8 @@ from rlhf.train.common import (
     make_accelerator,
     split_and_encode,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def ranked_shape(example) -> tuple[int, int]:
@@ -110,6 +115,8 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
     accelerator = make_accelerator(config, config.grad_accum_steps)
     tokenizer = load_tokenizer(config.model, config.chat_template)
     comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
+    if config.disjoint_from:
+        comparisons = leave_out_trained(comparisons, config.disjoint_from)
     train, valid, splits = split_and_encode(
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
                                                                              on_too_long))
@@ -138,6 +145,30 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
                        metrics, accelerator, started, splits)
     log.close()
     return metrics
+
+
+def record_key(source: str) -> tuple[str, str]:
+    """``file:line`` → (the file's resolved path, line): the same record however its path was written."""
+    path, _, line = source.rpartition(":")
+    return str(Path(path).resolve()), line
+
+
+def leave_out_trained(comparisons: list, folder: str) -> list:
+    """The comparisons the reward model in ``folder`` did not train on (its ``splits.json``, "trained")."""
+    splits_file = Path(folder) / "splits.json"
+    try:
+        trained = json.loads(splits_file.read_text(encoding="utf-8"))["trained"]
+    except FileNotFoundError:
+        raise DataError(f"{splits_file}: disjoint_from: no such file; it must name a finished reward-model "
+                        "folder of rlhf") from None
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{splits_file}: disjoint_from: no 'trained' list of records (a stage older than "
+                        "this rlhf, or not one of ours); retrain that reward model") from None
+    seen = {record_key(source) for source in trained}
+    kept = [c for c in comparisons if record_key(c.source) not in seen]
+    logger.info("disjoint_from %s: left out %d comparisons it trained on, %d remain",
+                folder, len(comparisons) - len(kept), len(kept))
+    return kept
 
 
 def _normalize(model, tokenizer, config: RewardConfig, accelerator) -> float:
