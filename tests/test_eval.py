@@ -209,3 +209,44 @@ def test_integer_categories_are_categories(tmp_path, capsys):
     assert main(["eval", "winrate", "--labels", str(path)]) == 0
     out = capsys.readouterr().out
     assert "  0: 0.750" in out and "n=2" in out and "(none)" not in out
+
+
+def test_reference_log_likelihood_is_the_mean_log_probability_of_the_reference_tokens(tiny_path):
+    from rlhf.data.collate import encode_prompt, encode_response
+    from rlhf.data.records import Demonstration
+    from rlhf.eval.perplexity import reference_log_likelihood
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_path))
+    model = load_causal_lm(str(tiny_path), tokenizer=tokenizer).eval()
+    demos = [Demonstration(prompt=[{"role": "user", "content": p}], response=r)
+             for p, r in [("Name a colour.", "Blue."), ("Say hi", "Hello there, friend!"), ("2+2?", "4")]]
+    total, count = 0.0, 0
+    for demo in demos:  # one sequence at a time, no padding: log p of each response token and its EOS
+        prompt, response = encode_prompt(tokenizer, demo.prompt), encode_response(tokenizer, demo.response)
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        for position in range(len(prompt), len(prompt) + len(response)):
+            total += float(logprobs[position - 1, ids[0, position]])
+            count += 1
+    ours = reference_log_likelihood(model, tokenizer, demos, max_length=256, batch_size=2)
+    assert ours == pytest.approx(total / count, abs=1e-4)
+
+
+def test_disjoint_from_needs_a_reward_model_folder_that_lists_its_training_records(tmp_path):
+    from rlhf.data.records import Comparison, DataError
+    from rlhf.train.reward import leave_out_trained
+
+    comparisons = [Comparison(prompt=[{"role": "user", "content": f"q{i}"}], responses=["a", "b"], ranks=[1, 2],
+                              source=f"{tmp_path}/pairs.jsonl:{i}") for i in range(1, 6)]
+    with pytest.raises(DataError, match=r"splits\.json: disjoint_from: no such file"):
+        leave_out_trained(comparisons, str(tmp_path / "nowhere"))
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "splits.json").write_text(json.dumps({"train": ["x:1"]}))
+    with pytest.raises(DataError, match="no 'trained' list"):
+        leave_out_trained(comparisons, str(tmp_path / "rm"))
+    # the same records written with another path to the same file are still left out
+    (tmp_path / "rm" / "splits.json").write_text(json.dumps({"trained": [f"{tmp_path}/./pairs.jsonl:2",
+                                                                        f"{tmp_path}/pairs.jsonl:4"]}))
+    assert [c.source.rsplit(":", 1)[1] for c in leave_out_trained(comparisons, str(tmp_path / "rm"))] == ["1", "3", "5"]

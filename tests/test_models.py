@@ -219,3 +219,33 @@ def test_disable_dropout_makes_train_mode_forwards_identical(family):
     assert model.training and torch.equal(first, second)
     assert all(value == 0.0 for key, value in model.config.to_dict().items()
                if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_train_layers_freezes_the_embeddings_and_lower_blocks_and_the_backward_stops_there(family):
+    from transformers import GPT2Config, LlamaConfig
+
+    from rlhf.config import ConfigError
+    from rlhf.models import train_top_layers
+
+    torch.manual_seed(0)
+    config = (GPT2Config(vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64) if family == "gpt2" else
+              LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                          num_attention_heads=4, tie_word_embeddings=False))
+    model = AutoModelForCausalLM.from_config(config)
+    assert train_top_layers(model, 1) == 2
+    blocks = model.model.layers if family == "llama" else model.transformer.h
+    ids = torch.randint(3, 64, (2, 10))
+    model(input_ids=ids, labels=ids).loss.backward()
+    for name, param in model.named_parameters():
+        in_top = any(param is p for p in blocks[2].parameters())
+        below = any(param is p for block in blocks[:2] for p in block.parameters())
+        embedding = any(param is p for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+        if below or embedding:
+            assert not param.requires_grad and param.grad is None, name
+        elif in_top:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+    # an untied output layer still trains; a tied one is the input embedding, frozen with it
+    assert (model.lm_head.weight.grad is not None) == (family == "llama")
+    with pytest.raises(ConfigError, match="train_layers: must be between 1 and the model's 3 blocks, got 4"):
+        train_top_layers(AutoModelForCausalLM.from_config(config), 4)

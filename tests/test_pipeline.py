@@ -362,3 +362,27 @@ def test_overoptimization_judges_every_method_with_a_gold_model_and_fits_the_cur
     html = (run_dir / "report.html").read_text()
     assert "Methods side by side" in html and "Reward over-optimisation" in html
     assert "alt='gold and proxy score against sqrt KL' src='data:image/png;base64," in html
+
+
+def test_the_judge_trains_on_no_comparison_the_proxy_trained_on(tiny_run):
+    run_dir, summary = tiny_run
+    proxy = json.loads((run_dir / "reward" / "splits.json").read_text())
+    judge = json.loads((run_dir / "judge" / "splits.json").read_text())
+    assert len(proxy["trained"]) == 320 and len(judge["trained"]) == 160
+    assert not set(proxy["trained"]) & set(judge["trained"])
+    assert set(judge["trained"]) <= set(proxy["train"])  # the same split: test pairs stay held out from both
+    assert judge["test"] == proxy["test"]
+    meta = json.loads((run_dir / "judge" / "rlhf.json").read_text())["config"]
+    assert meta["model"] == "tiny" and meta["disjoint_from"] == str(run_dir / "reward")  # the base model, not SFT
+    assert summary["judge"]["valid/accuracy"] >= 0.8  # a judge that tells the synthetic preference
+    results = json.loads((run_dir / "eval.json").read_text())
+    judged = results["judged"]
+    assert judged["judge"] == "judge" and judged["prompts"] > 64  # the fixed 64 and held-out PPO prompts
+    ppo = judged["vs_sft"]["ppo"]
+    assert {"all", "harmful", "ordinary", "held_out"} <= set(ppo)
+    assert ppo["all"]["low"] <= ppo["all"]["win_rate"] <= ppo["all"]["high"]
+    assert ppo["held_out"]["win_rate"] > 0.5  # PPO's gain on its own task shows under the independent judge
+    report = (run_dir / "report.md").read_text()
+    assert report.startswith(f"# RLHF run report: `{run_dir}`\n\n## Result on held-out prompts")
+    assert "judge `judge`" in report and "never saw" in report
+    assert all("reference_logprob" in m for m in results["policies"].values())

@@ -126,6 +126,9 @@ class SupervisedConfig(StageConfig):
         1, ge=1, description="reduce and log the loss and metrics every N optimizer steps; in between they stay "
         "on the device (no host synchronisation: set 10-50 on a GPU)")
     compile: bool = Field(False, description="torch.compile the training model's forward (worth it on a GPU)")
+    train_layers: int | None = Field(
+        None, ge=1, description="train only the top N transformer blocks (and the final norm and head); the "
+        "embeddings and the blocks below stay frozen, and the backward pass stops at them (null: every layer)")
 
 
 class SFTConfig(SupervisedConfig):

@@ -8,6 +8,7 @@ tax); refusal rate on harmful prompts and answer rate on ordinary ones. Writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -52,13 +53,27 @@ def policies_of(run_dir: Path, base_model: str) -> dict[str, str]:
     return found
 
 
+@contextlib.contextmanager
+def quiet_truncation():
+    """No warning per truncated record while an evaluation encodes its held-out data."""
+    collate_log = logging.getLogger("rlhf.data.collate")
+    level = collate_log.level
+    collate_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        collate_log.setLevel(level)
+
+
 def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
-    """Pair accuracy of the run's reward model on held-out comparisons (the training stage's evaluator)."""
+    """Pair accuracy of the run's reward model on every held-out comparison (the training stage's
+    evaluator): a longer one is truncated as training truncates, keeping the end of the dialogue."""
     from accelerate import Accelerator
 
     tokenizer = load_tokenizer(str(run_dir / "reward"))
     model = load_scalar_model(str(run_dir / "reward"), tokenizer, trained=True)
-    examples = encode_comparisons(tokenizer, comparisons, max_length, "skip")
+    with quiet_truncation():
+        examples = encode_comparisons(tokenizer, comparisons, max_length, "truncate")
     loader = DataLoader(examples, batch_size=batch_size, collate_fn=lambda b: collate_ranked(b, tokenizer.pad_token_id))
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"), cpu=not torch.cuda.is_available())
     evaluation = evaluate_rankings(model, loader, accelerator)

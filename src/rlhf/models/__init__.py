@@ -328,3 +328,35 @@ def sequence_scores(values: torch.Tensor, attention_mask: torch.Tensor, bias: fl
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 at the first real token (needed with left padding)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer blocks of an HF model (``model.layers``, GPT-2's ``transformer.h``, …):
+    the ModuleList as long as the config's number of hidden layers."""
+    config = getattr(model, "config", None)
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    from rlhf.config import ConfigError
+
+    raise ConfigError(f"train_layers: {type(model).__name__} has no list of {count} transformer blocks to freeze")
+
+
+def train_top_layers(model: torch.nn.Module, layers: int) -> int:
+    """Freeze the embeddings and every transformer block below the top ``layers``: the backward pass
+    then stops at the lowest trained block (a third of the cost of each frozen block is its forward).
+    The final norm and a head of its own (a reward model's) stay trained; an output layer tied to the
+    input embedding is that embedding, frozen with it. Returns the number of frozen blocks."""
+    blocks = decoder_blocks(model)
+    if not 1 <= layers <= len(blocks):
+        from rlhf.config import ConfigError
+
+        raise ConfigError(f"train_layers: must be between 1 and the model's {len(blocks)} blocks, got {layers}")
+    frozen = len(blocks) - layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.requires_grad_(False)
+    for block in list(blocks)[:frozen]:
+        block.requires_grad_(False)
+    return frozen

@@ -15,7 +15,7 @@ from rlhf.config import DPOConfig
 from rlhf.data.collate import RankedExample, collate_ranked, encode_comparisons
 from rlhf.data.readers import DataError, read_comparisons
 from rlhf.losses import dpo_loss
-from rlhf.models import SequenceLogProbs, load_causal_lm, load_tokenizer
+from rlhf.models import SequenceLogProbs, load_causal_lm, load_tokenizer, train_top_layers
 from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
@@ -65,6 +65,8 @@ def train_dpo(config: DPOConfig, control: RunControl = RunControl()) -> dict:
     add_reference_logps(reference, train + valid, tokenizer.pad_token_id, config.batch_size, accelerator)
     if config.lora:
         add_lora(hf, config.lora)
+    if config.train_layers:
+        train_top_layers(hf, config.train_layers)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(hf)
     run = SupervisedRun(config, accelerator, SequenceLogProbs(hf), train, valid,

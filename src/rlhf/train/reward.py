@@ -23,7 +23,7 @@ from rlhf.data.collate import (
 )
 from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.losses import ranking_loss
-from rlhf.models import REWARD_BIAS_KEY, load_scalar_model, load_tokenizer, sequence_scores
+from rlhf.models import REWARD_BIAS_KEY, load_scalar_model, load_tokenizer, sequence_scores, train_top_layers
 from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
@@ -123,6 +123,8 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
     model = load_scalar_model(config.model, tokenizer)
     if config.lora:
         add_lora(model.hf, config.lora, scalar_head=True)
+    if config.train_layers:
+        train_top_layers(model.hf, config.train_layers)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.hf)
     run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),

@@ -11,7 +11,7 @@ from rlhf.checkpoint import Checkpoints, RunControl, check_stage_output, save_ch
 from rlhf.config import SFTConfig
 from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import DataError, read_demonstrations
-from rlhf.models import ResponseLM, load_causal_lm, load_tokenizer
+from rlhf.models import ResponseLM, load_causal_lm, load_tokenizer, train_top_layers
 from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
@@ -66,6 +66,8 @@ def train_sft(config: SFTConfig, control: RunControl = RunControl()) -> dict:
     model.config.use_cache = False
     if config.lora:
         add_lora(model, config.lora)
+    if config.train_layers:
+        train_top_layers(model, config.train_layers)
     add_residual_dropout(model, config.dropout)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model)
