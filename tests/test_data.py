@@ -237,3 +237,35 @@ def test_deeply_nested_metadata_is_a_one_line_error_not_a_recursion(tmp_path):
     shallow = tmp_path / "ok.jsonl"
     shallow.write_text(json_module.dumps({"prompt": "p", "response": "r", "metadata": {"x": [[1, {"y": 2.5}]]}}) + "\n")
     assert read_demonstrations(shallow)[0].metadata == {"x": [[1, {"y": 2.5}]]}
+
+
+def test_shared_prompt_layout_by_hand():
+    from rlhf.data.collate import RankedExample, collate_shared_prompt
+
+    # prompt [7, 8], responses [9] and [10, 11]; a second prompt [5] with responses [6, 6] [4] [3]
+    first = RankedExample([[7, 8, 9], [7, 8, 10, 11]], [2, 1], [2, 2])
+    second = RankedExample([[5, 6, 6], [5, 4], [5, 3]], [1, 2, 3], [1, 1, 1])
+    batch = collate_shared_prompt([first, second], pad_id=0)
+    width = batch["input_ids"].shape[1]
+    assert width == 32  # padded to PAD_MULTIPLE
+    assert batch["input_ids"][0, :5].tolist() == [7, 8, 9, 10, 11]
+    assert batch["input_ids"][1, :5].tolist() == [5, 6, 6, 4, 3]
+    assert batch["position_ids"][0, :5].tolist() == [0, 1, 2, 2, 3]
+    assert batch["position_ids"][1, :5].tolist() == [0, 1, 2, 1, 1]
+    mask = batch["attention_mask"][:, 0]
+    assert mask.shape == (2, width, width) and mask.dtype == torch.bool
+    expected_first = [[1, 0, 0, 0, 0],   # prompt token 7 sees itself
+                      [1, 1, 0, 0, 0],   # 8 sees the prompt
+                      [1, 1, 1, 0, 0],   # 9 (response 1) sees the prompt and itself
+                      [1, 1, 0, 1, 0],   # 10 (response 2) the prompt and itself, not response 1
+                      [1, 1, 0, 1, 1]]
+    assert mask[0, :5, :5].int().tolist() == expected_first
+    assert mask[1, 4, :5].int().tolist() == [1, 0, 0, 0, 1]  # response 3 (token 3): the prompt and itself
+    assert mask[0, 7].int().tolist() == [0] * 7 + [1] + [0] * (width - 8)  # padding: itself only
+    assert batch["score_index"].tolist() == [[2, 4, 0], [width + 2, width + 3, width + 4]]
+    assert batch["valid"].tolist() == [[True, True, False], [True, True, True]]
+    assert batch["ranks"].tolist() == [[2, 1, 0], [1, 2, 3]]
+    additive = collate_shared_prompt([first], pad_id=0, additive=True)["attention_mask"][0, 0]
+    assert additive[3, 2] == torch.finfo(torch.float32).min and additive[3, 1] == 0
+    with pytest.raises(ValueError, match="another prompt"):
+        collate_shared_prompt([RankedExample([[1, 2, 3], [1, 4, 3]], [1, 2], [2, 2])], pad_id=0)

@@ -82,6 +82,39 @@ def test_reward_is_a_plain_sequence_classifiers_logit_at_the_last_token(family, 
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_each_prompt_forwarded_once_scores_as_each_response_in_its_own_sequence(family, attention):
+    """The reward model's shared-prompt layout (one row: the prompt, then its K responses, a mask that
+    keeps each response to the prompt and itself) gives every response the score of its own sequence."""
+    from rlhf.data.collate import Comparison, collate_ranked, encode_comparisons
+    from rlhf.train.reward import ranked_scores, shared_prompt_collate, sliding_window
+
+    name, path = family
+    torch.manual_seed(2)
+    tokenizer = load_tokenizer(path)
+    model = load_scalar_model(path, tokenizer).eval()
+    if attention == "sdpa" and model.hf.config._attn_implementation == "eager":
+        pytest.skip(f"{name} runs eager attention (sdpa takes no soft-capping)")
+    model.hf.config._attn_implementation = attention
+    comparisons = [Comparison(prompt=c, responses=[r, r[::-1] + " rain", "a"][:2 + i % 2], ranks=[1, 2, 3][:2 + i % 2])
+                   for i, (c, r) in enumerate(zip(CONVERSATIONS, RESPONSES))]
+    examples = encode_comparisons(tokenizer, comparisons, 512)
+    collate, _ = shared_prompt_collate(model.hf, tokenizer.pad_token_id, 512)
+    shared = collate(examples)
+    window = sliding_window(model.hf.config)
+    if window is not None and window < 512:  # the mask has no window: each response keeps its own row
+        assert shared["input_ids"].shape[0] == sum(len(c.responses) for c in comparisons)
+        examples = encode_comparisons(tokenizer, comparisons, window)  # no sequence longer than the window:
+        collate, _ = shared_prompt_collate(model.hf, tokenizer.pad_token_id, window)  # shared again, still exact
+        shared = collate(examples)
+    assert shared["input_ids"].shape[0] == len(examples)  # one row per prompt
+    with torch.no_grad():
+        ours = ranked_scores(model, shared)
+        theirs = ranked_scores(model, collate_ranked(examples, tokenizer.pad_token_id))
+    valid = shared["valid"]
+    torch.testing.assert_close(ours[valid], theirs[valid], rtol=1e-4, atol=1e-4)
+
+
 def test_greedy_samples_equal_generate(family):
     name, path = family
     tokenizer = load_tokenizer(path)

@@ -240,7 +240,8 @@ def test_train_layers_freezes_the_embeddings_and_lower_blocks_and_the_backward_s
     for name, param in model.named_parameters():
         in_top = any(param is p for p in blocks[2].parameters())
         below = any(param is p for block in blocks[:2] for p in block.parameters())
-        embedding = any(param is p for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+        embedding = any(param is p for m in model.modules() if isinstance(m, torch.nn.Embedding)
+                        for p in m.parameters())
         if below or embedding:
             assert not param.requires_grad and param.grad is None, name
         elif in_top:

@@ -93,11 +93,76 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int
         prompt = encode_prompt(tokenizer, comparison.prompt)
         responses = [encode_response(tokenizer, text) for text in comparison.responses]
         if _fits(len(prompt) + max(map(len, responses)), max_length, comparison.source, on_too_long):
+            # one prompt for all K (cut for the longest response), so that it can be forwarded once
+            prompt, _ = truncate_pair(prompt, max(responses, key=len), max_length)
             pairs = [truncate_pair(prompt, response, max_length) for response in responses]
             examples.append(RankedExample([kept + said for kept, said in pairs], list(comparison.ranks),
                                           [len(kept) for kept, _ in pairs]))
     _report_dropped("comparisons", len(comparisons), len(examples), max_length)
     return examples
+
+
+def shared_prompt_shape(example: RankedExample) -> tuple[int, int]:
+    """A ranked example in :func:`collate_shared_prompt`'s layout: one row, its prompt once and every
+    response after it."""
+    prompt = example.prompt_lengths[0]
+    return 1, prompt + sum(len(seq) - prompt for seq in example.sequences)
+
+
+def collate_shared_prompt(examples: list[RankedExample], pad_id: int,
+                          additive: bool = False) -> dict[str, torch.Tensor]:
+    """Each prompt forwarded once with its K responses after it, in one row (a reward model's scores
+    depend on the prompt only through the causal prefix, so K copies of it are K − 1 wasted forwards).
+
+    input_ids, position_ids (B, T): response k's positions continue the prompt's, as in its own
+    sequence; attention_mask (B, 1, T, T) bool, True = may attend: a prompt token sees the prompt up to
+    itself, a response token the prompt and its own response up to itself (padding only itself);
+    score_index (B, K_max): the flat position b·T + t of each response's last token (its EOS), whose
+    head output is that response's score; ranks, valid as :func:`collate_ranked`. Each score equals
+    the one from the response's own sequence (tested, per model family). ``additive``: the mask as
+    eager attention adds it, 0 where allowed and the float32 minimum elsewhere.
+    """
+    rows, segments, positions, ends = [], [], [], []
+    for example in examples:
+        length = example.prompt_lengths[0]
+        prompt = example.sequences[0][:length]
+        row, segment, position, last = list(prompt), [0] * length, list(range(length)), []
+        for k, (sequence, start) in enumerate(zip(example.sequences, example.prompt_lengths), start=1):
+            if start != length or sequence[:length] != prompt:
+                raise ValueError(f"response {k} of a ranked example has another prompt; encode_comparisons "
+                                 "gives all K one prompt")
+            row += sequence[length:]
+            segment += [k] * (len(sequence) - length)
+            position += range(length, len(sequence))
+            last.append(len(row) - 1)
+        rows.append(row)
+        segments.append(segment)
+        positions.append(position)
+        ends.append(last)
+    input_ids, _ = pad(rows, pad_id, multiple_of=PAD_MULTIPLE)
+    width = input_ids.shape[1]
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (seg, pos) in enumerate(zip(segments, positions)):
+        segment[b, :len(seg)] = torch.tensor(seg)
+        position_ids[b, :len(pos)] = torch.tensor(pos)
+    query, key = segment.unsqueeze(2), segment.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding sees itself: no row without a key
+    k_max = max(len(e.sequences) for e in examples)
+    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
+    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
+    score_index = torch.zeros((len(examples), k_max), dtype=torch.long)
+    for b, (example, last) in enumerate(zip(examples, ends)):
+        ranks[b, :len(last)] = torch.tensor(example.ranks)
+        valid[b, :len(last)] = True
+        score_index[b, :len(last)] = b * width + torch.tensor(last)
+    mask = allowed.unsqueeze(1)
+    if additive:
+        mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
+            "score_index": score_index, "ranks": ranks, "valid": valid}
 
 
 def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_length: int,

@@ -22,7 +22,6 @@ from rlhf.checkpoint import METADATA_FILE, is_finished
 from rlhf.config import PipelineConfig
 from rlhf.data.collate import (
     PAD_MULTIPLE,
-    collate_ranked,
     encode_comparisons,
     encode_prompt,
     encode_response,
@@ -40,7 +39,7 @@ from rlhf.generate import generate
 from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.outputs import write_run_file
 from rlhf.train.common import inference_autocast, resolve_mixed_precision
-from rlhf.train.reward import evaluate_rankings
+from rlhf.train.reward import evaluate_rankings, shared_prompt_collate
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +73,8 @@ def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_siz
     model = load_scalar_model(str(run_dir / "reward"), tokenizer, trained=True)
     with quiet_truncation():
         examples = encode_comparisons(tokenizer, comparisons, max_length, "truncate")
-    loader = DataLoader(examples, batch_size=batch_size, collate_fn=lambda b: collate_ranked(b, tokenizer.pad_token_id))
+    collate, _ = shared_prompt_collate(model.hf, tokenizer.pad_token_id, max_length)
+    loader = DataLoader(examples, batch_size=batch_size, collate_fn=collate)
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"), cpu=not torch.cuda.is_available())
     evaluation = evaluate_rankings(model, loader, accelerator)
     return {"accuracy": evaluation["accuracy"], "pairs": evaluation["pairs"]}

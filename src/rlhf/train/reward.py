@@ -17,9 +17,11 @@ from rlhf.config import RewardConfig
 from rlhf.data.collate import (
     collate_ranked,
     collate_sft,
+    collate_shared_prompt,
     encode_comparisons,
     encode_demonstrations,
     sample_records,
+    shared_prompt_shape,
 )
 from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.losses import ranking_loss
@@ -46,8 +48,31 @@ def ranked_prompts(batch: dict) -> int:
     return batch["ranks"].shape[0]
 
 
+def sliding_window(config) -> int | None:
+    """The attention window of a model that limits it (Mistral, Gemma-2's local layers), else None."""
+    window = getattr(config, "sliding_window", None)
+    return window if window and getattr(config, "use_sliding_window", True) is not False else None
+
+
+def shared_prompt_collate(hf_model, pad_id: int, max_length: int):
+    """The reward model's collate: each prompt forwarded once (:func:`collate_shared_prompt`) where the
+    attention takes a custom mask (sdpa, eager) and no sliding window shorter than ``max_length`` would
+    have cut a sequence's attention (the mask carries none), else every response with its own copy of
+    the prompt (flash-attention kernels take no mask). Returns (collate, shape)."""
+    implementation = getattr(hf_model.config, "_attn_implementation", None)
+    window = sliding_window(hf_model.config)
+    if implementation not in ("sdpa", "eager") or (window is not None and window < max_length):
+        return (lambda b: collate_ranked(b, pad_id)), ranked_shape
+    additive = implementation == "eager"
+    return (lambda b: collate_shared_prompt(b, pad_id, additive)), shared_prompt_shape
+
+
 def ranked_scores(model, batch: dict) -> torch.Tensor:
     """Forward every response once and lay the scores out per prompt: (B, K_max)."""
+    if "score_index" in batch:  # the shared-prompt layout: each response's score at its last token
+        values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"])
+        return values.flatten()[batch["score_index"]]
     values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     flat_scores = sequence_scores(values, batch["attention_mask"])
     return flat_scores[batch["flat_index"]]
@@ -127,8 +152,9 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
         train_top_layers(model.hf, config.train_layers)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.hf)
-    run = SupervisedRun(config, accelerator, model, train, valid, lambda b: collate_ranked(b, tokenizer.pad_token_id),
-                        shape=ranked_shape, loss_weight=ranked_prompts, count_items=ranked_prompts)
+    collate, shape = shared_prompt_collate(model.hf, tokenizer.pad_token_id, config.max_length)
+    run = SupervisedRun(config, accelerator, model, train, valid, collate, shape=shape, loss_weight=ranked_prompts,
+                        count_items=ranked_prompts)
     log = MetricsLog(config.metrics_file, "reward", accelerator, config.output_dir, config)
 
     def loss_fn(batch):
