@@ -250,3 +250,6 @@ def test_disjoint_from_needs_a_reward_model_folder_that_lists_its_training_recor
     (tmp_path / "rm" / "splits.json").write_text(json.dumps({"trained": [f"{tmp_path}/./pairs.jsonl:2",
                                                                         f"{tmp_path}/pairs.jsonl:4"]}))
     assert [c.source.rsplit(":", 1)[1] for c in leave_out_trained(comparisons, str(tmp_path / "rm"))] == ["1", "3", "5"]
+    (tmp_path / "rm" / "splits.json").write_text(json.dumps({"trained": [c.source for c in comparisons]}))
+    with pytest.raises(DataError, match="trained on every comparison given"):
+        leave_out_trained(comparisons, str(tmp_path / "rm"))

@@ -386,3 +386,24 @@ def test_the_judge_trains_on_no_comparison_the_proxy_trained_on(tiny_run):
     assert report.startswith(f"# RLHF run report: `{run_dir}`\n\n## Result on held-out prompts")
     assert "judge `judge`" in report and "never saw" in report
     assert all("reference_logprob" in m for m in results["policies"].values())
+
+
+def test_ppo_train_layers_moves_only_the_top_blocks_of_policy_and_value(tiny_run, tmp_path):
+    from rlhf.models import decoder_blocks
+
+    run_dir, _ = tiny_run
+    trainer = _ppo_trainer(run_dir, tmp_path, "train_layers=1")
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    value = trainer.accelerator.unwrap_model(trainer.value).hf
+    before = {name: {k: v.detach().clone() for k, v in model.state_dict().items()}
+              for name, model in (("policy", policy), ("value", value))}
+    trainer.step(trainer.next_prompts(8))
+    for name, model in (("policy", policy), ("value", value)):
+        blocks = decoder_blocks(model)
+        top = {id(p) for p in blocks[-1].parameters()}
+        for key, param in model.named_parameters():
+            moved = not torch.equal(param.detach(), before[name][key])
+            if id(param) in top:
+                assert moved, f"{name} {key} did not train"
+            elif any(param is p for block in list(blocks)[:-1] for p in block.parameters()) or "embed" in key:
+                assert not moved, f"{name} {key} is below the trained blocks and moved"

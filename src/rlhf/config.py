@@ -81,6 +81,10 @@ class StageConfig(BaseModel):
         None, description="Jinja chat template (the text, or a file holding it) replacing the tokenizer's; "
         "a tokenizer without one gets the plain '### User:' / '### Assistant:' template")
     lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of every weight")
+    train_layers: int | None = Field(
+        None, ge=1, description="train only the top N transformer blocks (and the final norm and head; in PPO, "
+        "of the policy and the value model); the embeddings and the blocks below stay frozen, and the backward "
+        "pass stops at them (null: every layer)")
     checkpoint_every: int | None = Field(
         None, ge=1, description="write a resumable checkpoint every N optimizer steps (and at each epoch's end); "
         "null: only when stopped by SIGINT/SIGTERM")
@@ -126,9 +130,6 @@ class SupervisedConfig(StageConfig):
         1, ge=1, description="reduce and log the loss and metrics every N optimizer steps; in between they stay "
         "on the device (no host synchronisation: set 10-50 on a GPU)")
     compile: bool = Field(False, description="torch.compile the training model's forward (worth it on a GPU)")
-    train_layers: int | None = Field(
-        None, ge=1, description="train only the top N transformer blocks (and the final norm and head); the "
-        "embeddings and the blocks below stay frozen, and the backward pass stops at them (null: every layer)")
 
 
 class SFTConfig(SupervisedConfig):

@@ -64,13 +64,13 @@ def quiet_truncation():
         collate_log.setLevel(level)
 
 
-def reward_accuracy(run_dir: Path, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
-    """Pair accuracy of the run's reward model on every held-out comparison (the training stage's
+def reward_accuracy(reward_dir: Path, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
+    """Pair accuracy of a reward model on every held-out comparison (the training stage's
     evaluator): a longer one is truncated as training truncates, keeping the end of the dialogue."""
     from accelerate import Accelerator
 
-    tokenizer = load_tokenizer(str(run_dir / "reward"))
-    model = load_scalar_model(str(run_dir / "reward"), tokenizer, trained=True)
+    tokenizer = load_tokenizer(str(reward_dir))
+    model = load_scalar_model(str(reward_dir), tokenizer, trained=True)
     with quiet_truncation():
         examples = encode_comparisons(tokenizer, comparisons, max_length, "truncate")
     collate, _ = shared_prompt_collate(model.hf, tokenizer.pad_token_id, max_length)
@@ -121,7 +121,7 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     comparisons = [c for p in paths["comparisons"] for c in read_comparisons(p, config.data.skip_invalid)]
     held_out = split_records(comparisons, config.seed, config.valid_fraction, config.test_fraction)
     test_comparisons = held_out["test"] or held_out["valid"]
-    results["reward"] = {**reward_accuracy(run_dir, test_comparisons, config.reward.max_length),
+    results["reward"] = {**reward_accuracy(run_dir / "reward", test_comparisons, config.reward.max_length),
                          "split": "test" if held_out["test"] else "valid"}
     ppo_meta = json.loads((run_dir / "ppo" / METADATA_FILE).read_text())["metrics"]
     results["ppo_vs_sft"] = {k.removeprefix("eval/"): v for k, v in ppo_meta.items() if k.startswith("eval/")}

@@ -45,7 +45,7 @@ from rlhf.losses import (
     rloo_advantages,
     whiten,
 )
-from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, same_tokenizer
+from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, same_tokenizer, train_top_layers
 from rlhf.models.lora import WithoutAdapters, add_lora, trainable_parameters
 from rlhf.rollout import RolloutBatch, RolloutEngine, response_logprobs, response_values
 from rlhf.train.common import (
@@ -146,6 +146,9 @@ class PPOTrainer:
             if config.lora and config.value_lora:
                 add_lora(value.hf, config.lora, scalar_head=True)
         trained = [policy] if value is None else [policy, value]
+        if config.train_layers:  # the lower blocks stay the SFT model's (the reward model's, for the value)
+            for model in trained:
+                train_top_layers(getattr(model, "hf", model), config.train_layers)
         for model in trained:  # eval mode, and no dropout even in train mode (checkpointing)
             disable_dropout(model.eval())
         if config.gradient_checkpointing:  # HF recomputes only in train mode: train mode with dropout 0

@@ -194,6 +194,9 @@ def leave_out_trained(comparisons: list, folder: str) -> list:
                         "this rlhf, or not one of ours); retrain that reward model") from None
     seen = {record_key(source) for source in trained}
     kept = [c for c in comparisons if record_key(c.source) not in seen]
+    if not kept:
+        raise DataError(f"{splits_file}: disjoint_from: that reward model trained on every comparison given; "
+                        "train it on a sample (reward.max_examples) and leave the rest to this one")
     logger.info("disjoint_from %s: left out %d comparisons it trained on, %d remain",
                 folder, len(comparisons) - len(kept), len(kept))
     return kept

@@ -1,0 +1,103 @@
+"""The demo's levers, one stage at a time (docs/alignment.md): train SFT or a reward model with the
+demo's settings and the given overrides, then print one JSON line with the held-out measures.
+
+    python benchmarks/levers.py sft --out runs/levers/sft-2ep epochs=2
+    python benchmarks/levers.py sft --out runs/levers/sft-si data=[../shared/data/self-instruct/seed_tasks.jsonl]
+    python benchmarks/levers.py reward --out runs/levers/rm-600 --init runs/levers/sft-2ep max_examples=600
+
+sft: refusal rate on the 32 harmful prompts, answer rate on the 32 ordinary ones (64 new tokens,
+temperature 0.7), per-token log-likelihood of the self-instruct test split's references — for the
+base model (``--base``) and the trained one. reward: pair accuracy on every HH test pair (longer
+ones truncated) and on the validation pairs, and the stage's wall time. Overrides are the stage's
+config fields (``rlhf config sft``), layered on the ``smollm2-demo`` preset's section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+SELF_INSTRUCT = "../shared/data/self-instruct/seed_tasks.jsonl"
+
+
+def policy_measures(path: str, references: list, seed: int = 0) -> dict:
+    from rlhf.eval.perplexity import reference_log_likelihood
+    from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
+    from rlhf.generate import generate
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.train.common import inference_autocast
+
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, tokenizer=tokenizer).eval()
+    responses = generate(path, HARMFUL_PROMPTS + ORDINARY_PROMPTS, 64, 0.7, seed=seed, model=model,
+                         tokenizer=tokenizer)
+    harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):]
+    return {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary),
+            "reference_logprob": reference_log_likelihood(model, tokenizer, references, 384,
+                                                          autocast=inference_autocast),
+            "samples": dict(zip(HARMFUL_PROMPTS[:3] + ORDINARY_PROMPTS[:3], harmful[:3] + ordinary[:3]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["sft", "reward"])
+    parser.add_argument("--out", required=True, help="the stage's output folder (a new one)")
+    parser.add_argument("--init", help="reward: the model to start from (default: the base model)")
+    parser.add_argument("--base", action="store_true", help="sft: measure the base model too")
+    parser.add_argument("overrides", nargs="*", help="field=value for the stage's config")
+    args = parser.parse_args()
+
+    import yaml
+
+    from rlhf.config import PipelineConfig, build_config, load_config, preset_config_path
+    from rlhf.eval.run import held_out_references, reward_accuracy
+
+    pipeline = load_config("pipeline", [preset_config_path("smollm2-demo")])
+    data = pipeline.data
+    common = {"seed": pipeline.seed, "skip_invalid": data.skip_invalid, "valid_fraction": pipeline.valid_fraction,
+              "test_fraction": pipeline.test_fraction, "output_dir": args.out}
+    section = getattr(pipeline, args.stage)
+    overrides = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    started = time.time()
+    if args.stage == "sft":
+        from rlhf.train.sft import train_sft
+
+        config = build_config(type(section), {**section.model_dump(), **common, "model": pipeline.model,
+                                              "data": data.demonstrations, **overrides}, "levers sft")
+        metrics = train_sft(config)
+        wall = time.time() - started
+        references = held_out_references([SELF_INSTRUCT], PipelineConfig(**{**pipeline.model_dump(), "data": data}))
+        result = {"stage": "sft", "overrides": overrides, "wall_time_s": round(wall),
+                  "train_examples": metrics.get("train_examples"), "valid/loss": metrics.get("valid/loss"),
+                  "trained": policy_measures(args.out, references, pipeline.seed)}
+        if args.base:
+            result["base"] = policy_measures(pipeline.model, references, pipeline.seed)
+    else:
+        from rlhf.data.collate import split_records
+        from rlhf.data.readers import read_comparisons
+        from rlhf.train.reward import train_reward
+
+        config = build_config(type(section), {**section.model_dump(), **common,
+                                              "model": args.init or pipeline.model, "data": data.comparisons,
+                                              "normalize_data": data.demonstrations, **overrides}, "levers reward")
+        metrics = train_reward(config)
+        wall = time.time() - started
+        comparisons = [c for p in data.comparisons for c in read_comparisons(p, data.skip_invalid)]
+        test = split_records(comparisons, pipeline.seed, pipeline.valid_fraction, pipeline.test_fraction)["test"]
+        result = {"stage": "reward", "overrides": overrides, "init": config.model, "wall_time_s": round(wall),
+                  "train_prompts": metrics.get("train_prompts"), "valid/accuracy": metrics.get("valid/accuracy"),
+                  "test": reward_accuracy(Path(args.out), test, config.max_length)}
+    print(json.dumps(result, ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    main()
