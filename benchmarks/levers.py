@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--init", help="reward: the model to start from (default: the base model)")
     parser.add_argument("--base", action="store_true", help="sft: measure the base model too")
     parser.add_argument("overrides", nargs="*", help="field=value for the stage's config")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
 
     import yaml
 
