@@ -253,3 +253,16 @@ def test_disjoint_from_needs_a_reward_model_folder_that_lists_its_training_recor
     (tmp_path / "rm" / "splits.json").write_text(json.dumps({"trained": [c.source for c in comparisons]}))
     with pytest.raises(DataError, match="trained on every comparison given"):
         leave_out_trained(comparisons, str(tmp_path / "rm"))
+
+
+def test_a_run_that_kept_no_prompt_out_is_judged_on_the_fixed_prompts_only(monkeypatch, tmp_path, caplog):
+    import rlhf.eval.run as run
+    from rlhf.data.records import DataError
+
+    def nothing_held_out(run_dir, limit):
+        raise DataError(f"{run_dir / 'ppo'}: no held-out prompt")
+
+    monkeypatch.setattr(run, "held_out_prompts", nothing_held_out)
+    assert run.held_out_conversations(tmp_path, 32) == []
+    assert "the judge scores the fixed prompts only" in caplog.text
+    assert run.held_out_conversations(tmp_path, 0) == []

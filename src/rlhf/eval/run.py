@@ -28,7 +28,7 @@ from rlhf.data.collate import (
     pad,
     split_records,
 )
-from rlhf.data.readers import read_comparisons, read_demonstrations
+from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.data.records import as_conversation
 from rlhf.eval.overoptimization import held_out_prompts
 from rlhf.eval.perplexity import held_out_perplexity, reference_log_likelihood
@@ -102,6 +102,18 @@ def held_out_references(paths: list[str], config: PipelineConfig) -> list:
     return held_out["test"] or held_out["valid"]
 
 
+def held_out_conversations(run_dir: Path, limit: int) -> list:
+    """Up to ``limit`` of the PPO stage's held-out prompts for the judge; none (logged) when the run
+    kept no prompt out (valid_fraction and test_fraction 0)."""
+    if not limit:
+        return []
+    try:
+        return [p.prompt for p in held_out_prompts(run_dir, limit)]
+    except DataError as error:
+        logger.warning("eval: the judge scores the fixed prompts only: %s", error)
+        return []
+
+
 def judged_win_rates(judge_dir: Path, prompts: list, categories: list[str], responses: dict[str, list[str]],
                      baseline: str = "sft") -> dict[str, dict]:
     """Each policy against ``baseline`` under the judge, prompt by prompt: the win rate with its
@@ -130,8 +142,7 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         results["ppo_noptx_vs_sft"] = {k.removeprefix("eval/"): v for k, v in noptx.items() if k.startswith("eval/")}
 
     fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
-    conversations = [p.prompt for p in held_out_prompts(run_dir, eval_config.judge_prompts)] \
-        if eval_config.judge_prompts else []
+    conversations = held_out_conversations(run_dir, eval_config.judge_prompts)
     references = held_out_references(eval_config.reference_data or paths["demonstrations"], config)
     judged: dict[str, list[str]] = {}
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
