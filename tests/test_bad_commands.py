@@ -94,3 +94,13 @@ def test_report_never_replaces_a_report_it_did_not_write(capsys, tmp_path):
 ])
 def test_command_line_numbers_and_folders_are_checked_first(capsys, argv, message):
     assert message in one_line_error(capsys, *argv)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("judge.bogus=1", "invalid pipeline judge config: bogus: Extra inputs are not permitted"),
+    ("judge.train_layers=0", "invalid pipeline judge config: train_layers: Input should be greater than or equal to 1"),
+])
+def test_a_bad_stage_setting_stops_the_pipeline_before_it_writes_anything(capsys, tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    assert message in one_line_error(capsys, "pipeline", "--preset", "tiny", "--run-dir", run_dir, override)
+    assert not run_dir.exists()  # not even the synthetic data or the run marker

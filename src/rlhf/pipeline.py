@@ -16,7 +16,7 @@ import yaml
 from rlhf.checkpoint import METADATA_FILE, RunControl, is_finished
 from rlhf.config import PipelineConfig, build_config, dump_config
 from rlhf.data.readers import DataError
-from rlhf.data.synthetic import write_synthetic_data
+from rlhf.data.synthetic import synthetic_paths, write_synthetic_data
 from rlhf.outputs import OutputError, write_run_file
 
 logger = logging.getLogger(__name__)
@@ -28,11 +28,13 @@ def _stage(config, name: str, **update):
     return build_config(type(config), {**config.model_dump(), **update}, f"pipeline {name}")
 
 
-def data_paths(config: PipelineConfig, run_dir: Path) -> dict:
+def data_paths(config: PipelineConfig, run_dir: Path, write: bool = True) -> dict:
+    """The data files of each kind; the synthetic task's are written into RUN_DIR/data (``write``:
+    False names them only, to validate before anything is written)."""
     data = config.data
     if data.synthetic:
         folder = run_dir / "data"
-        paths = write_synthetic_data(folder, seed=config.seed)
+        paths = write_synthetic_data(folder, seed=config.seed) if write else synthetic_paths(folder)
         return {"demonstrations": [paths["demonstrations"]], "comparisons": [paths["comparisons"]],
                 "prompts": [paths["prompts"]], "pretraining": paths["pretraining"]}
     if not data.demonstrations or not data.comparisons:
@@ -111,13 +113,15 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunContro
     from rlhf.train.sft import train_sft
 
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir)
-    paths = data_paths(config, run_dir)
-    stages = stage_configs(config, run_dir, paths)
+    # every stage's config validated (a one-line error) before anything is written
+    stages = stage_configs(config, run_dir, data_paths(config, run_dir, write=False))
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; every PPO-like stage checked before any trains
     for name, stage_config in stages.items():
         if name in ("ppo", "ppo-noptx", "rloo"):
             check_batching(stage_config, world)
+    prepare_run_dir(run_dir)
+    paths = data_paths(config, run_dir)
+    stages = stage_configs(config, run_dir, paths)
     write_run_file(run_dir / "config.yaml", dump_config(config))
     trainers = {"sft": train_sft, "reward": train_reward, "judge": train_reward, "ppo": train_ppo,
                 "ppo-noptx": train_ppo, "rloo": train_ppo, "dpo": train_dpo}

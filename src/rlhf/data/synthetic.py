@@ -26,6 +26,13 @@ def _prompt(rng: random.Random) -> str:
     return f"Say words about {rng.choice(TOPICS)} {rng.randint(0, 999)}."
 
 
+def synthetic_paths(folder: str | Path) -> dict[str, str]:
+    """Where :func:`write_synthetic_data` writes each kind of record in ``folder``."""
+    folder = Path(folder)
+    return {"demonstrations": str(folder / "demonstrations.jsonl"), "comparisons": str(folder / "comparisons.jsonl"),
+            "prompts": str(folder / "prompts.jsonl"), "pretraining": str(folder / "pretraining.txt")}
+
+
 def write_synthetic_data(folder: str | Path, seed: int = 0, n_demos: int = 400, n_comparisons: int = 600,
                          n_prompts: int = 200, k: int = 4) -> dict[str, str]:
     """Write demonstrations, K-way comparisons (dense ranks by target count, ties allowed),
@@ -45,12 +52,7 @@ def write_synthetic_data(folder: str | Path, seed: int = 0, n_demos: int = 400, 
             "responses": [{"text": r, "rank": levels.index(c) + 1} for r, c in zip(responses, counts)],
         })
     prompts = [{"prompt": _prompt(rng)} for _ in range(n_prompts)]
-    paths = {
-        "demonstrations": folder / "demonstrations.jsonl",
-        "comparisons": folder / "comparisons.jsonl",
-        "prompts": folder / "prompts.jsonl",
-        "pretraining": folder / "pretraining.txt",
-    }
+    paths = {kind: Path(path) for kind, path in synthetic_paths(folder).items()}
     write_jsonl(paths["demonstrations"], demos, overwrite=True)
     write_jsonl(paths["comparisons"], comparisons, overwrite=True)
     write_jsonl(paths["prompts"], prompts, overwrite=True)
