@@ -61,11 +61,17 @@ def test_demo_and_long_configs_validate_and_point_at_the_shared_data(monkeypatch
     demo = load_config("pipeline", [preset_config_path("smollm2-demo")])
     full = load_config("pipeline", [preset_config_path("smollm2-demo"), root / "examples/smollm2-full.yaml"])
     assert demo.model == full.model == "smollm2-135m"
-    assert demo.compare_without_ptx and demo.ppo.ptx_coef == 27.8
-    assert full.reward.max_examples is None and full.ppo.total_episodes > demo.ppo.total_episodes
+    # γ follows the rule of docs/alignment.md: the paper's 27.8 at its 8 pretraining examples per episode
+    ppo = demo.ppo
+    per_episode = ppo.ptx_batch_size / (ppo.rollout_batch_size / ppo.num_minibatches)
+    assert ppo.ptx_coef == pytest.approx(27.8 * per_episode / 8, abs=0.01)
+    assert demo.judge == {"max_examples": 400} and not demo.compare_without_ptx
+    assert full.compare_without_ptx and full.judge == {"max_examples": None}
+    assert full.reward.max_examples == 720 and full.ppo.total_episodes > demo.ppo.total_episodes
+    assert Path(demo.data.demonstrations[1]).is_file()  # the team's demonstrations, in the repository
     if not Path("../shared/data").exists():
         pytest.skip("../shared/data is not beside the project")
-    for path in demo.data.demonstrations + demo.data.comparisons + [demo.data.pretraining]:
+    for path in demo.data.demonstrations + demo.data.comparisons + demo.data.prompts + [demo.data.pretraining]:
         assert Path(path).exists(), path
 
 
