@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ SHAPES = {  # LlamaConfig fields: SmolLM2-135M itself, a TinyLlama-like ~1.1B wi
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=0, tie_word_embeddings=True),
 }
+MEASURES = ("plain", "sft", "rm", "ppo", "generate", "decoder")
 WORDS = ("the a model reward policy value token answer question helpful honest harmless train data batch "
          "sample update gradient loss step human label rank compare prompt response write read").split()
 
@@ -156,23 +158,43 @@ def our_stages(model_dir: Path, data: dict, work: Path, args, length: int) -> di
 
     common = dict(mixed_precision="bf16", valid_fraction=0.0, epochs=1, on_too_long="truncate",
                   max_length=length, log_every=args.log_every, compile=args.compile, warmup_ratio=0.0)
-    started = time.perf_counter()
-    sft = train_sft(SFTConfig(model=str(model_dir), data=[str(data["demonstrations"])], dropout=0.0,
-                              batch_size=args.sft_batch, micro_batch_tokens=args.micro_batch_tokens,
-                              max_steps=args.steps * 2, output_dir=str(work / "sft"), **common))
-    sft_wall = time.perf_counter() - started
-    reward = train_reward(RewardConfig(model=str(model_dir), data=[str(data["comparisons"])],
-                                       batch_size=max(1, args.sft_batch // 2),
-                                       micro_batch_tokens=args.micro_batch_tokens, max_steps=args.steps * 2,
-                                       output_dir=str(work / "reward"), **common))
-    ppo = train_ppo(PPOConfig(model=str(model_dir), reward_model=str(work / "reward"),
-                              prompts=[str(data["prompts"])], ptx_coef=0.0, rollout_batch_size=args.ppo_batch,
-                              num_minibatches=1, total_episodes=args.ppo_batch * (args.steps + 1),
-                              max_new_tokens=48, max_prompt_length=128, max_length=176, eval_prompts=2,
-                              valid_fraction=0.0, mixed_precision="bf16", on_too_long="truncate",
-                              output_dir=str(work / "ppo")))
-    return {"sft_tokens_per_s": sft["tokens_per_s"], "sft_wall_s": sft_wall,
-            "rm_comparisons_per_s": reward["prompts_per_s"], "ppo_episodes_per_s": ppo["episodes_per_s"]}
+    out = {}
+    if "sft" in args.measure:
+        started = time.perf_counter()
+        sft = train_sft(SFTConfig(model=str(model_dir), data=[str(data["demonstrations"])], dropout=0.0,
+                                  batch_size=args.sft_batch, micro_batch_tokens=args.micro_batch_tokens,
+                                  max_steps=args.steps * 2, output_dir=str(work / "sft"), **common))
+        out.update(sft_tokens_per_s=sft["tokens_per_s"], sft_wall_s=time.perf_counter() - started)
+    if {"rm", "ppo"} & set(args.measure):  # PPO needs a reward model: one step of training when RM is not measured
+        steps = args.steps * 2 if "rm" in args.measure else 1
+        reward = train_reward(RewardConfig(model=str(model_dir), data=[str(data["comparisons"])],
+                                           batch_size=max(1, args.sft_batch // 2),
+                                           micro_batch_tokens=args.micro_batch_tokens, max_steps=steps,
+                                           output_dir=str(work / "reward"), **common))
+        if "rm" in args.measure:
+            out["rm_comparisons_per_s"] = reward["prompts_per_s"]
+    if "ppo" in args.measure:
+        metrics = work / "ppo-metrics.jsonl"
+        ppo = train_ppo(PPOConfig(model=str(model_dir), reward_model=str(work / "reward"),
+                                  prompts=[str(data["prompts"])], ptx_coef=0.0, rollout_batch_size=args.ppo_batch,
+                                  num_minibatches=1, total_episodes=args.ppo_batch * (args.ppo_steps + 1),
+                                  max_new_tokens=48, max_prompt_length=128, max_length=176, eval_prompts=2,
+                                  valid_fraction=0.0, mixed_precision="bf16", on_too_long="truncate",
+                                  metrics_file=str(metrics), output_dir=str(work / "ppo")))
+        out.update(ppo_run_episodes_per_s=ppo["episodes_per_s"], **ppo_steady_state(metrics, args.ppo_batch))
+    return out
+
+
+def ppo_steady_state(metrics: Path, batch: int) -> dict:
+    """PPO's episodes/s once compiled: the median of the per-step rates after the first step, and the
+    seconds the first steps took beyond that rate (decode compilation and CUDA-graph capture)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    rates = [row["time/episodes_per_s"] for row in rows if "time/episodes_per_s" in row]
+    steady = statistics.median(rates[1:]) if len(rates) > 1 else None
+    if steady is None:
+        return {"ppo_episodes_per_s": None, "ppo_warmup_s": None}
+    extra = sum(max(0.0, batch / rate - batch / steady) for rate in rates)
+    return {"ppo_episodes_per_s": steady, "ppo_warmup_s": extra}
 
 
 def measured(name: str, fn, *args):
@@ -190,7 +212,7 @@ def ratio(a, b) -> str:
 
 
 def show(value, spec: str) -> str:
-    return "OOM" if value is None else format(value, spec)
+    return "–" if value is None else format(value, spec)  # not measured, or out of memory (printed above)
 
 
 def main() -> None:
@@ -206,6 +228,9 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="torch.compile our training forward")
     parser.add_argument("--ppo-batch", type=int, default=64)
+    parser.add_argument("--ppo-steps", type=int, default=20, help="PPO steps after the first")
+    parser.add_argument("--measure", nargs="+", default=list(MEASURES), choices=MEASURES,
+                        help="what to measure (default: all)")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: .gpu/smollm2, else the tiny preset's)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
@@ -227,16 +252,17 @@ def main() -> None:
                               prompt_words=12 if shape == "tiny" else 80)  # ≈ 100 SmolLM2 tokens
             row = {"matmul_params": n}
             plain = {b: measured(f"plain loop, batch {b}", plain_training, model_dir, b, args.length, args.steps,
-                                 device) for b in args.plain_batches}
+                                 device) for b in args.plain_batches} if "plain" in args.measure else {}
             row["plain_tokens_per_s"] = max((r for r in plain.values() if r is not None), default=None)
             row["plain_by_batch"] = plain
             ours = measured("our stages", our_stages, model_dir, data, work, args, args.length) or {}
-            for name in ("sft_tokens_per_s", "sft_wall_s", "rm_comparisons_per_s", "ppo_episodes_per_s"):
+            for name in ("sft_tokens_per_s", "sft_wall_s", "rm_comparisons_per_s", "ppo_episodes_per_s",
+                         "ppo_warmup_s", "ppo_run_episodes_per_s"):
                 row[name] = ours.get(name)
             row["generate_tokens_per_s"] = measured("generate", plain_generate, model_dir, args.ppo_batch, 128, 48,
-                                                    device)
+                                                    device) if "generate" in args.measure else None
             row["decoder_tokens_per_s"] = measured("decoder", our_generate, model_dir, args.ppo_batch, 128, 48,
-                                                   device)
+                                                   device) if "decoder" in args.measure else None
             for name in ("plain", "sft"):
                 rate = row[f"{name}_tokens_per_s"]
                 row[f"{name}_mfu"] = None if rate is None else 6 * n * rate / peak
@@ -248,7 +274,9 @@ def main() -> None:
         print(f"  plain loop   {show(row['plain_tokens_per_s'], '10.0f')} tokens/s  ({show(row['plain_mfu'], '.1%')}; "
               "by batch " + ", ".join(f"{b}: {show(r, '.0f')}" for b, r in plain.items()) + ")")
         print(f"  reward model {show(row['rm_comparisons_per_s'], '10.1f')} comparisons/s")
-        print(f"  PPO          {show(row['ppo_episodes_per_s'], '10.1f')} episodes/s at batch {args.ppo_batch}")
+        print(f"  PPO          {show(row['ppo_episodes_per_s'], '10.1f')} episodes/s at batch {args.ppo_batch} once "
+              f"compiled (first steps {show(row['ppo_warmup_s'], '.0f')} s longer; whole run "
+              f"{show(row['ppo_run_episodes_per_s'], '.1f')} episodes/s)")
         print(f"  decoder      {show(row['decoder_tokens_per_s'], '10.0f')} new tokens/s at batch {args.ppo_batch} "
               f"({ratio(row['decoder_tokens_per_s'], row['generate_tokens_per_s'])}x generate: "
               f"{show(row['generate_tokens_per_s'], '.0f')})", flush=True)

@@ -4,7 +4,6 @@ processes: replicas identical after every step, and SFT/RM equal to one process 
 batch (one process accumulating two micro-batches of the size each of the two processes takes)."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from processes import cpu_env
 from rlhf.data.synthetic import write_synthetic_data
 
 AGREEMENT = r'''
@@ -55,7 +55,7 @@ def free_port() -> int:
 
 
 def env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return cpu_env()
 
 
 def two_processes(*args: str) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """The whole tiny pipeline on the synthetic task, and what its checkpoints promise."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from processes import cpu_env
 from rlhf.checkpoint import is_finished, staged_output
 from rlhf.config import SFTConfig, load_config, preset_config_path
 from rlhf.data.collate import collate_sft, encode_demonstrations
@@ -246,7 +246,7 @@ def test_generate_cli_samples_from_a_stage(tiny_run):
 def test_two_processes_train_sft(tiny_run, tmp_path, tiny_path):
     run_dir, _ = tiny_run
     output = tmp_path / "sft2"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_env()
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
          "-m", "rlhf.cli", "sft", f"model={tiny_path}", f"data=[{run_dir / 'data/demonstrations.jsonl'}]",

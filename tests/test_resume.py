@@ -2,7 +2,6 @@
 while it writes a checkpoint — and run again with the same command ends with the bit-identical
 weights of a run that was never interrupted."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from processes import cpu_env
 from rlhf.data.synthetic import write_synthetic_data
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def _env(**extra) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return cpu_env(**extra)
 
 
 def kill_when(args: list[str], ready, env_extra: dict | None = None, sig=signal.SIGKILL) -> int:
