@@ -6,7 +6,8 @@ demo's settings and the given overrides, then print one JSON line with the held-
     python benchmarks/levers.py reward --out runs/levers/rm-600 --init runs/levers/sft-2ep max_examples=600
 
 sft: refusal rate on the 32 harmful prompts, answer rate on the 32 ordinary ones (64 new tokens,
-temperature 0.7), per-token log-likelihood of the self-instruct test split's references — for the
+temperature 0.7: the preset's eval settings), per-token log-likelihood of the self-instruct test split's
+references (up to SFT's max_length) — all by the pipeline's own `measure_policy` — for the
 base model (``--base``) and the trained one. reward: pair accuracy on every HH test pair (longer
 ones truncated) and on the validation pairs, and the stage's wall time. Overrides are the stage's
 config fields (``rlhf config sft``), layered on the ``smollm2-demo`` preset's section.
@@ -26,22 +27,14 @@ sys.path.insert(0, str(ROOT / "src"))
 SELF_INSTRUCT = "../shared/data/self-instruct/seed_tasks.jsonl"
 
 
-def policy_measures(path: str, references: list, seed: int = 0) -> dict:
-    from rlhf.eval.perplexity import reference_log_likelihood
-    from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
-    from rlhf.generate import generate
-    from rlhf.models import load_causal_lm, load_tokenizer
-    from rlhf.train.common import inference_autocast
+def policy_measures(path: str, pipeline, references: list) -> dict:
+    """The pipeline's evaluation of one policy (``rlhf.eval.run.measure_policy``), with a few samples."""
+    from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS
+    from rlhf.eval.run import measure_policy
 
-    tokenizer = load_tokenizer(path)
-    model = load_causal_lm(path, tokenizer=tokenizer).eval()
-    responses = generate(path, HARMFUL_PROMPTS + ORDINARY_PROMPTS, 64, 0.7, seed=seed, model=model,
-                         tokenizer=tokenizer)
-    harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):]
-    return {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary),
-            "reference_logprob": reference_log_likelihood(model, tokenizer, references, 384,
-                                                          autocast=inference_autocast),
-            "samples": dict(zip(HARMFUL_PROMPTS[:3] + ORDINARY_PROMPTS[:3], harmful[:3] + ordinary[:3]))}
+    metrics, responses = measure_policy(path, pipeline, references=references)
+    shown = HARMFUL_PROMPTS[:3] + ORDINARY_PROMPTS[:3]
+    return {**metrics, "samples": dict(zip(shown, responses[:3] + responses[len(HARMFUL_PROMPTS):][:3]))}
 
 
 def main() -> None:
@@ -55,7 +48,7 @@ def main() -> None:
 
     import yaml
 
-    from rlhf.config import PipelineConfig, build_config, load_config, preset_config_path
+    from rlhf.config import build_config, load_config, preset_config_path
     from rlhf.eval.run import held_out_references, reward_accuracy
 
     pipeline = load_config("pipeline", [preset_config_path("smollm2-demo")])
@@ -75,12 +68,12 @@ def main() -> None:
                                               "data": data.demonstrations, **overrides}, "levers sft")
         metrics = train_sft(config)
         wall = time.time() - started
-        references = held_out_references([SELF_INSTRUCT], PipelineConfig(**{**pipeline.model_dump(), "data": data}))
+        references = held_out_references([SELF_INSTRUCT], pipeline)
         result = {"stage": "sft", "overrides": overrides, "wall_time_s": round(wall),
                   "train_examples": metrics.get("train_examples"), "valid/loss": metrics.get("valid/loss"),
-                  "trained": policy_measures(args.out, references, pipeline.seed)}
+                  "trained": policy_measures(args.out, pipeline, references)}
         if args.base:
-            result["base"] = policy_measures(pipeline.model, references, pipeline.seed)
+            result["base"] = policy_measures(pipeline.model, pipeline, references)
     else:
         from rlhf.data.collate import split_records
         from rlhf.data.readers import read_comparisons

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import read_demonstrations
 from rlhf.generate import generate
 from rlhf.models import load_scalar_model, load_tokenizer, sequence_scores
-from rlhf.pipeline import run_pipeline
+from rlhf.pipeline import data_paths, run_pipeline
 from rlhf.train.ppo import PPOTrainer
 
 REQUIRED_PPO_METRICS = {
@@ -408,3 +409,28 @@ def test_ppo_train_layers_moves_only_the_top_blocks_of_policy_and_value(tiny_run
                 assert moved, f"{name} {key} did not train"
             elif any(param is p for block in list(blocks)[:-1] for p in block.parameters()) or "embed" in key:
                 assert not moved, f"{name} {key} is below the trained blocks and moved"
+
+
+def test_the_evaluation_loads_each_reward_model_once_and_measures_as_before(tiny_run, tmp_path, monkeypatch):
+    """Three policies, two reward models: the proxy (its test accuracy, its scores of every policy's
+    samples) and the judge (the win rates) are each loaded for one use, not once per policy; the
+    measures are those the pipeline's own evaluation wrote."""
+    import shutil
+
+    import rlhf.eval.run as evaluation
+
+    run_dir, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval.json", "report.*"))
+    loaded = []
+    real = evaluation.load_scalar_model
+    monkeypatch.setattr(evaluation, "load_scalar_model", lambda path, *a, **k: loaded.append(Path(path).name)
+                        or real(path, *a, **k))
+    config = load_config("pipeline", [preset_config_path("tiny")])
+    again = evaluation.evaluate_run(copy, config, data_paths(config, copy, write=False))
+    assert sorted(loaded) == ["judge", "reward", "reward"]  # test accuracy, then the policies' scores
+    first = json.loads((run_dir / "eval.json").read_text())
+    assert set(again["policies"]) == {"base", "sft", "ppo"}
+    for name, measures in first["policies"].items():
+        assert again["policies"][name] == pytest.approx(measures, rel=1e-4), name
+    assert again["judged"]["vs_sft"]["ppo"]["all"] == pytest.approx(first["judged"]["vs_sft"]["ppo"]["all"])

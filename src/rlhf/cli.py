@@ -196,7 +196,7 @@ def run_eval(args: argparse.Namespace) -> None:
         from pathlib import Path
 
         from rlhf.data.readers import read_prompts
-        from rlhf.eval.run import reward_scores
+        from rlhf.eval.run import RewardScorer
         from rlhf.eval.winrate import read_human_labels, win_rate, win_rate_by_category
         from rlhf.generate import generate
 
@@ -211,8 +211,8 @@ def run_eval(args: argparse.Namespace) -> None:
             categories = [p.category for p in prompts]
             ours = generate(args.policy, texts, args.max_new_tokens, args.temperature, args.seed)
             theirs = generate(args.baseline, texts, args.max_new_tokens, args.temperature, args.seed)
-            policy_scores = reward_scores(Path(args.judge), texts, ours)
-            baseline_scores = reward_scores(Path(args.judge), texts, theirs)
+            scorer = RewardScorer(Path(args.judge))
+            policy_scores, baseline_scores = scorer(texts, ours), scorer(texts, theirs)
             judge = f"reward model {args.judge}"
         result = win_rate(policy_scores, baseline_scores)
         print(f"win rate over {result['n']} prompts ({judge}): {result['win_rate']:.3f} "

@@ -138,9 +138,10 @@ def measure_run(run_dir: Path, gold_dir: Path, prompts: list, ns: list[int], max
     """Sample every policy of the run (SFT, PPO's snapshots, the policy stages) and best-of-n from SFT
     on ``prompts``; score with the proxy and the gold model. Returns points (one per policy) and the
     SFT baseline's per-prompt gold scores."""
-    from rlhf.eval.run import reward_scores
+    from rlhf.eval.run import RewardScorer
 
     sft, proxy = str(run_dir / "sft"), str(run_dir / "reward")
+    gold_model = RewardScorer(gold_dir)
     conversations = [p.prompt for p in prompts]
     policies = [("sft", "sft", 0, sft)]
     final = json.loads((run_dir / "ppo" / METADATA_FILE).read_text())["metrics"].get("steps", math.inf)
@@ -151,7 +152,7 @@ def measure_run(run_dir: Path, gold_dir: Path, prompts: list, ns: list[int], max
     for method, label, step, folder in policies:
         progress(label)
         measured = sample_and_measure(folder, sft, proxy, prompts, max_new_tokens, temperature, seed, batch_size)
-        gold = reward_scores(gold_dir, conversations, measured["responses"], batch_size)
+        gold = gold_model(conversations, measured["responses"], batch_size)
         if baseline is None:
             baseline = gold
         kl = max(_mean(measured["kl"]), 0.0) if method != "sft" else 0.0
@@ -166,7 +167,7 @@ def measure_run(run_dir: Path, gold_dir: Path, prompts: list, ns: list[int], max
     sampling_time = time.time() - started
     for n in ns:
         best = [row["best"][str(n)] for row in rows]
-        gold = reward_scores(gold_dir, conversations, [b["response"] for b in best], batch_size)
+        gold = gold_model(conversations, [b["response"] for b in best], batch_size)
         kl = best_of_n_kl(n)
         points.append({"method": "best-of-n", "label": f"best-of-{n}", "n": n, "kl": kl, "d": math.sqrt(kl),
                        "proxy": _mean([b["score"] for b in best]), "gold": _mean(gold),

@@ -80,19 +80,53 @@ def reward_accuracy(reward_dir: Path, comparisons: list, max_length: int, batch_
     return {"accuracy": evaluation["accuracy"], "pairs": evaluation["pairs"]}
 
 
-@torch.no_grad()
-def reward_scores(reward_dir: Path, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[float]:
-    """The run's reward model (normalised) on each (prompt, response)."""
-    tokenizer = load_tokenizer(str(reward_dir))
-    model = load_scalar_model(str(reward_dir), tokenizer, trained=True).eval()
-    sequences = [encode_prompt(tokenizer, as_conversation(p)) + encode_response(tokenizer, r or " ")
-                 for p, r in zip(prompts, responses)]
-    scores = []
-    for start in range(0, len(sequences), batch_size):
-        ids, mask = pad(sequences[start:start + batch_size], tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE)
-        with inference_autocast():
-            scores += sequence_scores(model(ids, mask), mask).tolist()
-    return scores
+class RewardScorer:
+    """A reward model loaded once, scoring (prompt, response) pairs: its normalised scores."""
+
+    def __init__(self, reward_dir: Path | str):
+        self.tokenizer = load_tokenizer(str(reward_dir))
+        self.model = load_scalar_model(str(reward_dir), self.tokenizer, trained=True).eval()
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, responses: list[str], batch_size: int = 16) -> list[float]:
+        tokenizer = self.tokenizer
+        sequences = [encode_prompt(tokenizer, as_conversation(p)) + encode_response(tokenizer, r or " ")
+                     for p, r in zip(prompts, responses)]
+        scores = []
+        for start in range(0, len(sequences), batch_size):
+            ids, mask = pad(sequences[start:start + batch_size], tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE)
+            with inference_autocast():
+                scores += sequence_scores(self.model(ids, mask), mask).tolist()
+        return scores
+
+
+def reward_scores(reward_dir: Path, prompts: list, responses: list[str], batch_size: int = 16) -> list[float]:
+    """A reward model (normalised) on each (prompt, response), loaded for this call only."""
+    return RewardScorer(reward_dir)(prompts, responses, batch_size)
+
+
+def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), references: list = (),
+                   pretraining: str | None = None) -> tuple[dict[str, float], list[str]]:
+    """Sample the fixed harmful and ordinary prompts, then ``extra_prompts``, from the policy at
+    ``path`` (the run's eval settings and seed), and measure it: harmful prompts refused, ordinary
+    ones answered, the log-likelihood of the human ``references`` and the perplexity of held-out
+    ``pretraining`` text where given. Returns the measures and the responses in prompt order."""
+    eval_config = config.eval
+    tokenizer = load_tokenizer(path, config.chat_template)
+    model = load_causal_lm(path, tokenizer=tokenizer).eval()
+    fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
+    responses = generate(path, fixed + list(extra_prompts), eval_config.max_new_tokens, eval_config.temperature,
+                         seed=config.seed, model=model, tokenizer=tokenizer)
+    harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):len(fixed)]
+    metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary)}
+    if references:
+        metrics["reference_logprob"] = reference_log_likelihood(model, tokenizer, list(references),
+                                                                config.sft.max_length, autocast=inference_autocast)
+    if pretraining:
+        metrics["held_out_perplexity"] = held_out_perplexity(
+            model, tokenizer, pretraining, config.ppo.ptx_held_out_fraction, eval_config.perplexity_block_size,
+            eval_config.perplexity_tokens, autocast=inference_autocast)
+    return metrics, responses
 
 
 def held_out_references(paths: list[str], config: PipelineConfig) -> list:
@@ -114,11 +148,11 @@ def held_out_conversations(run_dir: Path, limit: int) -> list:
         return []
 
 
-def judged_win_rates(judge_dir: Path, prompts: list, categories: list[str], responses: dict[str, list[str]],
+def judged_win_rates(judge: RewardScorer, prompts: list, categories: list[str], responses: dict[str, list[str]],
                      baseline: str = "sft") -> dict[str, dict]:
     """Each policy against ``baseline`` under the judge, prompt by prompt: the win rate with its
     bootstrap interval, overall and per category of prompt."""
-    scores = {name: reward_scores(judge_dir, prompts, texts) for name, texts in responses.items()}
+    scores = {name: judge(prompts, texts) for name, texts in responses.items()}
     return {name: {"all": win_rate(scores[name], scores[baseline]),
                    **win_rate_by_category(scores[name], scores[baseline], categories),
                    "mean_score": sum(scores[name]) / len(prompts)}
@@ -146,35 +180,25 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     references = held_out_references(eval_config.reference_data or paths["demonstrations"], config)
     judged: dict[str, list[str]] = {}
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
-        tokenizer = load_tokenizer(path, config.chat_template)
-        model = load_causal_lm(path, tokenizer=tokenizer).eval()
-        prompts = fixed + (conversations if name != "base" else [])  # the judge compares the trained ones
-        responses = generate(path, prompts, eval_config.max_new_tokens, eval_config.temperature,
-                             seed=config.seed, model=model, tokenizer=tokenizer)
-        harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):len(fixed)]
-        metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary)}
-        if references:
-            metrics["reference_logprob"] = reference_log_likelihood(
-                model, tokenizer, references, config.sft.max_length, autocast=inference_autocast)
-        if paths.get("pretraining"):
-            metrics["held_out_perplexity"] = held_out_perplexity(
-                model, tokenizer, paths["pretraining"], config.ppo.ptx_held_out_fraction,
-                eval_config.perplexity_block_size, eval_config.perplexity_tokens, autocast=inference_autocast)
+        extra = conversations if name != "base" else []  # the judge compares the trained ones
+        metrics, responses = measure_policy(path, config, extra, references, paths.get("pretraining"))
         results["policies"][name] = metrics
         results["samples"][name] = dict(zip(fixed, responses))
         if name != "base":
             judged[name] = responses
-        del model
+    proxy = RewardScorer(run_dir / "reward")
     for name, samples in results["samples"].items():
-        scores = reward_scores(run_dir / "reward", fixed, [samples[p] for p in fixed])
+        scores = proxy(fixed, [samples[p] for p in fixed])
         results["policies"][name]["rm_score_harmful"] = sum(scores[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
         results["policies"][name]["rm_score_ordinary"] = sum(scores[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
+    del proxy
     if "sft" in judged and len(judged) > 1:
         judge = run_dir / "judge" if is_finished(run_dir / "judge") else run_dir / "reward"
         categories = (["harmful"] * len(HARMFUL_PROMPTS) + ["ordinary"] * len(ORDINARY_PROMPTS)
                       + ["held_out"] * len(conversations))
         results["judged"] = {"judge": judge.name, "prompts": len(categories),
-                             "vs_sft": judged_win_rates(judge, fixed + conversations, categories, judged)}
+                             "vs_sft": judged_win_rates(RewardScorer(judge), fixed + conversations, categories,
+                                                        judged)}
     results["references"] = len(references)
     results["eval_wall_time_s"] = round(time.time() - started, 1)
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
