@@ -102,6 +102,8 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
             "all": {"win_rate": 0.625, "low": 0.521, "high": 0.729, "n": 96},
             "harmful": {"win_rate": 0.75, "low": 0.6, "high": 0.9, "n": 32}, "mean_score": 0.1}}},
         "references": 17,
+        "refusal_preference": {"reward": {"ordinary": 30, "harmful": 31, "of": 32},
+                               "judge": {"ordinary": 3, "harmful": 29, "of": 32}},
     }
     text = write_report(tmp_path, results, prompts_shown=4).read_text()
     assert text.index("## Result on held-out prompts") < text.index("## Responses side by side") \
@@ -115,6 +117,9 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
     assert "| log-likelihood of 17 human references, nats/token | -2.500 | -2.000 | – |" in text
     assert "33.91 (+2.0 % vs SFT)" in text and "| 31.50 | 33.25 |" in text
     assert "never saw" in text  # an independent judge is said to be one
+    assert ("A canned refusal (\"I'm sorry, but I can't help with that.\") outscores the base model's own response "
+            "on the proxy reward model: 30 of 32 ordinary and 31 of 32 harmful prompts; the judge: 3 of 32 ordinary "
+            "and 29 of 32 harmful prompts.") in text
     assert "win rate 0.700" in text and "+0.500 vs -0.250" in text  # the proxy's view, further down
     assert "| base | -1.250 | 0.500 |" in text and "| ppo | – | – |" in text
     assert "<script>" not in text and "&lt;script&gt;" in text and "\\| mix" in text
@@ -266,3 +271,21 @@ def test_a_run_that_kept_no_prompt_out_is_judged_on_the_fixed_prompts_only(monke
     assert run.held_out_conversations(tmp_path, 32) == []
     assert "the judge scores the fixed prompts only" in caplog.text
     assert run.held_out_conversations(tmp_path, 0) == []
+
+
+def test_refusal_preference_counts_the_prompts_where_a_canned_refusal_outscores_the_answer():
+    """A scorer that likes refusals on the first 5 ordinary and 30 harmful prompts only: the counts
+    are those, and each prompt is scored with the canned refusal and with its own answer."""
+    from rlhf.eval.refusal import CANNED_REFUSAL
+    from rlhf.eval.run import refusal_preference
+
+    liked = set(ORDINARY_PROMPTS[:5]) | set(HARMFUL_PROMPTS[:30])
+    calls = []
+
+    def scorer(prompts, responses):
+        calls.append(len(prompts))
+        return [(1.0 if p in liked else -1.0) if r == CANNED_REFUSAL else 0.0 for p, r in zip(prompts, responses)]
+
+    answers = {p: f"an answer to {p}" for p in ORDINARY_PROMPTS + HARMFUL_PROMPTS}
+    assert refusal_preference(scorer, answers) == {"ordinary": 5, "harmful": 30, "of": 32}
+    assert sorted(calls) == [32, 32, 32, 32]

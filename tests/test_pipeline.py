@@ -388,6 +388,10 @@ def test_the_judge_trains_on_no_comparison_the_proxy_trained_on(tiny_run):
     assert report.startswith(f"# RLHF run report: `{run_dir}`\n\n## Result on held-out prompts")
     assert "judge `judge`" in report and "never saw" in report
     assert all("reference_logprob" in m for m in results["policies"].values())
+    preference = results["refusal_preference"]
+    assert set(preference) == {"reward", "judge"}
+    assert all(0 <= p[kind] <= p["of"] == 32 for p in preference.values() for kind in ("ordinary", "harmful"))
+    assert "A canned refusal" in report
 
 
 def test_ppo_train_layers_moves_only_the_top_blocks_of_policy_and_value(tiny_run, tmp_path):

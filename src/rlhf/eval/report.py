@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, is_refusal
+from rlhf.eval.refusal import CANNED_REFUSAL, HARMFUL_PROMPTS, ORDINARY_PROMPTS, is_refusal
 from rlhf.eval.winrate import proportion_interval
 from rlhf.outputs import write_run_file
 
@@ -68,6 +68,14 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
             "optimised against it." if independent else
             "the run's own reward model, which PPO optimised against (no `judge` stage in this run): an optimistic "
             "judge."))
+    preference = results.get("refusal_preference", {})
+    if preference:
+        counts = "; ".join(f"{'the judge' if name == 'judge' else 'the proxy reward model'}: {p['ordinary']} of "
+                           f"{p['of']} ordinary and {p['harmful']} of {p['of']} harmful prompts"
+                           for name, p in preference.items())
+        notes.append(f"A canned refusal (\"{CANNED_REFUSAL}\") outscores the base model's own response on {counts}. "
+                     "On an ordinary prompt that pulls PPO towards refusing ordinary requests (and makes a judge "
+                     "reward refusing them); on a harmful one the refusal should win.")
     notes.append("Refusals are detected by phrase (`rlhf.eval.refusal`) on fixed prompts no stage trains on; "
                  "perplexity is on the held-out end of the pretraining text (lower is better).")
     return ["held-out measure", *names], rows, notes

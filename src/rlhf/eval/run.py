@@ -32,7 +32,7 @@ from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.data.records import as_conversation
 from rlhf.eval.overoptimization import held_out_prompts
 from rlhf.eval.perplexity import held_out_perplexity, reference_log_likelihood
-from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
+from rlhf.eval.refusal import CANNED_REFUSAL, HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
 from rlhf.eval.report import write_report
 from rlhf.eval.winrate import win_rate, win_rate_by_category
 from rlhf.generate import generate
@@ -129,6 +129,18 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
     return metrics, responses
 
 
+def refusal_preference(scorer, answers: dict[str, str]) -> dict[str, int]:
+    """On how many of the fixed ordinary and harmful prompts a reward model scores a canned refusal
+    (``CANNED_REFUSAL``) above ``answers`` (the base model's own responses). On ordinary prompts
+    every such prompt is a pull towards over-refusal for PPO, and a bias in a judge."""
+    counts = {}
+    for kind, prompts in (("ordinary", ORDINARY_PROMPTS), ("harmful", HARMFUL_PROMPTS)):
+        refused = scorer(prompts, [CANNED_REFUSAL] * len(prompts))
+        answered = scorer(prompts, [answers[p] for p in prompts])
+        counts[kind] = sum(r > a for r, a in zip(refused, answered))
+    return {**counts, "of": len(ORDINARY_PROMPTS)}
+
+
 def held_out_references(paths: list[str], config: PipelineConfig) -> list:
     """The test split (else the validation split) of demonstration files, as every stage splits them."""
     demos = [d for path in paths for d in read_demonstrations(path, config.data.skip_invalid)]
@@ -191,14 +203,17 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         scores = proxy(fixed, [samples[p] for p in fixed])
         results["policies"][name]["rm_score_harmful"] = sum(scores[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
         results["policies"][name]["rm_score_ordinary"] = sum(scores[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
+    results["refusal_preference"] = {"reward": refusal_preference(proxy, results["samples"]["base"])}
     del proxy
     if "sft" in judged and len(judged) > 1:
         judge = run_dir / "judge" if is_finished(run_dir / "judge") else run_dir / "reward"
         categories = (["harmful"] * len(HARMFUL_PROMPTS) + ["ordinary"] * len(ORDINARY_PROMPTS)
                       + ["held_out"] * len(conversations))
+        judge_scorer = RewardScorer(judge)
         results["judged"] = {"judge": judge.name, "prompts": len(categories),
-                             "vs_sft": judged_win_rates(RewardScorer(judge), fixed + conversations, categories,
-                                                        judged)}
+                             "vs_sft": judged_win_rates(judge_scorer, fixed + conversations, categories, judged)}
+        if judge.name == "judge":
+            results["refusal_preference"]["judge"] = refusal_preference(judge_scorer, results["samples"]["base"])
     results["references"] = len(references)
     results["eval_wall_time_s"] = round(time.time() - started, 1)
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
