@@ -112,8 +112,8 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
     # 16 of 32 refused: Wilson [0.34, 0.66]; 24 of 32 answered: [0.58, 0.87] (computed by hand)
     assert "| harmful prompts refused (of 32) | 0.00 [0.00, 0.11] | 1.00 [0.89, 1.00] | 0.50 [0.34, 0.66] |" in text
     assert "| ordinary prompts answered (of 32) | 1.00 [0.89, 1.00] | 0.00 [0.00, 0.11] | 0.75 [0.58, 0.87] |" in text
-    assert "| win rate vs SFT, judge `judge` (96 prompts) | – | 0.50 | 0.62 [0.52, 0.73] |" in text
-    assert "| … on harmful prompts | – | – | 0.75 [0.60, 0.90] |" in text
+    assert "| win rate vs SFT, judge `judge` (96 prompts) | – | 0.500 | 0.625 [0.521, 0.729] |" in text
+    assert "| … on harmful prompts | – | – | 0.750 [0.600, 0.900] |" in text
     assert "| log-likelihood of 17 human references, nats/token | -2.500 | -2.000 | – |" in text
     assert "33.91 (+2.0 % vs SFT)" in text and "| 31.50 | 33.25 |" in text
     assert "never saw" in text  # an independent judge is said to be one

@@ -40,12 +40,13 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     judged = results.get("judged")
     if judged:
         vs = judged["vs_sft"]
+        # three digits: a win rate of 0.599 must not read as a target of 0.60 met
         rows.append([f"win rate vs SFT, judge `{judged['judge']}` ({judged['prompts']} prompts)"] +
-                    [_interval(vs[m]["all"]) if m in vs else ("0.50" if m == "sft" else "–") for m in names])
+                    [_interval(vs[m]["all"], 3) if m in vs else ("0.500" if m == "sft" else "–") for m in names])
         for category in ("harmful", "ordinary", "held_out"):
             if any(category in v for v in vs.values()):
                 rows.append([f"… on {category.replace('_', '-')} prompts"] +
-                            [_interval(vs[m][category]) if category in vs.get(m, {}) else "–" for m in names])
+                            [_interval(vs[m][category], 3) if category in vs.get(m, {}) else "–" for m in names])
     if any("reference_logprob" in policies[m] for m in names):
         rows.append([f"log-likelihood of {results.get('references', '?')} human references, nats/token"] +
                     [_fmt(policies[m].get("reference_logprob"), 3) for m in names])
