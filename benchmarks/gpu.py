@@ -190,11 +190,10 @@ def ppo_steady_state(metrics: Path, batch: int) -> dict:
     seconds the first steps took beyond that rate (decode compilation and CUDA-graph capture)."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     rates = [row["time/episodes_per_s"] for row in rows if "time/episodes_per_s" in row]
-    steady = statistics.median(rates[1:]) if len(rates) > 1 else None
-    if steady is None:
+    if len(rates) < 2:
         return {"ppo_episodes_per_s": None, "ppo_warmup_s": None}
-    extra = sum(max(0.0, batch / rate - batch / steady) for rate in rates)
-    return {"ppo_episodes_per_s": steady, "ppo_warmup_s": extra}
+    steady = statistics.median(rates[1:])
+    return {"ppo_episodes_per_s": steady, "ppo_warmup_s": sum(max(0.0, batch / r - batch / steady) for r in rates)}
 
 
 def measured(name: str, fn, *args):

@@ -54,18 +54,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def env() -> dict:
-    return cpu_env()
-
-
 def two_processes(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           f"--master_port={free_port()}", *args], capture_output=True, text=True, env=env(),
+                           f"--master_port={free_port()}", *args], capture_output=True, text=True, env=cpu_env(),
                           timeout=600)
 
 
 def one_process(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env(), timeout=600)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=cpu_env(), timeout=600)
 
 
 def test_processes_agree_on_metrics_whitening_a_nan_and_the_weights(tmp_path):
@@ -176,10 +172,10 @@ def test_a_sharded_run_killed_and_resumed_equals_an_uninterrupted_one(data, tmp_
                 f"output_dir={output}", "max_steps=8", "batch_size=2", "dropout=0.0", "learning_rate=1e-3",
                 "max_length=128", "checkpoint_every=2", "mixed_precision=fp32", "sharding=fsdp2"]
 
-    done = subprocess.run(args(tmp_path / "whole"), capture_output=True, text=True, env=env(), timeout=600)
+    done = subprocess.run(args(tmp_path / "whole"), capture_output=True, text=True, env=cpu_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     output = tmp_path / "killed"
-    process = subprocess.Popen(args(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    process = subprocess.Popen(args(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cpu_env())
     checkpoints = output.with_name("killed.incomplete") / "checkpoints"
     deadline = time.time() + 300
     while len(list(checkpoints.glob("step-*"))) < 2:
@@ -189,7 +185,7 @@ def test_a_sharded_run_killed_and_resumed_equals_an_uninterrupted_one(data, tmp_
     for member in family:
         member.kill()
     psutil.wait_procs(family, timeout=60)
-    again = subprocess.run(args(output), capture_output=True, text=True, env=env(), timeout=600)
+    again = subprocess.run(args(output), capture_output=True, text=True, env=cpu_env(), timeout=600)
     assert again.returncode == 0 and "resuming sft at step" in again.stderr, again.stderr[-3000:]
     assert_close_weights(output, tmp_path / "whole")
 
@@ -275,13 +271,13 @@ def test_accelerate_launch_with_the_fsdp2_example_config_shards(data, tmp_path, 
     for name, extra_env, extra in (("launched", fsdp_env, []), ("configured", {}, ["sharding=fsdp2"])):
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                f"--master_port={free_port()}", *common, f"output_dir={tmp_path / name}", *extra],
-                              capture_output=True, text=True, env={**env(), **extra_env}, timeout=600)
+                              capture_output=True, text=True, env={**cpu_env(), **extra_env}, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = json.loads((tmp_path / name / "rlhf.json").read_text())
         assert runs[name]["sharded"] is True
     assert_close_weights(tmp_path / "launched", tmp_path / "configured")
     version_one = subprocess.run([sys.executable, *common, f"output_dir={tmp_path / 'v1'}"], capture_output=True,
-                                 text=True, env={**env(), **fsdp_env, "FSDP_VERSION": "1"}, timeout=600)
+                                 text=True, env={**cpu_env(), **fsdp_env, "FSDP_VERSION": "1"}, timeout=600)
     assert version_one.returncode == 2 and "FSDP version 1 is not supported" in version_one.stderr
     assert not (tmp_path / "v1").exists()
 

@@ -28,18 +28,14 @@ def command(stage: str, *overrides: str, flags: tuple = ()) -> list[str]:
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=_env(), **kwargs)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=cpu_env(), **kwargs)
     return done
-
-
-def _env(**extra) -> dict:
-    return cpu_env(**extra)
 
 
 def kill_when(args: list[str], ready, env_extra: dict | None = None, sig=signal.SIGKILL) -> int:
     """Start the command, wait until ``ready()`` holds, then send it ``sig``; its exit status."""
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=_env(**(env_extra or {})))
+                               env=cpu_env(**(env_extra or {})))
     deadline = time.time() + 300
     while not ready():
         if process.poll() is not None:
@@ -270,7 +266,7 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_two_process_run
     done = run(args(reference))
     assert done.returncode == 0, done.stderr[-3000:]
     output = tmp_path / "sft"
-    process = subprocess.Popen(args(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    process = subprocess.Popen(args(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cpu_env())
     deadline = time.time() + 300
     while len(checkpoints(output)) < 2:
         assert process.poll() is None and time.time() < deadline
