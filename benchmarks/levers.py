@@ -49,7 +49,7 @@ def main() -> None:
     import yaml
 
     from rlhf.config import build_config, load_config, preset_config_path
-    from rlhf.eval.run import held_out_references, reward_accuracy
+    from rlhf.eval.run import RewardScorer, held_out_references
 
     pipeline = load_config("pipeline", [preset_config_path("smollm2-demo")])
     data = pipeline.data
@@ -88,7 +88,7 @@ def main() -> None:
         test = split_records(comparisons, pipeline.seed, pipeline.valid_fraction, pipeline.test_fraction)["test"]
         result = {"stage": "reward", "overrides": overrides, "init": config.model, "wall_time_s": round(wall),
                   "train_prompts": metrics.get("train_prompts"), "valid/accuracy": metrics.get("valid/accuracy"),
-                  "test": reward_accuracy(Path(args.out), test, config.max_length)}
+                  "test": RewardScorer(args.out).accuracy(test, config.max_length)}
     print(json.dumps(result, ensure_ascii=False), flush=True)
 
 

@@ -416,8 +416,8 @@ def test_ppo_train_layers_moves_only_the_top_blocks_of_policy_and_value(tiny_run
 
 
 def test_the_evaluation_loads_each_reward_model_once_and_measures_as_before(tiny_run, tmp_path, monkeypatch):
-    """Three policies, two reward models: the proxy (its test accuracy, its scores of every policy's
-    samples) and the judge (the win rates) are each loaded for one use, not once per policy; the
+    """Three policies, two reward models: the proxy (its test accuracy and its scores of every policy's
+    samples) and the judge (the win rates) are each loaded once, not once per use or per policy; the
     measures are those the pipeline's own evaluation wrote."""
     import shutil
 
@@ -432,9 +432,10 @@ def test_the_evaluation_loads_each_reward_model_once_and_measures_as_before(tiny
                         or real(path, *a, **k))
     config = load_config("pipeline", [preset_config_path("tiny")])
     again = evaluation.evaluate_run(copy, config, data_paths(config, copy, write=False))
-    assert sorted(loaded) == ["judge", "reward", "reward"]  # test accuracy, then the policies' scores
+    assert sorted(loaded) == ["judge", "reward"]  # the proxy: test accuracy and the policies' scores
     first = json.loads((run_dir / "eval.json").read_text())
     assert set(again["policies"]) == {"base", "sft", "ppo"}
+    assert again["reward"] == pytest.approx(first["reward"])
     for name, measures in first["policies"].items():
         assert again["policies"][name] == pytest.approx(measures, rel=1e-4), name
     assert again["judged"]["vs_sft"]["ppo"]["all"] == pytest.approx(first["judged"]["vs_sft"]["ppo"]["all"])

@@ -64,28 +64,25 @@ def quiet_truncation():
         collate_log.setLevel(level)
 
 
-def reward_accuracy(reward_dir: Path, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
-    """Pair accuracy of a reward model on every held-out comparison (the training stage's
-    evaluator): a longer one is truncated as training truncates, keeping the end of the dialogue."""
-    from accelerate import Accelerator
-
-    tokenizer = load_tokenizer(str(reward_dir))
-    model = load_scalar_model(str(reward_dir), tokenizer, trained=True)
-    with quiet_truncation():
-        examples = encode_comparisons(tokenizer, comparisons, max_length, "truncate")
-    collate, _ = shared_prompt_collate(model.hf, tokenizer.pad_token_id, max_length)
-    loader = DataLoader(examples, batch_size=batch_size, collate_fn=collate)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"), cpu=not torch.cuda.is_available())
-    evaluation = evaluate_rankings(model, loader, accelerator)
-    return {"accuracy": evaluation["accuracy"], "pairs": evaluation["pairs"]}
-
-
 class RewardScorer:
     """A reward model loaded once, scoring (prompt, response) pairs: its normalised scores."""
 
     def __init__(self, reward_dir: Path | str):
         self.tokenizer = load_tokenizer(str(reward_dir))
         self.model = load_scalar_model(str(reward_dir), self.tokenizer, trained=True).eval()
+
+    def accuracy(self, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
+        """Pair accuracy on every given comparison (the training stage's evaluator): a longer one is
+        truncated as training truncates, keeping the end of the dialogue."""
+        from accelerate import Accelerator
+
+        with quiet_truncation():
+            examples = encode_comparisons(self.tokenizer, comparisons, max_length, "truncate")
+        collate, _ = shared_prompt_collate(self.model.hf, self.tokenizer.pad_token_id, max_length)
+        loader = DataLoader(examples, batch_size=batch_size, collate_fn=collate)
+        accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"), cpu=not torch.cuda.is_available())
+        evaluation = evaluate_rankings(self.model, loader, accelerator)
+        return {"accuracy": evaluation["accuracy"], "pairs": evaluation["pairs"]}
 
     @torch.no_grad()
     def __call__(self, prompts: list, responses: list[str], batch_size: int = 16) -> list[float]:
@@ -179,7 +176,8 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     comparisons = [c for p in paths["comparisons"] for c in read_comparisons(p, config.data.skip_invalid)]
     held_out = split_records(comparisons, config.seed, config.valid_fraction, config.test_fraction)
     test_comparisons = held_out["test"] or held_out["valid"]
-    results["reward"] = {**reward_accuracy(run_dir / "reward", test_comparisons, config.reward.max_length),
+    proxy = RewardScorer(run_dir / "reward")
+    results["reward"] = {**proxy.accuracy(test_comparisons, config.reward.max_length),
                          "split": "test" if held_out["test"] else "valid"}
     ppo_meta = json.loads((run_dir / "ppo" / METADATA_FILE).read_text())["metrics"]
     results["ppo_vs_sft"] = {k.removeprefix("eval/"): v for k, v in ppo_meta.items() if k.startswith("eval/")}
@@ -198,7 +196,6 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         results["samples"][name] = dict(zip(fixed, responses))
         if name != "base":
             judged[name] = responses
-    proxy = RewardScorer(run_dir / "reward")
     for name, samples in results["samples"].items():
         scores = proxy(fixed, [samples[p] for p in fixed])
         results["policies"][name]["rm_score_harmful"] = sum(scores[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
