@@ -265,6 +265,18 @@ def test_shared_prompt_layout_by_hand():
     assert batch["score_index"].tolist() == [[2, 4, 0], [width + 2, width + 3, width + 4]]
     assert batch["valid"].tolist() == [[True, True, False], [True, True, True]]
     assert batch["ranks"].tolist() == [[2, 1, 0], [1, 2, 3]]
+    # DPO's labels: which output predicts each response token (the prompt's last for a response's
+    # first token), and the slot (the response's first token) its log-prob is summed into
+    w = width
+    assert batch["label_source"][:, :6].tolist() == [[-1, -1, 1, 1, 3, -1], [-1, w, w + 1, w, w, -1]]
+    assert batch["label_slot"][:, :6].tolist() == [[-1, -1, 2, 3, 3, -1], [-1, w + 1, w + 1, w + 3, w + 4, -1]]
+    assert (batch["label_source"][:, 6:] == -1).all() and (batch["label_slot"][:, 6:] == -1).all()
+    assert batch["flat_index"].tolist() == [[2, 3, 0], [w + 1, w + 3, w + 4]]
+    assert "reference_logps" not in batch
+    first.reference_logps, second.reference_logps = [-1.0, -2.0], [-3.0, -4.0, -5.0]
+    reference = collate_shared_prompt([first, second], pad_id=0)["reference_logps"]
+    assert reference[batch["flat_index"]].tolist() == [[-1.0, -2.0, 0.0], [-3.0, -4.0, -5.0]]
+    assert reference.abs().sum() == 15.0  # nothing anywhere else
     additive = collate_shared_prompt([first], pad_id=0, additive=True)["attention_mask"][0, 0]
     assert additive[3, 2] == torch.finfo(torch.float32).min and additive[3, 1] == 0
     with pytest.raises(ValueError, match="another prompt"):

@@ -115,6 +115,39 @@ def test_each_prompt_forwarded_once_scores_as_each_response_in_its_own_sequence(
     torch.testing.assert_close(ours[valid], theirs[valid], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_dpo_log_probs_with_each_prompt_forwarded_once_are_each_sequences_own(family, attention):
+    """DPO's Σ log π(y_k | x) in the reward model's layout (the prompt once, then its K responses) equal
+    the log-softmax of a plain forward of each prompt + response alone, summed over the response."""
+    from rlhf.data.collate import Comparison, encode_comparisons
+    from rlhf.models import SequenceLogProbs
+    from rlhf.train.dpo import response_logps
+    from rlhf.train.reward import shared_prompt_collate
+
+    name, path = family
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, tokenizer=tokenizer).eval()
+    if attention == "sdpa" and model.config._attn_implementation == "eager":
+        pytest.skip(f"{name} runs eager attention (sdpa takes no soft-capping)")
+    model.config._attn_implementation = attention
+    comparisons = [Comparison(prompt=c, responses=[r, r[::-1] + " rain", "a"][:2 + i % 2], ranks=[1, 2, 3][:2 + i % 2])
+                   for i, (c, r) in enumerate(zip(CONVERSATIONS, RESPONSES))]
+    window = getattr(model.config, "sliding_window", None) or 512
+    examples = encode_comparisons(tokenizer, comparisons, min(window, 512))
+    collate, _ = shared_prompt_collate(model, tokenizer.pad_token_id, min(window, 512))
+    batch = collate(examples)
+    assert batch["input_ids"].shape[0] == len(examples)  # one row per prompt
+    with torch.no_grad():
+        ours = response_logps(SequenceLogProbs(model), batch)
+        for b, example in enumerate(examples):
+            start = example.prompt_lengths[0]
+            for k, sequence in enumerate(example.sequences):
+                logits = model(input_ids=torch.tensor([sequence])).logits[0, start - 1:-1].float()
+                theirs = logits.log_softmax(-1).gather(1, torch.tensor(sequence[start:])[:, None]).sum()
+                torch.testing.assert_close(ours[b, k], theirs, rtol=1e-4, atol=1e-4)
+        assert (ours[~batch["valid"]] == 0).all()
+
+
 def test_greedy_samples_equal_generate(family):
     name, path = family
     tokenizer = load_tokenizer(path)

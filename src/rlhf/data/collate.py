@@ -121,6 +121,13 @@ def collate_shared_prompt(examples: list[RankedExample], pad_id: int,
     head output is that response's score; ranks, valid as :func:`collate_ranked`. Each score equals
     the one from the response's own sequence (tested, per model family). ``additive``: the mask as
     eager attention adds it, 0 where allowed and the float32 minimum elsewhere.
+
+    For log-probs of the responses (DPO): label_source (B, T), for each response token the flat
+    position whose output predicts it (the previous token, or the prompt's last for a response's
+    first), −1 elsewhere; label_slot (B, T), the flat position of the first token of the token's
+    response (its slot), −1 elsewhere; flat_index (B, K_max), each response's slot, so that a (B·T,)
+    vector of per-slot sums indexed by it is laid out as :func:`collate_ranked`'s; with the examples'
+    reference log-probs, reference_logps (B·T,) holding each at its response's slot.
     """
     rows, segments, positions, ends = [], [], [], []
     for example in examples:
@@ -161,8 +168,33 @@ def collate_shared_prompt(examples: list[RankedExample], pad_id: int,
     mask = allowed.unsqueeze(1)
     if additive:
         mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
-    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
-            "score_index": score_index, "ranks": ranks, "valid": valid}
+    batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
+             "score_index": score_index, "ranks": ranks, "valid": valid}
+    batch.update(_response_labels(examples, segment, width, k_max))
+    return batch
+
+
+def _response_labels(examples: list[RankedExample], segment: torch.Tensor, width: int,
+                     k_max: int) -> dict[str, torch.Tensor]:
+    """label_source, label_slot, flat_index (and reference_logps) of :func:`collate_shared_prompt`."""
+    flat = torch.arange(segment.numel()).view_as(segment)
+    response = segment > 0
+    first = response & (segment != torch.cat([segment[:, :1], segment[:, :-1]], dim=1))  # a response's first token
+    prompt_end = flat[:, :1] + torch.tensor([e.prompt_lengths[0] - 1 for e in examples]).unsqueeze(1)
+    label_source = torch.where(first, prompt_end, flat - 1).masked_fill(~response, -1)
+    slot_start = torch.where(first, flat, torch.zeros_like(flat)).cummax(dim=1).values  # its response's first token
+    label_slot = slot_start.masked_fill(~response, -1)
+    flat_index = torch.zeros((len(examples), k_max), dtype=torch.long)
+    for b in range(len(examples)):
+        starts = flat[b][first[b]]
+        flat_index[b, :len(starts)] = starts
+    labels = {"label_source": label_source, "label_slot": label_slot, "flat_index": flat_index}
+    if all(e.reference_logps is not None for e in examples):
+        reference = torch.zeros(segment.numel())
+        for b, example in enumerate(examples):
+            reference[flat_index[b, :len(example.sequences)]] = torch.tensor(example.reference_logps)
+        labels["reference_logps"] = reference
+    return labels
 
 
 def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_length: int,

@@ -300,17 +300,34 @@ class ResponseLM(torch.nn.Module):
 
 
 class SequenceLogProbs(ResponseLM):
-    """A causal LM whose forward is Σ_t log p(y_t | x, y_<t) over each row's response tokens (the
-    rows where ``loss_mask`` is 1), (N, T) → (N,) float: the output layer applied only where a
-    response token is predicted, as :class:`ResponseLM`. DPO's policy and reference."""
+    """A causal LM whose forward is Σ_t log p(y_t | x, y_<t) over each response's tokens: the output
+    layer applied only where a response token is predicted, as :class:`ResponseLM`. DPO's policy and
+    reference. Two layouts:
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        targets = loss_mask[:, 1:].bool()  # position t − 1 predicts token t
-        logits = output_logits(self.hf, hidden[:, :-1][targets]).float()  # (M, V), row-major order
-        token = logits.log_softmax(-1).gather(-1, input_ids[:, 1:][targets].unsqueeze(-1)).squeeze(-1)
-        rows = targets.nonzero()[:, 0]
-        return torch.zeros(input_ids.shape[0], device=token.device).index_add(0, rows, token)
+    - one response per row (:func:`~rlhf.data.collate.collate_ranked`): the tokens where ``loss_mask``
+      (N, T) is 1; (N, T) → (N,) float;
+    - a prompt and its K responses in one row (:func:`~rlhf.data.collate.collate_shared_prompt`, with
+      its 4-D ``attention_mask`` and ``position_ids``): the token at flat position i is predicted by
+      the output at ``label_source`` [i] and summed into slot ``label_slot`` [i] (both −1 off the
+      responses); (B, T) → (B·T,) float, non-zero at each response's slot.
+    """
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, label_source: torch.Tensor | None = None,
+                label_slot: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids).last_hidden_state
+        if label_source is None:
+            targets = loss_mask[:, 1:].bool()  # position t − 1 predicts token t
+            predictors, labels = hidden[:, :-1][targets], input_ids[:, 1:][targets]  # row-major order
+            slots, size = targets.nonzero()[:, 0], input_ids.shape[0]
+        else:
+            targets = label_source >= 0
+            predictors, labels = hidden.flatten(0, 1)[label_source[targets]], input_ids[targets]
+            slots, size = label_slot[targets], input_ids.numel()
+        logits = output_logits(self.hf, predictors).float()  # (M, V)
+        token = logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        return torch.zeros(size, device=token.device).index_add(0, slots, token)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
