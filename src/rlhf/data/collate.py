@@ -129,15 +129,16 @@ def collate_shared_prompt(examples: list[RankedExample], pad_id: int,
     vector of per-slot sums indexed by it is laid out as :func:`collate_ranked`'s; with the examples'
     reference log-probs, reference_logps (B·T,) holding each at its response's slot.
     """
-    rows, segments, positions, ends = [], [], [], []
+    rows, segments, positions, ends, starts = [], [], [], [], []
     for example in examples:
         length = example.prompt_lengths[0]
         prompt = example.sequences[0][:length]
-        row, segment, position, last = list(prompt), [0] * length, list(range(length)), []
+        row, segment, position, first, last = list(prompt), [0] * length, list(range(length)), [], []
         for k, (sequence, start) in enumerate(zip(example.sequences, example.prompt_lengths), start=1):
-            if start != length or sequence[:length] != prompt:
-                raise ValueError(f"response {k} of a ranked example has another prompt; encode_comparisons "
-                                 "gives all K one prompt")
+            if start != length or sequence[:length] != prompt or not 0 < length < len(sequence):
+                raise ValueError(f"response {k} of a ranked example has another prompt, or no prompt or no "
+                                 "response token; encode_comparisons gives all K one prompt and an EOS each")
+            first.append(len(row))
             row += sequence[length:]
             segment += [k] * (len(sequence) - length)
             position += range(length, len(sequence))
@@ -146,6 +147,7 @@ def collate_shared_prompt(examples: list[RankedExample], pad_id: int,
         segments.append(segment)
         positions.append(position)
         ends.append(last)
+        starts.append(first)
     input_ids, _ = pad(rows, pad_id, multiple_of=PAD_MULTIPLE)
     width = input_ids.shape[1]
     segment = torch.full((len(rows), width), -1, dtype=torch.long)
@@ -170,24 +172,26 @@ def collate_shared_prompt(examples: list[RankedExample], pad_id: int,
         mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
     batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
              "score_index": score_index, "ranks": ranks, "valid": valid}
-    batch.update(_response_labels(examples, segment, width, k_max))
+    batch.update(_response_labels(examples, segment, starts, k_max))
     return batch
 
 
-def _response_labels(examples: list[RankedExample], segment: torch.Tensor, width: int,
+def _response_labels(examples: list[RankedExample], segment: torch.Tensor, starts: list[list[int]],
                      k_max: int) -> dict[str, torch.Tensor]:
-    """label_source, label_slot, flat_index (and reference_logps) of :func:`collate_shared_prompt`."""
+    """label_source, label_slot, flat_index (and reference_logps) of :func:`collate_shared_prompt`;
+    ``starts``: the row position of each response's first token."""
     flat = torch.arange(segment.numel()).view_as(segment)
+    width = segment.shape[1]
+    flat_index = torch.zeros((len(examples), k_max), dtype=torch.long)
+    first = torch.zeros_like(segment, dtype=torch.bool)  # a response's first token
+    for b, positions in enumerate(starts):
+        flat_index[b, :len(positions)] = b * width + torch.tensor(positions)
+        first[b, positions] = True
     response = segment > 0
-    first = response & (segment != torch.cat([segment[:, :1], segment[:, :-1]], dim=1))  # a response's first token
     prompt_end = flat[:, :1] + torch.tensor([e.prompt_lengths[0] - 1 for e in examples]).unsqueeze(1)
     label_source = torch.where(first, prompt_end, flat - 1).masked_fill(~response, -1)
     slot_start = torch.where(first, flat, torch.zeros_like(flat)).cummax(dim=1).values  # its response's first token
     label_slot = slot_start.masked_fill(~response, -1)
-    flat_index = torch.zeros((len(examples), k_max), dtype=torch.long)
-    for b in range(len(examples)):
-        starts = flat[b][first[b]]
-        flat_index[b, :len(starts)] = starts
     labels = {"label_source": label_source, "label_slot": label_slot, "flat_index": flat_index}
     if all(e.reference_logps is not None for e in examples):
         reference = torch.zeros(segment.numel())
