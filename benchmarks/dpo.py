@@ -7,8 +7,9 @@ same pairs per optimizer step on both sides, β = 0.1, bf16 autocast, the refere
 computed once before training on both sides (TRL: ``precompute_ref_log_probs=True``; its default
 keeps a second model and forwards it at every step). This project forwards each prompt once with
 both replies after it (the reward model's layout; ``--layouts`` adds ours with one row per reply,
-as before 2026-11-27); TRL forwards prompt + chosen and prompt + rejected. Rate = comparisons per second over the whole job: the reference pass and every training
-step; ours also loads the model and saves the checkpoint inside the timed call. Model FLOP/s =
+as before 2026-11-27); TRL forwards prompt + chosen and prompt + rejected. Rate = comparisons per
+second over the whole job: the reference pass and every training step; ours also loads the model
+and saves the checkpoint inside the timed call. Model FLOP/s =
 (6 · N per trained token + 2 · N per reference token) · real tokens, counted as TRL forwards them
 (prompt twice) for both, so the same work gets the same FLOP count.
 """
