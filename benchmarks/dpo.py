@@ -109,15 +109,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--pairs-per-step", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--peers", choices=["trl", "none"], default="trl")
     parser.add_argument("--layouts", action="store_true",
                         help="also ours with one row per response (each its own copy of the prompt)")
     parser.add_argument("--layout", choices=["shared", "rows"], default="shared", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpointing", choices=["defaults", "on", "off"], default="defaults",
-                        help="gradient checkpointing: each tool's default (ours off, TRL on), or the same for both")
-    parser.add_argument("--worker", choices=["ours", "trl"])
-    parser.add_argument("--data")
+    harness.add_training_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         harness.report({"ours": worker_ours, "trl": worker_trl}[args.worker](args))

@@ -53,6 +53,15 @@ def matmul_params(model) -> int:
     return sum(p.numel() for p in model.parameters()) - (0 if tied else embedding.numel())
 
 
+def add_training_arguments(parser) -> None:
+    """What every training benchmark (ours against a TRL trainer) takes besides its own shape."""
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--checkpointing", choices=["defaults", "on", "off"], default="defaults",
+                        help="gradient checkpointing: each tool's default (ours off, TRL on), or the same for both")
+    parser.add_argument("--worker", choices=["ours", "trl"])
+    parser.add_argument("--data")
+
+
 def python_for(side: str) -> str:
     """This project's interpreter, or the peer's virtual environment (made by ``make bench-peers``)."""
     if side == "ours" or side not in PEER_VENVS:

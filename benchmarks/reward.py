@@ -120,11 +120,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--prompts-per-step", type=int, default=None, help="default: 8 at K = 2, 4 at K = 4")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--checkpointing", choices=["defaults", "on", "off"], default="defaults",
-                        help="gradient checkpointing: each tool's default (ours off, TRL on), or the same for both")
-    parser.add_argument("--worker", choices=["ours", "trl"])
-    parser.add_argument("--data")
+    harness.add_training_arguments(parser)
     args = parser.parse_args()
     args.prompts_per_step = args.prompts_per_step or (8 if args.k == 2 else 4)
     if args.worker:

@@ -80,11 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--checkpointing", choices=["defaults", "on", "off"], default="defaults",
-                        help="gradient checkpointing: each tool's default (ours off, TRL on), or the same for both")
-    parser.add_argument("--worker", choices=["ours", "trl"])
-    parser.add_argument("--data")
+    harness.add_training_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         harness.report({"ours": worker_ours, "trl": worker_trl}[args.worker](args))
