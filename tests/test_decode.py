@@ -45,6 +45,23 @@ def test_greedy_equals_hf_generate(family):
     assert ours_mask.shape == ours.shape
 
 
+def test_a_model_trained_with_eager_attention_is_sampled_with_sdpa_and_the_same_tokens():
+    """Training may ask for eager attention (faster backward on a CPU); the sampling copy switches to
+    sdpa, faster for one-token queries, and samples what the eager model itself samples; the model
+    being trained keeps its kernel."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**SMALL), attn_implementation="eager").eval()
+    ids, mask = prompts()
+    decoder = Decoder(model, dtype=torch.bfloat16, pack=False)
+    assert decoder.model.config._attn_implementation == "sdpa" and model.config._attn_implementation == "eager"
+    bf16 = AutoModelForCausalLM.from_config(LlamaConfig(**SMALL), attn_implementation="eager").eval()
+    bf16.load_state_dict(model.state_dict())
+    bf16.to(torch.bfloat16)
+    theirs = sample_responses(bf16, ids, mask, 12, EOS, PAD, 1.0, torch.Generator().manual_seed(5))
+    ours = decoder.sample(ids, mask, 12, EOS, PAD, 1.0, torch.Generator().manual_seed(5))
+    assert ours[0].tolist() == theirs[0].tolist()
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_sampled_tokens_equal_the_eager_loop(family):
     model = build(family, seed=1)

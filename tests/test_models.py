@@ -250,3 +250,35 @@ def test_train_layers_freezes_the_embeddings_and_lower_blocks_and_the_backward_s
     assert (model.lm_head.weight.grad is not None) == (family == "llama")
     with pytest.raises(ConfigError, match="train_layers: must be between 1 and the model's 3 blocks, got 4"):
         train_top_layers(AutoModelForCausalLM.from_config(config), 4)
+
+
+def test_the_attention_kernel_asked_for_gives_the_same_model_and_is_not_saved(tiny_path, tmp_path):
+    """``attn_implementation`` picks transformers' kernel (eager trains faster on a CPU at short lengths):
+    the same logits and gradients as the default (sdpa) on a padded batch, nothing of it in the saved
+    folder (plain transformers loads it with its own default), and an unknown kernel is one line."""
+    from rlhf.data.records import DataError
+    from rlhf.models import load_scalar_model
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, 250, (2, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0
+    loss_mask = torch.zeros_like(input_ids)
+    loss_mask[:, 6:9] = 1
+    results = {}
+    for kernel in (None, "eager"):
+        model = load_causal_lm(tiny_path, attn_implementation=kernel)
+        assert model.config._attn_implementation == (kernel or "sdpa")
+        loss = ResponseLM(model)(input_ids, attention_mask, loss_mask)
+        loss.backward()
+        results[kernel] = (loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    assert results["eager"][0] == pytest.approx(results[None][0], rel=1e-5)
+    torch.testing.assert_close(results["eager"][1], results[None][1], rtol=1e-4, atol=1e-6)
+    assert load_scalar_model(tiny_path, attn_implementation="eager").hf.config._attn_implementation == "eager"
+
+    model.save_pretrained(tmp_path / "saved")
+    assert "attn" not in (tmp_path / "saved" / "config.json").read_text()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "saved").config._attn_implementation == "sdpa"
+    with pytest.raises(DataError, match=rf"^{tiny_path}: cannot be loaded \(.*attn_implementation=\"bogus\"") as error:
+        load_causal_lm(tiny_path, attn_implementation="bogus")
+    assert "\n" not in str(error.value)

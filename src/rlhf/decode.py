@@ -289,6 +289,10 @@ class Decoder:
             self.model = plain_copy(model).to(dtype).eval().requires_grad_(False)
             for param in self.model.parameters():
                 param.grad = None  # a copy taken after a backward pass would carry the gradients
+            if getattr(self.model.config, "_attn_implementation", None) == "eager":
+                # eager attention, which trains faster on a CPU, is slower for one-token queries
+                with contextlib.suppress(ValueError, ImportError):  # a model without sdpa keeps eager
+                    self.model.set_attn_implementation("sdpa")
             if self.pack:
                 self._packed = _pack_linears(self.model, batch_bucket or 16)
             # what the packed layers do not hold (embeddings, norms, a tied input embedding), by name

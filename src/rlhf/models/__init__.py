@@ -172,29 +172,40 @@ def dropout_fields(config, attention: float) -> dict[str, float]:
             if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop"))}
 
 
-def load_causal_lm(name_or_path: str, dropout: float = 0.0, tokenizer=None) -> PreTrainedModel:
+def attention_kwargs(attn_implementation: str | None) -> dict:
+    """``from_pretrained``'s attention argument: none (transformers' default) or the one asked for; an
+    unknown or unavailable kernel is transformers' ValueError, one line through :func:`loading`."""
+    return {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+
+
+def load_causal_lm(name_or_path: str, dropout: float = 0.0, tokenizer=None,
+                   attn_implementation: str | None = None) -> PreTrainedModel:
     """Any HF causal LM folder, hub id or preset name, in fp32 (autocast handles bf16). With the
-    ``tokenizer`` of :func:`load_tokenizer`, its embeddings are fitted to it (:func:`fit_embeddings`)."""
+    ``tokenizer`` of :func:`load_tokenizer`, its embeddings are fitted to it (:func:`fit_embeddings`);
+    with ``attn_implementation`` (sdpa, eager, …), that attention kernel instead of transformers' default."""
     config, name = architecture(name_or_path)
     if is_scalar_head(name) or getattr(config, "is_encoder_decoder", False):
         raise DataError(f"{name_or_path}: a {name or config.model_type} is not a causal LM; a policy (and an SFT "
                         "start) must load with AutoModelForCausalLM (decoder-only)")
     with loading(name_or_path):
         model = AutoModelForCausalLM.from_pretrained(model_source(name_or_path), dtype=torch.float32,
+                                                     **attention_kwargs(attn_implementation),
                                                      **dropout_fields(config, dropout))
     if tokenizer is not None:
         fit_embeddings(model, tokenizer, name_or_path)
     return model
 
 
-def load_scalar_model(name_or_path: str, tokenizer=None, trained: bool = False) -> ScalarModel:
+def load_scalar_model(name_or_path: str, tokenizer=None, trained: bool = False,
+                      attn_implementation: str | None = None) -> ScalarModel:
     """A backbone with a one-output linear head (``AutoModelForSequenceClassification``, 1 label).
 
     A sequence-classification folder with one label keeps its head as trained — ours (with its
     normalisation bias) or one saved by plain ``transformers`` or TRL (bias 0). From a causal-LM
     folder the head is new and initialised N(0, 1/(d_model + 1)) as in the 2019 RLHF code, unless
     ``trained`` asks for a reward model (PPO's reward, an evaluation judge): then it is an error.
-    With ``tokenizer`` (:func:`load_tokenizer`), the embeddings are fitted to it.
+    With ``tokenizer`` (:func:`load_tokenizer`), the embeddings are fitted to it; ``attn_implementation``
+    as :func:`load_causal_lm`.
     """
     config, name = architecture(name_or_path)
     if getattr(config, "is_encoder_decoder", False):
@@ -208,7 +219,9 @@ def load_scalar_model(name_or_path: str, tokenizer=None, trained: bool = False) 
                         "written by `rlhf reward`, or any AutoModelForSequenceClassification with one label")
     with loading(name_or_path):
         model = AutoModelForSequenceClassification.from_pretrained(model_source(name_or_path), num_labels=1,
-                                                                   dtype=torch.float32, **dropout_fields(config, 0.0))
+                                                                   dtype=torch.float32,
+                                                                   **attention_kwargs(attn_implementation),
+                                                                   **dropout_fields(config, 0.0))
     if tokenizer is not None:
         fit_embeddings(model, tokenizer, name_or_path)
     if is_scalar_head(name) and getattr(model.config, REWARD_BIAS_KEY, None) is None:

@@ -69,7 +69,8 @@ def train_dpo(config: DPOConfig, control: RunControl = RunControl()) -> dict:
     train, valid, splits = split_and_encode(
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
                                                                              on_too_long))
-    hf = load_causal_lm(config.model, dropout=0.0, tokenizer=tokenizer)  # no dropout: the reference has none
+    hf = load_causal_lm(config.model, dropout=0.0, tokenizer=tokenizer,  # no dropout: the reference has none
+                        attn_implementation=config.attn_implementation)
     hf.config.use_cache = False
     reference = SequenceLogProbs(hf).to(accelerator.device)
     collate, shape = shared_prompt_collate(hf, tokenizer.pad_token_id, config.max_length)  # each prompt once

@@ -118,7 +118,8 @@ class PPOTrainer:
             train_text, _ = split_text(read_text(config.pretraining), config.ptx_held_out_fraction)
             self.ptx_blocks = pack_text(tokenizer, train_text, config.ptx_block_size)
 
-        policy = load_causal_lm(config.model, tokenizer=tokenizer)
+        attention = {"attn_implementation": config.attn_implementation}  # the trained models'; frozen ones: default
+        policy = load_causal_lm(config.model, tokenizer=tokenizer, **attention)
         if config.lora:  # the reference is the policy's backbone: one copy of the weights serves both
             self.reference = WithoutAdapters(add_lora(policy, config.lora))
         else:
@@ -136,13 +137,13 @@ class PPOTrainer:
         elif config.lora and config.value_lora and not config.value_model:
             # the value model is the reward model with adapters (and its own copy of the head): with them
             # disabled it *is* the reward model, so one copy of those weights serves both, as for the policy
-            value = load_scalar_model(config.reward_model, tokenizer, trained=True)
+            value = load_scalar_model(config.reward_model, tokenizer, trained=True, **attention)
             add_lora(value.hf, config.lora, scalar_head=True)
             self.reward_model = WithoutAdapters(value)
         else:
             reward_model = load_scalar_model(config.reward_model, reward_tokenizer, trained=True)
             self.reward_model = freeze(reward_model).to(accelerator.device)
-            value = load_scalar_model(config.value_model or config.reward_model, tokenizer)
+            value = load_scalar_model(config.value_model or config.reward_model, tokenizer, **attention)
             if config.lora and config.value_lora:
                 add_lora(value.hf, config.lora, scalar_head=True)
         trained = [policy] if value is None else [policy, value]

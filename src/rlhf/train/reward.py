@@ -145,7 +145,7 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
     train, valid, splits = split_and_encode(
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
                                                                              on_too_long))
-    model = load_scalar_model(config.model, tokenizer)
+    model = load_scalar_model(config.model, tokenizer, attn_implementation=config.attn_implementation)
     if config.lora:
         add_lora(model.hf, config.lora, scalar_head=True)
     if config.train_layers:

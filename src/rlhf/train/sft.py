@@ -62,7 +62,8 @@ def train_sft(config: SFTConfig, control: RunControl = RunControl()) -> dict:
                                                                           on_too_long))
     valid.sort(key=lambda e: len(e.input_ids))  # length-sorted validation batches waste little padding
 
-    model = load_causal_lm(config.model, dropout=config.dropout, tokenizer=tokenizer)
+    model = load_causal_lm(config.model, dropout=config.dropout, tokenizer=tokenizer,
+                           attn_implementation=config.attn_implementation)
     model.config.use_cache = False
     if config.lora:
         add_lora(model, config.lora)
