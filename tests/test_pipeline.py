@@ -439,3 +439,21 @@ def test_the_evaluation_loads_each_reward_model_once_and_measures_as_before(tiny
     for name, measures in first["policies"].items():
         assert again["policies"][name] == pytest.approx(measures, rel=1e-4), name
     assert again["judged"]["vs_sft"]["ppo"]["all"] == pytest.approx(first["judged"]["vs_sft"]["ppo"]["all"])
+
+
+def test_a_reward_scorer_forwards_each_pair_once_and_gives_the_scores_of_a_fresh_one(tiny_run):
+    """The evaluation scores the base model's answers twice (the table, the refusal count): the second
+    time they come from the scorer's memory, equal to what a fresh scorer computes for each alone."""
+    from rlhf.eval.run import RewardScorer
+
+    run_dir, _ = tiny_run
+    scorer = RewardScorer(run_dir / "reward")
+    rows = []
+    scorer.model.register_forward_hook(lambda module, args, output: rows.append(output.shape[0]))
+    prompts, responses = ["Name a colour.", "Name a fruit.", "Name a colour."], ["Blue.", "A pear.", "Blue."]
+    first = scorer(prompts, responses)
+    assert sum(rows) == 2 and first[0] == first[2]
+    again = scorer(["Name a fruit.", "Name a tool."], ["A pear.", "A hammer."])
+    assert sum(rows) == 3 and again[0] == first[1]
+    for prompt, response, score in zip(prompts + ["Name a tool."], responses + ["A hammer."], first + again[1:]):
+        assert RewardScorer(run_dir / "reward")([prompt], [response]) == pytest.approx([score], abs=1e-5)

@@ -70,6 +70,7 @@ class RewardScorer:
     def __init__(self, reward_dir: Path | str):
         self.tokenizer = load_tokenizer(str(reward_dir))
         self.model = load_scalar_model(str(reward_dir), self.tokenizer, trained=True).eval()
+        self._scores: dict[str, float] = {}
 
     def accuracy(self, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
         """Pair accuracy on every given comparison (the training stage's evaluator): a longer one is
@@ -86,15 +87,21 @@ class RewardScorer:
 
     @torch.no_grad()
     def __call__(self, prompts: list, responses: list[str], batch_size: int = 16) -> list[float]:
+        """The score of each (prompt, response); a pair this scorer has scored before is not forwarded
+        again (the evaluation scores the base model's answers for the table and for the refusal count)."""
         tokenizer = self.tokenizer
-        sequences = [encode_prompt(tokenizer, as_conversation(p)) + encode_response(tokenizer, r or " ")
-                     for p, r in zip(prompts, responses)]
-        scores = []
-        for start in range(0, len(sequences), batch_size):
-            ids, mask = pad(sequences[start:start + batch_size], tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE)
+        sequences = {}
+        for p, r in zip(prompts, responses):
+            sequences.setdefault(repr((p, r)), (p, r))
+        new = [(key, pair) for key, pair in sequences.items() if key not in self._scores]
+        encoded = [encode_prompt(tokenizer, as_conversation(p)) + encode_response(tokenizer, r or " ")
+                   for _, (p, r) in new]
+        for start in range(0, len(encoded), batch_size):
+            ids, mask = pad(encoded[start:start + batch_size], tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE)
             with inference_autocast():
-                scores += sequence_scores(self.model(ids, mask), mask).tolist()
-        return scores
+                scores = sequence_scores(self.model(ids, mask), mask).tolist()
+            self._scores.update(zip([key for key, _ in new[start:start + batch_size]], scores))
+        return [self._scores[repr((p, r))] for p, r in zip(prompts, responses)]
 
 
 def reward_scores(reward_dir: Path, prompts: list, responses: list[str], batch_size: int = 16) -> list[float]:

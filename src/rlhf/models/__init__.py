@@ -267,8 +267,8 @@ class ScalarModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.hf.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        hidden = self.hf.base_model(  # a score never decodes: no KV cache to fill
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         return scalar_head(self.hf)(hidden).squeeze(-1).float() + self.reward_bias
 
