@@ -42,7 +42,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
     batch = args.batch_size
     results: dict[tuple, list[float]] = {}
-    print(f"bf16 peak {harness.measured_bf16_peak() / 1e9:.0f} GFLOP/s; {args.model}, batch {batch}")
+    print(f"{harness.peak_precision()} peak {harness.measured_peak() / 1e9:.0f} GFLOP/s; {args.model}, batch {batch}")
     for length in args.lengths:
         generator = torch.Generator().manual_seed(length)
         ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)

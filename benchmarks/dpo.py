@@ -128,7 +128,7 @@ def main() -> None:
             contenders.append(("rlhf, one row per response", "ours", "ours", ["--layout", "rows"]))
         if args.peers == "trl":
             contenders.append(("TRL DPOTrainer", "trl", "trl"))
-        peak = harness.measured_bf16_peak()
+        peak = harness.measured_peak()
         results = harness.alternate(__file__, contenders, worker_args, args.rounds)
     harness.summarise(f"DPO, {args.model}, {args.pairs_per_step} pairs per step, {args.steps} steps, "
                       f"reference log-probs computed once", results, peak,

@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     device = args.device
-    peak = harness.measured_bf16_peak(device=device)
+    peak = harness.measured_peak(device=device)
     print(f"device {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}, "
           f"torch {torch.__version__}, bf16 peak {peak / 1e12:.1f} TFLOP/s", flush=True)
     results = {"device": device, "bf16_peak_flops": peak, "shapes": {}}

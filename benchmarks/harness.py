@@ -22,13 +22,27 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER_VENVS = {"trl": ROOT / "benchmarks" / ".venv-trl", "trl112": ROOT / "benchmarks" / ".venv-trl112"}
 
 
-def measured_bf16_peak(size: int = 2048, seconds: float = 3.0, device=None) -> float:
-    """FLOP/s of a square bf16 matrix product on this machine (the ceiling for model FLOP/s)."""
+def peak_precision(device=None) -> str:
+    """The precision the stages compute in here ("auto"): bf16 on a GPU or a CPU with fast bf16
+    (avx512_bf16, AMX), else fp32 — the one whose matmul peak bounds their FLOP/s."""
+    import torch
+
+    from rlhf.train.common import cpu_has_fast_bf16
+
+    cuda = device is not None and torch.device(device).type == "cuda"
+    return "bf16" if cuda or cpu_has_fast_bf16() else "fp32"
+
+
+def measured_peak(size: int = 2048, seconds: float = 3.0, device=None) -> float:
+    """FLOP/s of a square matrix product on this machine in the stages' precision (the ceiling for
+    model FLOP/s): bf16, or fp32 on a CPU without fast bf16 (``peak_precision``), where a bf16
+    product runs at about 1 GFLOP/s and would make every fraction of peak meaningless."""
     import torch
 
     cuda = device is not None and torch.device(device).type == "cuda"
     size = 8192 if cuda else size
-    a, b = (torch.randn(size, size, dtype=torch.bfloat16, device=device) for _ in range(2))
+    dtype = torch.bfloat16 if peak_precision(device) == "bf16" else torch.float32
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     for _ in range(3):
         a @ b
     if cuda:
@@ -117,7 +131,7 @@ def summarise(title: str, results: dict[str, list], peak_flops: float, baseline:
     """Median of each contender's rounds; model FLOP/s as a fraction of the bf16 peak; ratio to ``baseline``."""
     rows = []
     base_rate = statistics.median(r["rate"] for r in results[baseline])
-    print(f"\n{title}  (bf16 matmul peak {peak_flops / 1e9:.0f} GFLOP/s)")
+    print(f"\n{title}  ({peak_precision()} matmul peak {peak_flops / 1e9:.0f} GFLOP/s)")
     print(f"{'':<30}{'rate':>12} {'unit':<16}{'GFLOP/s':>9}{'of peak':>9}{'peak RSS':>11}{'ratio':>8}")
     for label, runs in results.items():
         rate = statistics.median(r["rate"] for r in runs)

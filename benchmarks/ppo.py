@@ -210,7 +210,7 @@ def main() -> None:
                        "--checkpointing", args.checkpointing, "--batch", str(args.batch)]
         import torch
 
-        peak = harness.measured_bf16_peak(device="cuda" if torch.cuda.is_available() else None)
+        peak = harness.measured_peak(device="cuda" if torch.cuda.is_available() else None)
         results = harness.alternate(__file__, contenders, worker_args, args.rounds)
     harness.summarise(f"PPO, {args.model}, {args.batch} episodes per step, {args.episodes} episodes, responses up to "
                       f"{args.response_length} tokens", results, peak, baseline=baseline)

@@ -132,7 +132,7 @@ def main() -> None:
         worker_args = ["--model", model, "--k", str(args.k), "--steps", str(args.steps), "--prompts-per-step",
                        str(args.prompts_per_step), "--max-length", str(args.max_length), "--data", folder,
                        "--checkpointing", args.checkpointing]
-        peak = harness.measured_bf16_peak()
+        peak = harness.measured_peak()
         results = harness.alternate(__file__, [("rlhf train_reward", "ours", "ours"),
                                                ("TRL RewardTrainer", "trl", "trl")], worker_args, args.rounds)
     harness.summarise(f"Reward model, {args.model}, K = {args.k}, {args.prompts_per_step} prompts "

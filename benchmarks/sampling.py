@@ -66,7 +66,7 @@ def main() -> None:
     prompts = [ids for ids in (encode_prompt(tokenizer, p.prompt) for p in read_prompts(HH, skip_invalid=True))
                if len(ids) <= args.max_prompt_length]
     n = harness.matmul_params(model)
-    peak = harness.measured_bf16_peak(device=device)
+    peak = harness.measured_peak(device=device)
     never = -1  # an EOS id no token has: every contender samples every row to the full length
     decoder = Decoder(model, inference_dtype())
     hf_static = None
@@ -98,7 +98,8 @@ def main() -> None:
     contenders = [runners[name] for name in chosen]
     name = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"sampling on {name}, {args.model}{' (random weights)' if args.random_weights else ''}, "
-          f"{args.new_tokens} new tokens per row (bf16 matmul peak {peak / 1e9:.0f} GFLOP/s)")
+          f"{args.new_tokens} new tokens per row "
+          f"({harness.peak_precision(device)} matmul peak {peak / 1e9:.0f} GFLOP/s)")
     print(f"{'batch':>6} {'contender':<22}{'tokens/s':>10}{'ms/step':>9}{'GFLOP/s':>9}{'of peak':>9}"
           f"{'first call':>11}{'ratio':>8}")
 

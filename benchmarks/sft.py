@@ -91,7 +91,7 @@ def main() -> None:
         worker_args = ["--model", model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-length", str(args.max_length), "--data", folder,
                        "--checkpointing", args.checkpointing]
-        peak = harness.measured_bf16_peak()
+        peak = harness.measured_peak()
         results = harness.alternate(__file__, [("rlhf train_sft", "ours", "ours"),
                                                ("TRL SFTTrainer", "trl", "trl")], worker_args, args.rounds)
     harness.summarise(f"SFT, {args.model}, batch {args.batch_size}, {args.steps} steps, max length "

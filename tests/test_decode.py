@@ -82,6 +82,50 @@ def test_packed_linear_is_bit_identical_to_bf16_linear():
             assert torch.equal(PackedLinear(layer, batch_hint=16)(x), expected)
 
 
+@pytest.mark.skipif(not can_pack(torch.float32), reason="this torch build has no oneDNN fp32 packing")
+def test_packed_fp32_linear_equals_fp32_linear_to_rounding():
+    """On a CPU without fast bf16 the decoder samples in fp32 from oneDNN-packed weights: the same
+    product as MKL's ``linear``, summed in another order (so equal to fp32 rounding, not bit for bit)."""
+    torch.manual_seed(0)
+    for layer in (torch.nn.Linear(48, 40), torch.nn.Linear(48, 40, bias=False)):
+        for rows in (1, 5, 16):
+            x = torch.randn(rows, 3, 48)
+            ours = PackedLinear(layer, batch_hint=16, dtype=torch.float32)(x)
+            assert ours.dtype == torch.float32
+            torch.testing.assert_close(ours, torch.nn.functional.linear(x, layer.weight, layer.bias),
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not can_pack(torch.float32), reason="this torch build has no oneDNN fp32 packing")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_an_fp32_model_is_sampled_from_a_packed_copy_that_follows_weight_updates(family):
+    """Without bf16, the decoder packs an fp32 copy (the model being trained is left as it is): its
+    greedy tokens are the unpacked model's, its log-probs the unpacked sampler's to fp32 rounding,
+    and :meth:`Decoder.sync` takes an update."""
+    model = build(family, seed=2)
+    ids, mask = prompts()
+    decoder = Decoder(model)
+    assert decoder.pack and decoder.copied and decoder.model is not model
+    assert all(type(m) is not PackedLinear for m in model.modules())
+    plain = Decoder(model, pack=False)
+    assert not plain.copied and plain.model is model
+
+    def both(temperature):
+        return [d.sample(ids, mask, 20, EOS, PAD, temperature, torch.Generator().manual_seed(3), return_logprobs=True)
+                for d in (decoder, plain)]
+
+    (ours, theirs), (greedy_ours, greedy_theirs) = both(1.0), both(0.0)
+    assert ours[0].tolist() == theirs[0].tolist() and greedy_ours[0].tolist() == greedy_theirs[0].tolist()
+    torch.testing.assert_close(ours[2], theirs[2], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # an optimizer step on the model
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    stale = decoder.sample(ids, mask, 20, EOS, PAD, 1.0, torch.Generator().manual_seed(3))
+    decoder.sync()
+    ours, theirs = both(1.0)
+    assert ours[0].tolist() == theirs[0].tolist() and stale[0].tolist() != ours[0].tolist()
+
+
 @pytest.mark.skipif(not can_pack(), reason="this torch build has no oneDNN bf16 packing")
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_bf16_copy_packed_equals_unpacked_and_follows_weight_updates(family):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -110,53 +111,58 @@ def static_cache(config, max_cache_len: int) -> StaticCache:
 
 
 class PackedLinear(torch.nn.Module):
-    """``y = x Wᵀ + b`` with W held in oneDNN's blocked layout (bf16, CPU). A plain bf16 ``linear``
-    re-packs W on every call; packing once per weight update halves the decode step's matmul time
-    at batch 1–16 on this project's CPUs, with bit-identical results (tested)."""
+    """``y = x Wᵀ + b`` with W held in oneDNN's blocked layout (bf16 or fp32, CPU), packed once per
+    weight update. In bf16 a plain ``linear`` re-packs W on every call: packing halves the decode
+    step's matmul time at batch 1–16, bit-identical (tested). In fp32 a plain ``linear`` is MKL's
+    product, which oneDNN's packed one beats 1.4–1.8× at 4–64 rows on a CPU without bf16 (AVX2),
+    equal to fp32 rounding (tested)."""
 
-    def __init__(self, linear: torch.nn.Module, batch_hint: int):
+    def __init__(self, linear: torch.nn.Module, batch_hint: int, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        self.batch_hint = batch_hint
+        self.batch_hint, self.dtype = batch_hint, dtype
         self.transposed = isinstance(linear, Conv1D)  # GPT-2 stores W as (in, out)
         self.out_features = linear.weight.shape[1 if self.transposed else 0]
         self.load(linear.weight, linear.bias)
 
     def load(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Pack new weights (after an update)."""
-        weight = weight.detach().to(torch.bfloat16)
+        weight = weight.detach().to(self.dtype)
         weight = weight.t().contiguous() if self.transposed else weight
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.batch_hint)
-        self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
+        self.bias = None if bias is None else bias.detach().to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        flat = x.reshape(-1, x.shape[-1]).to(self.dtype)
         y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def can_pack() -> bool:
-    """Whether this CPU build of torch has the oneDNN ops :class:`PackedLinear` needs (and they run)."""
+@functools.cache
+def can_pack(dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether this CPU build of torch has the oneDNN ops :class:`PackedLinear` needs in ``dtype``
+    (and they run)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        probe = PackedLinear(torch.nn.Linear(8, 8), 1)
+        probe = PackedLinear(torch.nn.Linear(8, 8), 1, dtype)
         probe(torch.zeros(1, 8))
         return True
     except (RuntimeError, AttributeError):
         return False
 
 
-def _pack_linears(module: torch.nn.Module, batch_hint: int, prefix: str = "") -> dict[str, PackedLinear]:
+def _pack_linears(module: torch.nn.Module, batch_hint: int, dtype: torch.dtype,
+                  prefix: str = "") -> dict[str, PackedLinear]:
     """Replace every plain Linear / Conv1D of ``module`` by a :class:`PackedLinear` of its weights;
     returns them by their module path."""
     packed = {}
     for name, child in list(module.named_children()):
         path = f"{prefix}{name}"
         if type(child) in (torch.nn.Linear, Conv1D):  # not subclasses (quantised layers)
-            packed[path] = PackedLinear(child, batch_hint)
+            packed[path] = PackedLinear(child, batch_hint, dtype)
             setattr(module, name, packed[path])
         else:
-            packed.update(_pack_linears(child, batch_hint, path + "."))
+            packed.update(_pack_linears(child, batch_hint, dtype, path + "."))
     return packed
 
 
@@ -250,11 +256,12 @@ class Decoder:
 
     ``dtype``: the precision to sample in — ``torch.bfloat16`` under bf16 mixed precision (an fp32
     model is then copied once into bf16 and that copy is what runs, outside autocast; call
-    :meth:`sync` after the model's weights change), ``None`` to run the model itself as it is.
+    :meth:`sync` after the model's weights change), ``None``: the model's own.
     ``compile``: compile the decode step (``None``: on CUDA only, with CUDA graphs; on a CPU the
     measured gain is small next to a minute of compilation, see ``BENCHMARKS.md``).
-    ``pack``: oneDNN pre-packed weights for the bf16 copy (``None``: on a CPU where available, unless
-    compiling).
+    ``pack``: oneDNN pre-packed weights, in bf16 or fp32, in a copy of the model (``None``: on a CPU
+    where available, unless compiling); without packing, a model sampled in its own precision runs
+    itself, uncopied.
     ``batch_bucket``: batches are padded up to a multiple of it (repeating row 0); ``None``: when
     compiling, a smaller batch is padded to the largest this decoder has sampled (the last
     evaluation chunk reuses the step compiled for the rollouts), otherwise never.
@@ -265,20 +272,22 @@ class Decoder:
                  pack: bool | None = None, prompt_bucket: int | None = None, batch_bucket: int | None = None):
         self.device = device = next(model.parameters()).device
         own_dtype = next(model.parameters()).dtype
-        # a sharded (FSDP2) model is sampled from a whole copy on every process: a forward of the
-        # sharded model is a collective, and processes whose rows end early would stop calling it
-        self.copied = (dtype is not None and dtype != own_dtype) or is_sharded(model)
         dtype = dtype or own_dtype
         cuda = device.type == "cuda"
         self.compile = cuda if compile is None else compile
         # packed weights are oneDNN tensors the compiler cannot take: compiling on a CPU (measured no
-        # faster than packing, BENCHMARKS.md) decodes the bf16 copy unpacked
+        # faster than packing, BENCHMARKS.md) decodes the copy unpacked
         if pack is None:
-            pack = not cuda and not self.compile and self.copied and dtype == torch.bfloat16
+            pack = not cuda and not self.compile and dtype in (torch.bfloat16, torch.float32)
         self.pack = pack
-        if self.pack and not can_pack():
-            _note_once("decode: oneDNN weight packing is unavailable in this torch build; bf16 linear layers instead")
+        if self.pack and not can_pack(dtype):
+            _note_once(f"decode: oneDNN weight packing ({dtype}) is unavailable in this torch build; "
+                       "plain linear layers instead")
             self.pack = False
+        # packing replaces the linear layers, so it works on a copy; and a sharded (FSDP2) model is
+        # sampled from a whole copy on every process: a forward of the sharded model is a collective,
+        # and processes whose rows end early would stop calling it
+        self.copied = dtype != own_dtype or is_sharded(model) or self.pack
         self.prompt_bucket = prompt_bucket or (32 if self.compile else 1)
         self.batch_bucket, self._largest_batch = batch_bucket, 0
         self.model = model
@@ -294,7 +303,7 @@ class Decoder:
                 with contextlib.suppress(ValueError, ImportError):  # a model without sdpa keeps eager
                     self.model.set_attn_implementation("sdpa")
             if self.pack:
-                self._packed = _pack_linears(self.model, batch_bucket or 16)
+                self._packed = _pack_linears(self.model, batch_bucket or 16, dtype)
             # what the packed layers do not hold (embeddings, norms, a tied input embedding), by name
             self._params = dict(self.model.named_parameters())
         self._caches: dict[tuple[int, int], StaticCache] = {}
