@@ -114,7 +114,7 @@ class PackedLinear(torch.nn.Module):
     """``y = x Wᵀ + b`` with W held in oneDNN's blocked layout (bf16 or fp32, CPU), packed once per
     weight update. In bf16 a plain ``linear`` re-packs W on every call: packing halves the decode
     step's matmul time at batch 1–16, bit-identical (tested). In fp32 a plain ``linear`` is MKL's
-    product, which oneDNN's packed one beats 1.4–1.8× at 4–64 rows on a CPU without bf16 (AVX2),
+    product, which oneDNN's packed one beats 1.1–1.6× at 4–64 rows on a CPU without bf16 (AVX2; not at 1 row),
     equal to fp32 rounding (tested)."""
 
     def __init__(self, linear: torch.nn.Module, batch_hint: int, dtype: torch.dtype = torch.bfloat16):
