@@ -174,6 +174,9 @@ class RewardConfig(ComparisonsConfig):
     disjoint_from: str | None = Field(
         None, description="a reward-model folder: train on none of the comparisons it trained on (for a judge "
         "independent of the reward model PPO optimises)")
+    full_data: list[str] = Field(
+        default_factory=list, description="comparison files whose whole training split is trained on, beside the "
+        "max_examples sample of data (the pipeline's contrast rankings, data.contrasts)")
 
 
 class DPOConfig(ComparisonsConfig):
@@ -288,6 +291,11 @@ class DataPaths(BaseModel):
     comparisons: list[str] = Field(default_factory=list)
     prompts: list[str] = Field(default_factory=list, description="default: the comparisons' prompts")
     pretraining: str | None = None
+    contrasts: list[str] = Field(
+        default_factory=list, description="demonstration files of polite refusals (of harmful requests) and answers "
+        "(to ordinary ones): each becomes a ranking against the base model's own response and a generic refusal, "
+        "written to RUN_DIR/data/contrasts.jsonl, that the proxy reward model trains on in full "
+        "(rlhf.data.contrasts; docs/alignment.md)")
     skip_invalid: bool = False
 
 

@@ -36,12 +36,41 @@ def data_paths(config: PipelineConfig, run_dir: Path, write: bool = True) -> dic
         folder = run_dir / "data"
         paths = write_synthetic_data(folder, seed=config.seed) if write else synthetic_paths(folder)
         return {"demonstrations": [paths["demonstrations"]], "comparisons": [paths["comparisons"]],
-                "prompts": [paths["prompts"]], "pretraining": paths["pretraining"]}
+                "prompts": [paths["prompts"]], "pretraining": paths["pretraining"],
+                "contrasts": [str(contrasts_path(run_dir))] if data.contrasts else []}
     if not data.demonstrations or not data.comparisons:
         raise DataError("pipeline: data.demonstrations and data.comparisons are required "
                         "(or data.synthetic: true for the tiny task)")
     return {"demonstrations": data.demonstrations, "comparisons": data.comparisons,
-            "prompts": data.prompts or data.comparisons, "pretraining": data.pretraining}
+            "prompts": data.prompts or data.comparisons, "pretraining": data.pretraining,
+            "contrasts": [str(contrasts_path(run_dir))] if data.contrasts else []}
+
+
+def contrasts_path(run_dir: Path) -> Path:
+    return run_dir / "data" / "contrasts.jsonl"
+
+
+def write_contrasts(config: PipelineConfig, run_dir: Path) -> None:
+    """RUN_DIR/data/contrasts.jsonl: each demonstration of ``data.contrasts`` ranked against the base
+    model's own response and a generic refusal (:mod:`rlhf.data.contrasts`). The base model samples
+    with the evaluation's settings; a file written by an earlier run is kept."""
+    from rlhf.data.contrasts import contrast_rankings, ranking_row
+    from rlhf.data.readers import read_demonstrations
+    from rlhf.eval.refusal import is_refusal
+    from rlhf.generate import generate
+    from rlhf.outputs import write_jsonl
+
+    path = contrasts_path(run_dir)
+    if path.exists():
+        logger.info("contrasts: written earlier in %s, kept", path)
+        return
+    demos = [d for p in config.data.contrasts for d in read_demonstrations(p, config.data.skip_invalid)]
+    samples = generate(config.model, [d.prompt for d in demos], config.eval.max_new_tokens, config.eval.temperature,
+                       seed=config.seed)
+    rankings, counts = contrast_rankings(demos, samples, is_refusal)
+    write_jsonl(path, map(ranking_row, rankings), inputs=config.data.contrasts)
+    logger.info("contrasts: %d harmful and %d ordinary requests ranked (%d left out: the base model refused a "
+                "harmful one too) into %s", counts["harmful"], counts["ordinary"], counts["skipped"], path)
 
 
 def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
@@ -57,6 +86,7 @@ def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
         "sft": _stage(config.sft, "sft", model=config.model, output_dir=sft_dir, data=paths["demonstrations"],
                       **common),
         "reward": _stage(config.reward, "reward", model=sft_dir, output_dir=reward_dir, data=paths["comparisons"],
+                         full_data=config.reward.full_data + paths["contrasts"],
                          normalize_data=paths["demonstrations"], **common),
     }
     if config.judge is not None:  # the base model on comparisons the proxy never trained on
@@ -132,6 +162,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunContro
             logger.info("%s: finished earlier in %s, skipping", name, folder)
             summary[name] = json.loads((folder / METADATA_FILE).read_text())["metrics"]
             continue
+        if name == "reward" and paths["contrasts"]:
+            write_contrasts(config, run_dir)
         summary[name] = trainers[name](stage_config, control)
     write_run_file(run_dir / "summary.json", json.dumps(summary, indent=2))
     if config.eval.enabled and (run_dir / "eval.json").exists():

@@ -234,15 +234,21 @@ def enable_activation_checkpointing(model) -> None:
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def split_and_encode(config, records: list, encode) -> tuple[list, list, dict[str, list]]:
+def split_and_encode(config, records: list, encode, in_full: list = ()) -> tuple[list, list, dict[str, list]]:
     """Split records (same split in every stage), sample the training part, and tokenise both.
 
-    ``encode(records, on_too_long)`` → examples. Returns (train, valid, splits); ``splits["trained"]`` is
-    the sample of the training split that was offered to training (what ``disjoint_from`` leaves out)."""
+    ``encode(records, on_too_long)`` → examples; ``in_full``: more records, split the same way, whose
+    training part is used whole rather than sampled. Returns (train, valid, splits); ``splits["trained"]``
+    is what was offered to training (what ``disjoint_from`` leaves out)."""
     from rlhf.data.collate import sample_records, split_records
 
     splits = split_records(records, config.seed, config.valid_fraction, config.test_fraction)
     splits["trained"] = sample_records(splits["train"], config.max_examples, config.seed)
+    if in_full:
+        extra = split_records(list(in_full), config.seed, config.valid_fraction, config.test_fraction)
+        for part in ("train", "valid", "test"):
+            splits[part] += extra[part]
+        splits["trained"] += extra["train"]
     train = encode(splits["trained"], config.on_too_long)
     valid = encode(splits["valid"], config.on_too_long) if splits["valid"] else []
     return train, valid, splits

@@ -142,9 +142,10 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
     comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
     if config.disjoint_from:
         comparisons = leave_out_trained(comparisons, config.disjoint_from)
+    in_full = [c for path in config.full_data for c in read_comparisons(path, config.skip_invalid)]
     train, valid, splits = split_and_encode(
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
-                                                                             on_too_long))
+                                                                             on_too_long), in_full)
     model = load_scalar_model(config.model, tokenizer, attn_implementation=config.attn_implementation)
     if config.lora:
         add_lora(model.hf, config.lora, scalar_head=True)
@@ -169,6 +170,7 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
         save_checkpoint(staging, run.model, tokenizer, accelerator)
         write_metadata(staging, "reward", config,
                        {**{f"data[{i}]": p for i, p in enumerate(config.data)},
+                        **{f"full_data[{i}]": p for i, p in enumerate(config.full_data)},
                         **{f"normalize_data[{i}]": p for i, p in enumerate(config.normalize_data)}},
                        metrics, accelerator, started, splits)
     log.close()
