@@ -120,3 +120,18 @@ def test_the_reward_model_trains_on_every_full_data_record_beside_its_sample(tmp
     assert sum(contrast_parts.values()) == 12
     meta = json.loads((tmp_path / "rm" / "rlhf.json").read_text())
     assert meta["config"]["full_data"] == [str(full)]
+
+
+def test_contrasts_without_a_single_refusal_are_written_with_a_warning(tmp_path, monkeypatch, caplog):
+    import rlhf.generate
+    from rlhf.config import load_config, preset_config_path
+    from rlhf.pipeline import write_contrasts
+
+    demos = write_demos(tmp_path / "answers.jsonl", [(p, ANSWER) for p in ORDINARY])
+    monkeypatch.setattr(rlhf.generate, "generate", lambda model, prompts, *args, **kwargs: ["Sure."] * len(prompts))
+    config = load_config("pipeline", [preset_config_path("tiny")], [f"data.contrasts=[{demos}]"])
+    caplog.set_level(logging.WARNING, logger="rlhf.pipeline")
+    write_contrasts(config, tmp_path / "run")
+    assert len(read_comparisons(tmp_path / "run" / "data" / "contrasts.jsonl")) == 6
+    assert f"no refused (harmful) request among the rankings of {demos}" in caplog.text
+    assert "teach only that refusing loses" in caplog.text

@@ -68,6 +68,11 @@ def write_contrasts(config: PipelineConfig, run_dir: Path) -> None:
     samples = generate(config.model, [d.prompt for d in demos], config.eval.max_new_tokens, config.eval.temperature,
                        seed=config.seed)
     rankings, counts = contrast_rankings(demos, samples, is_refusal)
+    if not counts["harmful"] or not counts["ordinary"]:
+        logger.warning("contrasts: no %s request among the rankings of %s, so they can teach only that refusing "
+                       "%s; the mirror is what makes them teach when to refuse (docs/alignment.md)",
+                       "refused (harmful)" if not counts["harmful"] else "answered (ordinary)",
+                       ", ".join(config.data.contrasts), "loses" if not counts["harmful"] else "wins")
     write_jsonl(path, map(ranking_row, rankings), inputs=config.data.contrasts)
     logger.info("contrasts: %d harmful and %d ordinary requests ranked (%d left out: the base model refused a "
                 "harmful one too) into %s", counts["harmful"], counts["ordinary"], counts["skipped"], path)
