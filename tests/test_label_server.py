@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import threading
 import time
@@ -63,7 +64,7 @@ def test_many_labelers_submitting_at_once_store_every_answer_exactly_once(tmp_pa
     _make_database(database, labelers, tasks_file, overlap=0.3, replicas=3)
     base = serve(database)
     start = threading.Barrier(len(labelers))
-    expected, posted, failures = {}, [0], []
+    expected, posted, busy, failures = {}, [0], [0], []
     lock = threading.Lock()
 
     def label(name: str, seat: int) -> None:
@@ -78,8 +79,14 @@ def test_many_labelers_submitting_at_once_store_every_answer_exactly_once(tmp_pa
             if n % 5 == 0:
                 answers.append({"order": order[::-1], "ratings": [4, 4, 4, 4]})  # an edit
             for answer in answers:
-                response = session.post(f"{base}/api/tasks/{task['id']}", json=answer,
-                                        headers={"X-CSRFToken": token}, timeout=60)
+                for _ in range(5):  # a client honours 503's Retry-After: nothing was stored
+                    response = session.post(f"{base}/api/tasks/{task['id']}", json=answer,
+                                            headers={"X-CSRFToken": token}, timeout=60)
+                    if response.status_code != 503:
+                        break
+                    with lock:
+                        busy[0] += 1
+                    time.sleep(float(response.headers["Retry-After"]))
                 with lock:
                     if response.status_code != 200:
                         failures.append((name, task["id"], response.status_code, response.text))
@@ -105,8 +112,8 @@ def test_many_labelers_submitting_at_once_store_every_answer_exactly_once(tmp_pa
     lost = len(set(expected) - set(keys))
     duplicated = len(keys) - len(set(keys))
     print(f"\nconcurrency: {len(labelers)} labelers, {posted[0]} submissions in {seconds:.1f} s "
-          f"({posted[0] / seconds:.0f}/s), {stored} stored, {len(exported)} exported for {assignments} "
-          f"assignments, {lost} lost, {duplicated} duplicated")
+          f"({posted[0] / seconds:.0f}/s, {busy[0]} answered 503 and retried), {stored} stored, "
+          f"{len(exported)} exported for {assignments} assignments, {lost} lost, {duplicated} duplicated")
     assert stored == posted[0]  # every submission kept, retries and edits included
     assert len(exported) == assignments == len(expected) and lost == 0 and duplicated == 0
     for comparison in exported:  # the export holds each labeler's last answer
@@ -210,3 +217,36 @@ def test_cli_serve_answers_on_its_port(tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_writers_of_one_process_wait_their_turn_on_its_queue_and_time_out_as_busy(tmp_path):
+    first, second = tmp_path / "a.db", tmp_path / "b.db"
+    holder = db.connect(first)
+    patient, impatient = db.connect(first, busy_timeout_s=5.0), db.connect(first, busy_timeout_s=0.2)
+    other_file = db.connect(second, busy_timeout_s=0.2)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    done = threading.Event()
+
+    def write_after_the_holder() -> None:
+        with db.transaction(patient):
+            patient.execute("INSERT INTO t VALUES (2)")
+        done.set()
+
+    with db.transaction(holder):
+        holder.execute("INSERT INTO t VALUES (1)")
+        waiter = threading.Thread(target=write_after_the_holder)
+        waiter.start()
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            with db.transaction(impatient):
+                pass
+        assert db.is_busy(busy.value)  # the app's 503
+        with db.transaction(other_file):  # another file's queue is its own
+            other_file.execute("CREATE TABLE u (y INTEGER)")
+        assert not done.is_set()  # still waiting for its turn
+    waiter.join(timeout=10)
+    assert done.is_set()
+    assert [row[0] for row in holder.execute("SELECT x FROM t ORDER BY x")] == [1, 2]
+    with db.transaction(impatient):  # the queue is free again once every writer committed
+        impatient.execute("INSERT INTO t VALUES (3)")
+    for connection in (holder, patient, impatient, other_file):
+        connection.close()

@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,11 +93,35 @@ MIN_PASSWORD_CHARS = 8
 MAX_USERNAME_CHARS = 64
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that knows its busy timeout and its process's writer queue for its file."""
+
+    busy_timeout_s: float
+    writers: threading.Lock
+
+
+_WRITER_QUEUES: dict[str, threading.Lock] = {}
+_WRITER_QUEUES_GUARD = threading.Lock()
+
+
+def _writer_queue(path: str | Path) -> threading.Lock:
+    """One lock per database file in this process: its threads (a server's request threads) wait their
+    turn blocked on it, woken as the holder commits, instead of polling SQLite's lock on a back-off of up
+    to 100 ms (under load, a poller can miss every free moment for its whole timeout)."""
+    key = str(Path(path).resolve())
+    with _WRITER_QUEUES_GUARD:
+        return _WRITER_QUEUES.setdefault(key, threading.Lock())
+
+
 def connect(path: str | Path, busy_timeout_s: float = COMMAND_BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, foreign keys on; a write
-    waits up to ``busy_timeout_s`` for the lock, then raises ``sqlite3.OperationalError``
+    waits up to ``busy_timeout_s`` for its turn among this process's writers, then up to
+    ``busy_timeout_s`` for another process's, then raises ``sqlite3.OperationalError``
     ("database is locked")."""
-    connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+    connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False,
+                                 factory=_Connection)
+    connection.busy_timeout_s = busy_timeout_s
+    connection.writers = _writer_queue(path)
     connection.row_factory = sqlite3.Row
     connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
     connection.execute("PRAGMA journal_mode=WAL")
@@ -111,14 +136,23 @@ def is_busy(error: sqlite3.OperationalError) -> bool:
 
 @contextmanager
 def transaction(connection: sqlite3.Connection):
-    """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue on the database lock instead of failing mid-way."""
-    connection.execute("BEGIN IMMEDIATE")
+    """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue on the database lock instead of failing mid-way
+    (those of this process first on its writer queue, in turn; see :func:`connect`)."""
+    writers = getattr(connection, "writers", None)
+    if writers is not None and not writers.acquire(timeout=connection.busy_timeout_s):
+        raise sqlite3.OperationalError("database is locked: this process's other writers held it "
+                                       f"for {connection.busy_timeout_s:g} s")
     try:
-        yield connection
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    finally:
+        if writers is not None:
+            writers.release()
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
