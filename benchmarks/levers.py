@@ -9,7 +9,14 @@ sft: refusal rate on the 32 harmful prompts, answer rate on the 32 ordinary ones
 temperature 0.7: the preset's eval settings), per-token log-likelihood of the self-instruct test split's
 references (up to SFT's max_length) — all by the pipeline's own `measure_policy` — for the
 base model (``--base``) and the trained one. reward: pair accuracy on every HH test pair (longer
-ones truncated) and on the validation pairs, and the stage's wall time. Overrides are the stage's
+ones truncated) and on the validation pairs, the refusal preference (on how many of the 32 ordinary
+and 32 harmful prompts it scores a canned refusal above the base model's own response, sampled
+with the eval's settings: ``rlhf.eval.run.refusal_preference``, as in eval.json), and the stage's
+wall time.
+
+    python benchmarks/levers.py reward --out runs/levers/rm-contrasts --init RUN/sft \
+        'full_data=[RUN/data/contrasts.jsonl]'
+ Overrides are the stage's
 config fields (``rlhf config sft``), layered on the ``smollm2-demo`` preset's section.
 """
 
@@ -49,7 +56,7 @@ def main() -> None:
     import yaml
 
     from rlhf.config import build_config, load_config, preset_config_path
-    from rlhf.eval.run import RewardScorer, held_out_references
+    from rlhf.eval.run import RewardScorer, held_out_references, measure_policy, refusal_preference
 
     pipeline = load_config("pipeline", [preset_config_path("smollm2-demo")])
     data = pipeline.data
@@ -84,11 +91,17 @@ def main() -> None:
                                               "normalize_data": data.demonstrations, **overrides}, "levers reward")
         metrics = train_reward(config)
         wall = time.time() - started
+        from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS
+
         comparisons = [c for p in data.comparisons for c in read_comparisons(p, data.skip_invalid)]
         test = split_records(comparisons, pipeline.seed, pipeline.valid_fraction, pipeline.test_fraction)["test"]
+        scorer = RewardScorer(args.out)
+        _, base_responses = measure_policy(pipeline.model, pipeline)
         result = {"stage": "reward", "overrides": overrides, "init": config.model, "wall_time_s": round(wall),
                   "train_prompts": metrics.get("train_prompts"), "valid/accuracy": metrics.get("valid/accuracy"),
-                  "test": RewardScorer(args.out).accuracy(test, config.max_length)}
+                  "test": scorer.accuracy(test, config.max_length),
+                  "refusal_preference": refusal_preference(
+                      scorer, dict(zip(HARMFUL_PROMPTS + ORDINARY_PROMPTS, base_responses)))}
     print(json.dumps(result, ensure_ascii=False), flush=True)
 
 

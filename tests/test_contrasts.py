@@ -120,6 +120,13 @@ def test_the_reward_model_trains_on_every_full_data_record_beside_its_sample(tmp
     assert sum(contrast_parts.values()) == 12
     meta = json.loads((tmp_path / "rm" / "rlhf.json").read_text())
     assert meta["config"]["full_data"] == [str(full)]
+    # a judge disjoint from it, given the same full_data, trains on none of the first one's records
+    train_reward(load_config("reward", [], [
+        f"model={tiny_path}", f"data=[{data['comparisons']}]", f"full_data=[{full}]", "max_examples=5",
+        "valid_fraction=0.2", "test_fraction=0.2", "max_steps=1", "batch_size=4", "max_length=256",
+        f"disjoint_from={tmp_path / 'rm'}", f"output_dir={tmp_path / 'judge'}"]))
+    judged = json.loads((tmp_path / "judge" / "splits.json").read_text())["trained"]
+    assert judged and not set(judged) & set(splits["trained"])
 
 
 def test_contrasts_without_a_single_refusal_are_written_with_a_warning(tmp_path, monkeypatch, caplog):

@@ -258,6 +258,7 @@ def test_disjoint_from_needs_a_reward_model_folder_that_lists_its_training_recor
     (tmp_path / "rm" / "splits.json").write_text(json.dumps({"trained": [c.source for c in comparisons]}))
     with pytest.raises(DataError, match="trained on every comparison given"):
         leave_out_trained(comparisons, str(tmp_path / "rm"))
+    assert leave_out_trained(comparisons, str(tmp_path / "rm"), field="full_data") == []  # full_data may all go
 
 
 def test_a_run_that_kept_no_prompt_out_is_judged_on_the_fixed_prompts_only(monkeypatch, tmp_path, caplog):

@@ -32,18 +32,17 @@ def data_paths(config: PipelineConfig, run_dir: Path, write: bool = True) -> dic
     """The data files of each kind; the synthetic task's are written into RUN_DIR/data (``write``:
     False names them only, to validate before anything is written)."""
     data = config.data
+    contrasts = [str(contrasts_path(run_dir))] if data.contrasts else []
     if data.synthetic:
         folder = run_dir / "data"
         paths = write_synthetic_data(folder, seed=config.seed) if write else synthetic_paths(folder)
         return {"demonstrations": [paths["demonstrations"]], "comparisons": [paths["comparisons"]],
-                "prompts": [paths["prompts"]], "pretraining": paths["pretraining"],
-                "contrasts": [str(contrasts_path(run_dir))] if data.contrasts else []}
+                "prompts": [paths["prompts"]], "pretraining": paths["pretraining"], "contrasts": contrasts}
     if not data.demonstrations or not data.comparisons:
         raise DataError("pipeline: data.demonstrations and data.comparisons are required "
                         "(or data.synthetic: true for the tiny task)")
     return {"demonstrations": data.demonstrations, "comparisons": data.comparisons,
-            "prompts": data.prompts or data.comparisons, "pretraining": data.pretraining,
-            "contrasts": [str(contrasts_path(run_dir))] if data.contrasts else []}
+            "prompts": data.prompts or data.comparisons, "pretraining": data.pretraining, "contrasts": contrasts}
 
 
 def contrasts_path(run_dir: Path) -> Path:

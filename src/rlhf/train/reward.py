@@ -140,9 +140,10 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
     accelerator = make_accelerator(config, config.grad_accum_steps)
     tokenizer = load_tokenizer(config.model, config.chat_template)
     comparisons = [c for path in config.data for c in read_comparisons(path, config.skip_invalid)]
+    in_full = [c for path in config.full_data for c in read_comparisons(path, config.skip_invalid)]
     if config.disjoint_from:
         comparisons = leave_out_trained(comparisons, config.disjoint_from)
-    in_full = [c for path in config.full_data for c in read_comparisons(path, config.skip_invalid)]
+        in_full = leave_out_trained(in_full, config.disjoint_from, field="full_data")
     train, valid, splits = split_and_encode(
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
                                                                              on_too_long), in_full)
@@ -183,8 +184,9 @@ def record_key(source: str) -> tuple[str, str]:
     return str(Path(path).resolve()), line
 
 
-def leave_out_trained(comparisons: list, folder: str) -> list:
-    """The comparisons the reward model in ``folder`` did not train on (its ``splits.json``, "trained")."""
+def leave_out_trained(comparisons: list, folder: str, field: str = "data") -> list:
+    """The comparisons the reward model in ``folder`` did not train on (its ``splits.json``, "trained").
+    Only ``data`` must keep some: ``full_data`` may be all left out (the other model's own extra files)."""
     splits_file = Path(folder) / "splits.json"
     try:
         trained = json.loads(splits_file.read_text(encoding="utf-8"))["trained"]
@@ -196,11 +198,11 @@ def leave_out_trained(comparisons: list, folder: str) -> list:
                         "this rlhf, or not one of ours); retrain that reward model") from None
     seen = {record_key(source) for source in trained}
     kept = [c for c in comparisons if record_key(c.source) not in seen]
-    if not kept:
+    if not kept and field == "data":
         raise DataError(f"{splits_file}: disjoint_from: that reward model trained on every comparison given; "
                         "train it on a sample (reward.max_examples) and leave the rest to this one")
-    logger.info("disjoint_from %s: left out %d comparisons it trained on, %d remain",
-                folder, len(comparisons) - len(kept), len(kept))
+    logger.info("disjoint_from %s: left out %d comparisons of %s it trained on, %d remain",
+                folder, len(comparisons) - len(kept), field, len(kept))
     return kept
 
 
