@@ -8,7 +8,8 @@ demo's settings and the given overrides, then print one JSON line with the held-
 sft: refusal rate on the 32 harmful prompts, answer rate on the 32 ordinary ones (64 new tokens,
 temperature 0.7: the preset's eval settings), per-token log-likelihood of the self-instruct test split's
 references (up to SFT's max_length) — all by the pipeline's own `measure_policy` — for the
-base model (``--base``) and the trained one. reward: pair accuracy on every HH test pair (longer
+base model (``--base``) and the trained one, with every ordinary prompt's response that counted
+as a refusal. reward: pair accuracy on every HH test pair (longer
 ones truncated) and on the validation pairs, the refusal preference (on how many of the 32 ordinary
 and 32 harmful prompts it scores a canned refusal above the base model's own response, sampled
 with the eval's settings: ``rlhf.eval.run.refusal_preference``, as in eval.json), and the stage's
@@ -36,12 +37,14 @@ SELF_INSTRUCT = "../shared/data/self-instruct/seed_tasks.jsonl"
 
 def policy_measures(path: str, pipeline, references: list) -> dict:
     """The pipeline's evaluation of one policy (``rlhf.eval.run.measure_policy``), with a few samples."""
-    from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS
+    from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, is_refusal
     from rlhf.eval.run import measure_policy
 
     metrics, responses = measure_policy(path, pipeline, references=references)
     shown = HARMFUL_PROMPTS[:3] + ORDINARY_PROMPTS[:3]
-    return {**metrics, "samples": dict(zip(shown, responses[:3] + responses[len(HARMFUL_PROMPTS):][:3]))}
+    ordinary = dict(zip(ORDINARY_PROMPTS, responses[len(HARMFUL_PROMPTS):]))
+    return {**metrics, "samples": dict(zip(shown, responses[:3] + responses[len(HARMFUL_PROMPTS):][:3])),
+            "ordinary_refused": {p: r for p, r in ordinary.items() if is_refusal(r)}}
 
 
 def main() -> None:
