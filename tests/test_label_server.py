@@ -250,3 +250,28 @@ def test_writers_of_one_process_wait_their_turn_on_its_queue_and_time_out_as_bus
         impatient.execute("INSERT INTO t VALUES (3)")
     for connection in (holder, patient, impatient, other_file):
         connection.close()
+
+
+def test_the_writer_queue_serves_writers_in_the_order_they_came_and_drops_one_that_gave_up():
+    queue = db.WriterQueue()
+    assert queue.acquire(timeout=0)
+    served = []
+
+    def writer(seat: int) -> None:
+        assert queue.acquire(timeout=10)
+        served.append(seat)
+        queue.release()
+
+    threads = []
+    for seat in range(6):
+        threads.append(threading.Thread(target=writer, args=(seat,)))
+        threads[-1].start()
+        while len(queue._waiting) < seat + 1:  # in line before the next one comes
+            time.sleep(0.001)
+    assert not queue.acquire(timeout=0.05)  # gave up: out of the line, not handed the lock later
+    assert len(queue._waiting) == 6
+    queue.release()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert served == [0, 1, 2, 3, 4, 5]
+    assert queue.acquire(timeout=0)  # free again

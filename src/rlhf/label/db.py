@@ -14,6 +14,7 @@ signing key (see :func:`rlhf.label.security.load_secret_key`): a copy of it lets
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
@@ -93,24 +94,56 @@ MIN_PASSWORD_CHARS = 8
 MAX_USERNAME_CHARS = 64
 
 
+class WriterQueue:
+    """A lock taken first come, first served: a releasing writer hands it to the longest waiting
+    one (a plain lock lets any thread barge in, so under load one can lose every turn)."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._waiting: collections.deque[threading.Event] = collections.deque()
+        self._held = False
+
+    def acquire(self, timeout: float) -> bool:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return True
+            turn = threading.Event()
+            self._waiting.append(turn)
+        if turn.wait(timeout):
+            return True
+        with self._guard:
+            if turn.is_set():  # handed over just as the wait timed out: it is ours
+                return True
+            self._waiting.remove(turn)
+            return False
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiting:
+                self._waiting.popleft().set()  # still held: now by the next in line
+            else:
+                self._held = False
+
+
 class _Connection(sqlite3.Connection):
     """A connection that knows its busy timeout and its process's writer queue for its file."""
 
     busy_timeout_s: float
-    writers: threading.Lock
+    writers: WriterQueue
 
 
-_WRITER_QUEUES: dict[str, threading.Lock] = {}
+_WRITER_QUEUES: dict[str, WriterQueue] = {}
 _WRITER_QUEUES_GUARD = threading.Lock()
 
 
-def _writer_queue(path: str | Path) -> threading.Lock:
-    """One lock per database file in this process: its threads (a server's request threads) wait their
-    turn blocked on it, woken as the holder commits, instead of polling SQLite's lock on a back-off of up
-    to 100 ms (under load, a poller can miss every free moment for its whole timeout)."""
+def _writer_queue(path: str | Path) -> WriterQueue:
+    """One queue per database file in this process: its threads (a server's request threads) wait
+    their turn in order, woken as the one before them commits, instead of polling SQLite's lock on a
+    back-off of up to 100 ms (under load, a poller can miss every free moment for its whole timeout)."""
     key = str(Path(path).resolve())
     with _WRITER_QUEUES_GUARD:
-        return _WRITER_QUEUES.setdefault(key, threading.Lock())
+        return _WRITER_QUEUES.setdefault(key, WriterQueue())
 
 
 def connect(path: str | Path, busy_timeout_s: float = COMMAND_BUSY_TIMEOUT_S) -> sqlite3.Connection:
