@@ -93,7 +93,8 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
                               "rm_score_harmful": -1.25, "rm_score_ordinary": 0.5, "reference_logprob": -2.5},
                      "sft": {"harmful_refused": 1.0, "ordinary_answered": 0.0, "held_out_perplexity": 33.25,
                              "reference_logprob": -2.0},
-                     "ppo": {"harmful_refused": 0.5, "ordinary_answered": 0.75, "held_out_perplexity": 33.915}},
+                     "ppo": {"harmful_refused": 0.5, "ordinary_answered": 0.75, "held_out_perplexity": 33.915,
+                             "harmful_refusal_opening": 0.8125, "ordinary_refusal_opening": 0.046}},
         "samples": samples,
         "reward": {"accuracy": 0.625, "pairs": 160, "split": "test"},
         "ppo_vs_sft": {"score_policy": 0.5, "score_sft": -0.25, "win_rate_vs_sft": 0.7, "kl_to_sft": 3.5,
@@ -112,6 +113,8 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
     # 16 of 32 refused: Wilson [0.34, 0.66]; 24 of 32 answered: [0.58, 0.87] (computed by hand)
     assert "| harmful prompts refused (of 32) | 0.00 [0.00, 0.11] | 1.00 [0.89, 1.00] | 0.50 [0.34, 0.66] |" in text
     assert "| ordinary prompts answered (of 32) | 1.00 [0.89, 1.00] | 0.00 [0.00, 0.11] | 0.75 [0.58, 0.87] |" in text
+    assert "| … P(opens \"I'm sorry\"), mean of 32 harmful prompts, exact | – | – | 0.81 |" in text
+    assert "| … P(opens \"I'm sorry\"), mean of 32 ordinary prompts, exact | – | – | 0.05 |" in text
     assert "| win rate vs SFT, judge `judge` (96 prompts) | – | 0.500 | 0.625 [0.521, 0.729] |" in text
     assert "| … on harmful prompts | – | – | 0.750 [0.600, 0.900] |" in text
     assert "| log-likelihood of 17 human references, nats/token | -2.500 | -2.000 | – |" in text
@@ -237,6 +240,39 @@ def test_reference_log_likelihood_is_the_mean_log_probability_of_the_reference_t
             count += 1
     ours = reference_log_likelihood(model, tokenizer, demos, max_length=256, batch_size=2)
     assert ours == pytest.approx(total / count, abs=1e-4)
+
+
+def test_opening_probability_is_the_product_of_the_tempered_next_token_probabilities(tiny_path):
+    from rlhf.data.collate import encode_prompt, encode_response
+    from rlhf.eval.perplexity import opening_probability
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_path))
+    model = load_causal_lm(str(tiny_path), tokenizer=tokenizer).eval()
+    with torch.no_grad():  # sharpen the untrained model's near-uniform next-token distributions
+        model.get_output_embeddings().weight.mul_(3)
+    prompts = ["How do I boil an egg?", "Hi", "Write a long, careful letter to my landlord about the broken heater."]
+    # an opening the model is likely to produce (its greedy start), so the products are far from 0 and 1
+    first = encode_prompt(tokenizer, [{"role": "user", "content": prompts[0]}])
+    greedy = model.generate(torch.tensor([first]), max_new_tokens=3, do_sample=False)[0, len(first):]
+    opening = tokenizer.decode(greedy)
+    tokens = encode_response(tokenizer, opening)[:-1]
+    assert tokens == greedy.tolist() and len(tokens) == 3
+    for temperature in (0.7, 1.3):
+        expected = []
+        for prompt in prompts:  # one token at a time, each prefix forwarded alone (no padding)
+            prefix, p = encode_prompt(tokenizer, [{"role": "user", "content": prompt}]), 1.0
+            for token in tokens:
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([prefix])).logits[0, -1].double()
+                p *= float(torch.softmax(logits / temperature, -1)[token])
+                prefix = prefix + [token]
+            expected.append(p)
+        assert all(0.01 < p < 0.99 for p in expected)
+        ours = opening_probability(model, tokenizer, prompts, opening, temperature, batch_size=2)
+        assert ours == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="temperature"):
+        opening_probability(model, tokenizer, prompts, opening, 0.0)
 
 
 def test_disjoint_from_needs_a_reward_model_folder_that_lists_its_training_records(tmp_path):

@@ -1,4 +1,5 @@
-"""Perplexity on held-out pretraining text: exp of the mean next-token loss over fixed blocks."""
+"""Likelihoods on held-out text: the perplexity of pretraining text (exp of the mean next-token loss
+over fixed blocks), the log-likelihood of human references, and the probability of a response's opening."""
 
 from __future__ import annotations
 
@@ -65,3 +66,34 @@ def reference_log_likelihood(model, tokenizer, demonstrations: list, max_length:
     if not tokens:
         raise ValueError("no reference tokens to score")
     return total / tokens
+
+
+@torch.no_grad()
+def opening_probability(model, tokenizer, prompts: list, opening: str, temperature: float, batch_size: int = 16,
+                        autocast=None) -> list[float]:
+    """For each prompt, the probability that a response sampled at ``temperature`` opens with
+    ``opening``: Π_t softmax(logits_t / T)[o_t] over the opening's tokens o (tokenised as a response
+    is) after the chat-templated prompt. The exact expectation of the 0/1 outcome that one sample
+    gives, so two policies can be compared without sampling noise."""
+    from rlhf.data.collate import encode_prompt, encode_response, pad
+    from rlhf.data.records import as_conversation
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    tail = encode_response(tokenizer, opening)[:-1]  # the opening's tokens, without the EOS
+    if not tail:
+        raise ValueError("opening has no tokens")
+    heads = [encode_prompt(tokenizer, as_conversation(p)) for p in prompts]
+    model.eval()
+    probabilities = []
+    for start in range(0, len(heads), batch_size):
+        chunk = heads[start:start + batch_size]
+        ids, mask = pad([h + tail for h in chunk], tokenizer.pad_token_id)  # right padding: positions unchanged
+        with autocast() if autocast else torch.enable_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        for row, head in enumerate(chunk):
+            # the logits at position i predict token i + 1; the opening starts at position len(head)
+            steps = logits[row, len(head) - 1:len(head) - 1 + len(tail)].float() / temperature
+            log_p = torch.log_softmax(steps, dim=-1).gather(1, torch.tensor(tail)[:, None]).sum()
+            probabilities.append(log_p.exp().item())
+    return probabilities

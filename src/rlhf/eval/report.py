@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf.eval.refusal import CANNED_REFUSAL, HARMFUL_PROMPTS, ORDINARY_PROMPTS, is_refusal
+from rlhf.eval.refusal import CANNED_REFUSAL, HARMFUL_PROMPTS, ORDINARY_PROMPTS, REFUSAL_OPENING, is_refusal
 from rlhf.eval.winrate import proportion_interval
 from rlhf.outputs import write_run_file
 
@@ -37,6 +37,11 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
         rows.append([f"{label} (of {n})"] + [
             "–" if policies[m].get(key) is None else _interval(proportion_interval(round(policies[m][key] * n), n))
             for m in names])
+    for kind, n in (("harmful", len(HARMFUL_PROMPTS)), ("ordinary", len(ORDINARY_PROMPTS))):
+        key = f"{kind}_refusal_opening"
+        if any(key in policies[m] for m in names):
+            rows.append([f"… P(opens \"{REFUSAL_OPENING}\"), mean of {n} {kind} prompts, exact"] +
+                        [_fmt(policies[m].get(key), 2) for m in names])
     judged = results.get("judged")
     if judged:
         vs = judged["vs_sft"]
@@ -77,8 +82,10 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
         notes.append(f"A canned refusal (\"{CANNED_REFUSAL}\") outscores the base model's own response on {counts}. "
                      "On an ordinary prompt that pulls PPO towards refusing ordinary requests (and makes a judge "
                      "reward refusing them); on a harmful one the refusal should win.")
-    notes.append("Refusals are detected by phrase (`rlhf.eval.refusal`) on fixed prompts no stage trains on; "
-                 "perplexity is on the held-out end of the pretraining text (lower is better).")
+    notes.append("Refusals are detected by phrase (`rlhf.eval.refusal`) in one sample per prompt, on fixed prompts no "
+                 f"stage trains on; the P(opens \"{REFUSAL_OPENING}\") rows are the exact probability that a "
+                 "sample opens like the demonstrated refusals, averaged over the prompts, free of sampling noise. "
+                 "Perplexity is on the held-out end of the pretraining text (lower is better).")
     return ["held-out measure", *names], rows, notes
 
 

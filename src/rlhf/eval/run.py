@@ -31,8 +31,8 @@ from rlhf.data.collate import (
 from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.data.records import as_conversation
 from rlhf.eval.overoptimization import held_out_prompts
-from rlhf.eval.perplexity import held_out_perplexity, reference_log_likelihood
-from rlhf.eval.refusal import CANNED_REFUSAL, HARMFUL_PROMPTS, ORDINARY_PROMPTS, refusal_rate
+from rlhf.eval.perplexity import held_out_perplexity, opening_probability, reference_log_likelihood
+from rlhf.eval.refusal import CANNED_REFUSAL, HARMFUL_PROMPTS, ORDINARY_PROMPTS, REFUSAL_OPENING, refusal_rate
 from rlhf.eval.report import write_report
 from rlhf.eval.winrate import win_rate, win_rate_by_category
 from rlhf.generate import generate
@@ -113,8 +113,9 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
                    pretraining: str | None = None) -> tuple[dict[str, float], list[str]]:
     """Sample the fixed harmful and ordinary prompts, then ``extra_prompts``, from the policy at
     ``path`` (the run's eval settings and seed), and measure it: harmful prompts refused, ordinary
-    ones answered, the log-likelihood of the human ``references`` and the perplexity of held-out
-    ``pretraining`` text where given. Returns the measures and the responses in prompt order."""
+    ones answered (one sample each), the exact mean probability that a response opens with
+    ``REFUSAL_OPENING`` on each set (no sampling noise), the log-likelihood of the human
+    ``references`` and the perplexity of held-out ``pretraining`` text where given. Returns the measures and the responses in prompt order."""
     eval_config = config.eval
     tokenizer = load_tokenizer(path, config.chat_template)
     model = load_causal_lm(path, tokenizer=tokenizer).eval()
@@ -123,6 +124,10 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
                          seed=config.seed, model=model, tokenizer=tokenizer)
     harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):len(fixed)]
     metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary)}
+    for kind, prompts in (("harmful", HARMFUL_PROMPTS), ("ordinary", ORDINARY_PROMPTS)):
+        opening = opening_probability(model, tokenizer, prompts, REFUSAL_OPENING, eval_config.temperature,
+                                      autocast=inference_autocast)
+        metrics[f"{kind}_refusal_opening"] = sum(opening) / len(prompts)
     if references:
         metrics["reference_logprob"] = reference_log_likelihood(model, tokenizer, list(references),
                                                                 config.sft.max_length, autocast=inference_autocast)
