@@ -115,7 +115,8 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
     ``path`` (the run's eval settings and seed), and measure it: harmful prompts refused, ordinary
     ones answered (one sample each), the exact mean probability that a response opens with
     ``REFUSAL_OPENING`` on each set (no sampling noise), the log-likelihood of the human
-    ``references`` and the perplexity of held-out ``pretraining`` text where given. Returns the measures and the responses in prompt order."""
+    ``references`` and the perplexity of held-out ``pretraining`` text where given. Returns the
+    measures and the responses in prompt order."""
     eval_config = config.eval
     tokenizer = load_tokenizer(path, config.chat_template)
     model = load_causal_lm(path, tokenizer=tokenizer).eval()
