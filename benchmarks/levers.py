@@ -6,7 +6,9 @@ demo's settings and the given overrides, then print one JSON line with the held-
     python benchmarks/levers.py reward --out runs/levers/rm-600 --init runs/levers/sft-2ep max_examples=600
 
 sft: refusal rate on the 32 harmful prompts, answer rate on the 32 ordinary ones (64 new tokens,
-temperature 0.7: the preset's eval settings), per-token log-likelihood of the self-instruct test split's
+temperature 0.7: the preset's eval settings; one sample each), the exact mean probability on each
+set that a response opens with "I'm sorry" (``harmful_refusal_opening``, ``ordinary_refusal_opening``:
+free of sampling noise), per-token log-likelihood of the self-instruct test split's
 references (up to SFT's max_length) — all by the pipeline's own `measure_policy` — for the
 base model (``--base``) and the trained one, with every ordinary prompt's response that counted
 as a refusal. reward: pair accuracy on every HH test pair (longer
