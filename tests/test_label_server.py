@@ -134,9 +134,9 @@ def _chromium() -> str:
 
 
 def test_browser_login_rank_four_responses_and_export(tmp_path, serve):
+    browser_path = _chromium()  # skips first where there is no browser or no playwright
     from playwright.sync_api import sync_playwright
 
-    browser_path = _chromium()
     tasks_file = tmp_path / "tasks.jsonl"
     tasks_file.write_text(json.dumps({"prompt": "Which answer is best?",
                                       "responses": ["alpha", "beta", "gamma", "delta"]}) + "\n")

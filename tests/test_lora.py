@@ -83,8 +83,9 @@ def test_ppo_with_lora_keeps_one_copy_and_its_reference_is_the_sft_model(tiny_pa
     assert first["objective/kl"] == 0.0
     second = trainer.step(trainer.next_prompts(8))
     assert second["objective/kl"] != 0.0  # the adapters moved the policy …
-    sft = load_causal_lm(tiny_path).eval()  # … and the reference is still the model PPO started from
-    ids = torch.randint(3, 250, (2, 10))
+    device = trainer.accelerator.device  # the trainer's models sit there (a GPU where there is one)
+    sft = load_causal_lm(tiny_path).eval().to(device)  # … and the reference is still the model PPO started from
+    ids = torch.randint(3, 250, (2, 10)).to(device)
     with torch.no_grad():
         torch.testing.assert_close(trainer.reference(input_ids=ids).logits, sft(input_ids=ids).logits)
         assert not torch.allclose(trainer.policy(input_ids=ids).logits, sft(input_ids=ids).logits, atol=1e-4)
@@ -149,8 +150,9 @@ def test_with_lora_the_value_model_is_the_reward_model_plus_adapters(tiny_path, 
     assert isinstance(trainer.reward_model, WithoutAdapters) and trainer.reward_model.model is trainer.value
     for _ in range(2):
         trainer.step(trainer.next_prompts(8))
-    plain = load_scalar_model(str(tmp_path / "rm"), load_tokenizer(tiny_path), trained=True).eval()
-    ids = torch.randint(3, 250, (2, 10))
+    device = trainer.accelerator.device
+    plain = load_scalar_model(str(tmp_path / "rm"), load_tokenizer(tiny_path), trained=True).eval().to(device)
+    ids = torch.randint(3, 250, (2, 10)).to(device)
     mask = torch.ones_like(ids)
     with torch.no_grad():
         expected = sequence_scores(plain(ids, mask, positions_from_mask(mask)), mask)

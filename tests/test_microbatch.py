@@ -64,9 +64,26 @@ def test_a_token_budget_gives_the_whole_batch_update(stage, data, tiny_path, tmp
     assert max(counts) >= 3  # the budget really cut the batches
     whole, micro = _weights(tmp_path / "whole"), _weights(tmp_path / "micro")
     start = _weights(tiny_path)
-    for name in whole:
-        torch.testing.assert_close(micro[name], whole[name], rtol=1e-4, atol=2e-5, msg=name)
+    gaps = {name: _update_gap(whole[name], micro[name], start.get(name)) for name in whole}
+    print("update gaps", {k: f"{v:.1e}" for k, v in sorted(gaps.items(), key=lambda kv: -kv[1])[:5]})
+    assert max(gaps.values()) < GAP, sorted(gaps.items(), key=lambda kv: -kv[1])[:5]
     assert any(not torch.equal(whole[name], start[name]) for name in whole if name in start)
+
+
+# Adam divides each coordinate's step by its own gradient's size, so summation-order rounding in a
+# coordinate whose gradient is near zero moves that coordinate by up to a learning rate: element-wise
+# closeness holds on a CPU, not on a GPU whose kernels sum in other orders. The whole tensor's update is
+# what the micro-batches must reproduce: measured 1e-5 … 3e-5 on a CPU; weighting SFT's micro-batches
+# equally instead of by their target tokens (a bug) gives 0.15.
+GAP = 1e-3
+
+
+def _update_gap(whole: torch.Tensor, micro: torch.Tensor, start: torch.Tensor | None) -> float:
+    """‖Δ_micro − Δ_whole‖ / ‖Δ_whole‖, Δ = the tensor's change from the start (the tensor itself when it
+    has no start: a new head)."""
+    base = torch.zeros_like(whole) if start is None else start
+    update = (whole - base).double()
+    return ((micro - whole).double().norm() / update.norm().clamp_min(1e-12)).item()
 
 
 def test_logging_every_n_steps_changes_only_the_log_and_a_nan_is_skipped_on_the_device(data, tiny_path, tmp_path,

@@ -131,7 +131,7 @@ def test_the_value_model_starts_at_the_normalised_reward(tiny_run, tmp_path):
     ids, mask = batch.full_sequence()
     bias = json.loads((run_dir / "reward" / "config.json").read_text())["rlhf_reward_bias"]
     assert abs(bias) > 1e-3
-    plain = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward").eval()
+    plain = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward").eval().to(ids.device)
     for row in range(8):
         real = ids[row][mask[row].bool()][None]
         with torch.no_grad():
@@ -299,7 +299,9 @@ def test_rloo_step_is_reinforce_with_the_leave_one_out_baseline_and_no_value_mod
     batch = seen["batch"]
     lengths = batch.response_mask.sum(1)
     kl = ((batch.logprobs - batch.ref_logprobs) * batch.response_mask).sum(1)
-    assert kl.abs().max() < 1e-6  # policy == reference before any update
+    # policy == reference before any update: the policy's log-probs come from the training forward, the
+    # reference's from a no-grad pass; on a GPU the two take other kernels (measured up to 4e-6 on an H200)
+    assert kl.abs().max() < 1e-5
     total = batch.scores.double() - 0.5 * kl.double()
     expected = 0.0
     for i in range(8):

@@ -440,7 +440,7 @@ def _parquet(path: Path, _sep) -> Iterator[tuple[str, dict]]:
     try:
         import pyarrow.parquet as pq
     except ImportError as error:
-        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'rlhf[formats]')") from error
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from error
     try:
         table = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for corrupt files
@@ -452,7 +452,7 @@ def _datasets(path: Path, _sep) -> Iterator[tuple[str, dict]]:
     try:
         from datasets import DatasetDict, load_from_disk
     except ImportError as error:
-        raise DataError(f"{path}: reading a datasets folder needs 'datasets' (pip install 'rlhf[formats]')") from error
+        raise DataError(f"{path}: reading a datasets folder needs 'datasets' (pip install datasets)") from error
     try:
         dataset = load_from_disk(str(path))
     except Exception as error:
@@ -467,15 +467,18 @@ def _datasets(path: Path, _sep) -> Iterator[tuple[str, dict]]:
 
 
 def _hub(name: str, _sep) -> Iterator[tuple[str, dict]]:
-    from datasets import load_dataset
-    from datasets.utils import logging as datasets_logging
+    if not str(name).startswith("hf:") or not str(name)[3:].strip(":"):
+        raise DataError(f"{name}: a hub data set is named hf:NAME[:SPLIT]")
+    try:
+        from datasets import load_dataset
+        from datasets.utils import logging as datasets_logging
+    except ImportError as error:
+        raise DataError(f"{name}: reading a hub data set needs 'datasets' (pip install datasets)") from error
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # each retry would print a warning: a failed load is our one line
     datasets_logging.set_verbosity_error()
 
-    if not str(name).startswith("hf:") or not str(name)[3:].strip(":"):
-        raise DataError(f"{name}: a hub data set is named hf:NAME[:SPLIT]")
     _, dataset_name, *split = str(name).split(":", 2)
     try:
         dataset = load_dataset(dataset_name, split=split[0] if split else "train")
