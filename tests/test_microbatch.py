@@ -73,9 +73,9 @@ def test_a_token_budget_gives_the_whole_batch_update(stage, data, tiny_path, tmp
 # Adam divides each coordinate's step by its own gradient's size, so summation-order rounding in a
 # coordinate whose gradient is near zero moves that coordinate by up to a learning rate: element-wise
 # closeness holds on a CPU, not on a GPU whose kernels sum in other orders. The whole tensor's update is
-# what the micro-batches must reproduce: measured 1e-5 … 3e-5 on a CPU; weighting SFT's micro-batches
-# equally instead of by their target tokens (a bug) gives 0.15.
-GAP = 1e-3
+# what the micro-batches must reproduce: measured up to 3e-5 on a CPU and 3.4e-4 on an H200 (RM);
+# weighting SFT's micro-batches equally instead of by their target tokens (a bug) gives 0.15.
+GAP = 3e-3
 
 
 def _update_gap(whole: torch.Tensor, micro: torch.Tensor, start: torch.Tensor | None) -> float:
