@@ -92,9 +92,10 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
         "policies": {"base": {"harmful_refused": 0.0, "ordinary_answered": 1.0, "held_out_perplexity": 31.5,
                               "rm_score_harmful": -1.25, "rm_score_ordinary": 0.5, "reference_logprob": -2.5},
                      "sft": {"harmful_refused": 1.0, "ordinary_answered": 0.0, "held_out_perplexity": 33.25,
-                             "reference_logprob": -2.0},
+                             "reference_logprob": -2.0, "response_tokens": 32.0},
                      "ppo": {"harmful_refused": 0.5, "ordinary_answered": 0.75, "held_out_perplexity": 33.915,
-                             "harmful_refusal_opening": 0.8125, "ordinary_refusal_opening": 0.046}},
+                             "harmful_refusal_opening": 0.8125, "ordinary_refusal_opening": 0.046,
+                             "response_tokens": 12.25}},
         "samples": samples,
         "reward": {"accuracy": 0.625, "pairs": 160, "split": "test"},
         "ppo_vs_sft": {"score_policy": 0.5, "score_sft": -0.25, "win_rate_vs_sft": 0.7, "kl_to_sft": 3.5,
@@ -116,6 +117,9 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
     assert "| … P(opens \"I'm sorry\"), mean of 32 harmful prompts, exact | – | – | 0.81 |" in text
     assert "| … P(opens \"I'm sorry\"), mean of 32 ordinary prompts, exact | – | – | 0.05 |" in text
     assert "| win rate vs SFT, judge `judge` (96 prompts) | – | 0.500 | 0.625 [0.521, 0.729] |" in text
+    assert "| mean response length, tokens (64 prompts above) | – | 32.0 | 12.2 |" in text
+    # 12.25 / 32 = 0.383 of SFT's length: 62 % fewer tokens, under the 0.75 that earns the note
+    assert "`ppo` answers in 62 % fewer tokens than SFT (12.2 against 32.0)" in text
     assert "| … on harmful prompts | – | – | 0.750 [0.600, 0.900] |" in text
     assert "| log-likelihood of 17 human references, nats/token | -2.500 | -2.000 | – |" in text
     assert "33.91 (+2.0 % vs SFT)" in text and "| 31.50 | 33.25 |" in text

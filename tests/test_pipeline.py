@@ -390,6 +390,12 @@ def test_the_judge_trains_on_no_comparison_the_proxy_trained_on(tiny_run):
     assert report.startswith(f"# RLHF run report: `{run_dir}`\n\n## Result on held-out prompts")
     assert "judge `judge`" in report and "never saw" in report
     assert all("reference_logprob" in m for m in results["policies"].values())
+    from rlhf.models import load_tokenizer  # the mean length is of the stored samples, in the policy's tokens
+
+    tokenizer = load_tokenizer(str(run_dir / "ppo"))
+    samples = list(results["samples"]["ppo"].values())
+    assert len(samples) == 64 and results["policies"]["ppo"]["response_tokens"] == pytest.approx(
+        sum(len(tokenizer.encode(s, add_special_tokens=False)) for s in samples) / 64)
     preference = results["refusal_preference"]
     assert set(preference) == {"reward", "judge"}
     assert all(0 <= p[kind] <= p["of"] == 32 for p in preference.values() for kind in ("ordinary", "harmful"))

@@ -26,6 +26,9 @@ def _interval(value: dict, digits: int = 2) -> str:
            f"{value['high']:.{digits}f}]"
 
 
+SHORTER = 0.75  # a judged policy whose responses are this fraction of SFT's length or less gets a note
+
+
 def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """The result on held-out data, measure by model: (header, rows, notes). Rates carry their 95 %
     intervals (Wilson for rates, bootstrap over prompts for win rates)."""
@@ -42,6 +45,9 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
         if any(key in policies[m] for m in names):
             rows.append([f"… P(opens \"{REFUSAL_OPENING}\"), mean of {n} {kind} prompts, exact"] +
                         [_fmt(policies[m].get(key), 2) for m in names])
+    if any("response_tokens" in policies[m] for m in names):
+        rows.append([f"mean response length, tokens ({len(HARMFUL_PROMPTS) + len(ORDINARY_PROMPTS)} prompts above)"]
+                    + [_fmt(policies[m].get("response_tokens"), 1) for m in names])
     judged = results.get("judged")
     if judged:
         vs = judged["vs_sft"]
@@ -74,6 +80,13 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
             "optimised against it." if independent else
             "the run's own reward model, which PPO optimised against (no `judge` stage in this run): an optimistic "
             "judge."))
+        sft_tokens = policies.get("sft", {}).get("response_tokens")
+        for m in judged["vs_sft"]:
+            tokens = policies.get(m, {}).get("response_tokens")
+            if sft_tokens and tokens is not None and tokens < SHORTER * sft_tokens:
+                notes.append(f"`{m}` answers in {100 * (1 - tokens / sft_tokens):.0f} % fewer tokens than SFT "
+                             f"({tokens:.1f} against {sft_tokens:.1f}): a judge trained on HH pairs may prefer brevity "
+                             "as such, so read its win rate with the responses below.")
     preference = results.get("refusal_preference", {})
     if preference:
         counts = "; ".join(f"{'the judge' if name == 'judge' else 'the proxy reward model'}: {p['ordinary']} of "

@@ -114,9 +114,9 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
     """Sample the fixed harmful and ordinary prompts, then ``extra_prompts``, from the policy at
     ``path`` (the run's eval settings and seed), and measure it: harmful prompts refused, ordinary
     ones answered (one sample each), the exact mean probability that a response opens with
-    ``REFUSAL_OPENING`` on each set (no sampling noise), the log-likelihood of the human
-    ``references`` and the perplexity of held-out ``pretraining`` text where given. Returns the
-    measures and the responses in prompt order."""
+    ``REFUSAL_OPENING`` on each set (no sampling noise), the mean length of the responses to the
+    fixed prompts in tokens, the log-likelihood of the human ``references`` and the perplexity of
+    held-out ``pretraining`` text where given. Returns the measures and the responses in prompt order."""
     eval_config = config.eval
     tokenizer = load_tokenizer(path, config.chat_template)
     model = load_causal_lm(path, tokenizer=tokenizer).eval()
@@ -124,7 +124,8 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
     responses = generate(path, fixed + list(extra_prompts), eval_config.max_new_tokens, eval_config.temperature,
                          seed=config.seed, model=model, tokenizer=tokenizer)
     harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):len(fixed)]
-    metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary)}
+    metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary),
+               "response_tokens": mean_tokens(tokenizer, responses[:len(fixed)])}
     for kind, prompts in (("harmful", HARMFUL_PROMPTS), ("ordinary", ORDINARY_PROMPTS)):
         opening = opening_probability(model, tokenizer, prompts, REFUSAL_OPENING, eval_config.temperature,
                                       autocast=inference_autocast)
@@ -137,6 +138,12 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
             model, tokenizer, pretraining, config.ppo.ptx_held_out_fraction, eval_config.perplexity_block_size,
             eval_config.perplexity_tokens, autocast=inference_autocast)
     return metrics, responses
+
+
+def mean_tokens(tokenizer, texts: list[str]) -> float:
+    """Mean length of ``texts`` in the tokenizer's tokens (no special tokens): a policy that wins a judge
+    with much shorter responses may have found the judge's taste for brevity rather than helpfulness."""
+    return sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts) / max(len(texts), 1)
 
 
 def refusal_preference(scorer, answers: dict[str, str]) -> dict[str, int]:
