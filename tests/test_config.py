@@ -124,3 +124,18 @@ def test_a_pipeline_stage_that_cannot_run_is_refused_before_any_stage_trains(tmp
     assert err.count("\n") == 1 and err.startswith("rlhf: error: invalid pipeline rloo config: ")
     assert "rollout_batch_size (6) must be divisible by rloo_k (4)" in err
     assert not any((tmp_path / "run" / stage).exists() for stage in ("sft", "sft.incomplete", "reward", "ppo"))
+
+
+def test_a_bad_benign_prompts_file_is_one_line_before_any_stage_trains(tmp_path, capsys):
+    """``eval.benign_prompts`` is read before training: a column that is not there is the file's line and
+    field, exit 2, and the run folder is never made."""
+    from rlhf.cli import main
+
+    questions = tmp_path / "questions.csv"
+    questions.write_text("Type,Question\nAdversarial,What happens if you crack your knuckles?\n")
+    run = tmp_path / "run"
+    assert main(["pipeline", "--preset", "tiny", "--run-dir", str(run), f"eval.benign_prompts={questions}",
+                 "eval.benign_prompt_field=question"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{questions}:2: missing field 'question' (mapped to 'prompt')" in err
+    assert not run.exists()

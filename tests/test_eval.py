@@ -95,7 +95,8 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
                              "reference_logprob": -2.0, "response_tokens": 32.0},
                      "ppo": {"harmful_refused": 0.5, "ordinary_answered": 0.75, "held_out_perplexity": 33.915,
                              "harmful_refusal_opening": 0.8125, "ordinary_refusal_opening": 0.046,
-                             "response_tokens": 12.25}},
+                             "response_tokens": 12.25, "benign_answered": 0.75, "benign_refusal_opening": 0.2125}},
+        "benign": {"prompts": 128, "source": "questions.csv"},
         "samples": samples,
         "reward": {"accuracy": 0.625, "pairs": 160, "split": "test"},
         "ppo_vs_sft": {"score_policy": 0.5, "score_sft": -0.25, "win_rate_vs_sft": 0.7, "kl_to_sft": 3.5,
@@ -116,6 +117,10 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
     assert "| ordinary prompts answered (of 32) | 1.00 [0.89, 1.00] | 0.00 [0.00, 0.11] | 0.75 [0.58, 0.87] |" in text
     assert "| … P(opens \"I'm sorry\"), mean of 32 harmful prompts, exact | – | – | 0.81 |" in text
     assert "| … P(opens \"I'm sorry\"), mean of 32 ordinary prompts, exact | – | – | 0.05 |" in text
+    # 96 of 128 benign requests answered: Wilson [0.668, 0.817] (computed by hand); the others were not measured
+    assert "| benign held-out requests answered (of 128) | – | – | 0.75 [0.67, 0.82] |" in text
+    assert "| … P(opens \"I'm sorry\"), mean of 128 benign requests, exact | – | – | 0.21 |" in text
+    assert "Benign held-out requests: 128 drawn (seeded) from `questions.csv`" in text
     assert "| win rate vs SFT, judge `judge` (96 prompts) | – | 0.500 | 0.625 [0.521, 0.729] |" in text
     assert "| mean response length, tokens (64 prompts above) | – | 32.0 | 12.2 |" in text
     # 12.25 / 32 = 0.383 of SFT's length: 62 % fewer tokens, under the 0.75 that earns the note

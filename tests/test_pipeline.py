@@ -465,3 +465,31 @@ def test_a_reward_scorer_forwards_each_pair_once_and_gives_the_scores_of_a_fresh
     assert sum(rows) == 3 and again[0] == first[1]
     for prompt, response, score in zip(prompts + ["Name a tool."], responses + ["A hammer."], first + again[1:]):
         assert RewardScorer(run_dir / "reward")([prompt], [response]) == pytest.approx([score], abs=1e-5)
+
+
+def test_over_refusal_on_benign_requests_is_measured_from_a_file(tiny_run, tmp_path):
+    """``eval.benign_prompts`` (a CSV read through its Question column, as TruthfulQA ships) gives each
+    policy the share answered and the exact opening probability; on the 32 ordinary prompts read that
+    way the opening probability is the ordinary prompts' own. A seeded sample keeps file order."""
+    from rlhf.eval.refusal import ORDINARY_PROMPTS
+    from rlhf.eval.run import benign_prompts, measure_policy
+
+    run_dir, _ = tiny_run
+    questions = tmp_path / "questions.csv"
+    rows = "".join(f'x,"{p}"\n' for p in ORDINARY_PROMPTS)
+    questions.write_text("Type,Question\n" + rows)
+    config = load_config("pipeline", [preset_config_path("tiny")], [
+        f"eval.benign_prompts={questions}", "eval.benign_prompt_field=Question", "eval.max_new_tokens=8"])
+    benign = benign_prompts(config)
+    assert [turns[0]["content"] for turns in benign] == ORDINARY_PROMPTS  # 32 < benign_limit: all, in order
+    sample = benign_prompts(config.model_copy(update={"eval": config.eval.model_copy(update={"benign_limit": 5})}))
+    picked = [turns[0]["content"] for turns in sample]
+    assert len(picked) == 5 and picked == [p for p in ORDINARY_PROMPTS if p in picked]
+    metrics, responses = measure_policy(str(run_dir / "ppo"), config, benign=benign)
+    assert len(responses) == 64  # the fixed prompts only: the benign samples are counted, not returned
+    assert metrics["benign_refusal_opening"] == pytest.approx(metrics["ordinary_refusal_opening"], rel=1e-5)
+    assert 0 < metrics["benign_refusal_opening"] < 1
+    assert 0 <= metrics["benign_answered"] <= 1 and (metrics["benign_answered"] * 32).is_integer()
+    greedy = config.model_copy(update={"eval": config.eval.model_copy(update={"temperature": 0.0})})
+    metrics, _ = measure_policy(str(run_dir / "ppo"), greedy, benign=benign)  # no probability of a greedy opening
+    assert "benign_answered" in metrics and not any(key.endswith("_refusal_opening") for key in metrics)

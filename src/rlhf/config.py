@@ -314,6 +314,13 @@ class EvalConfig(BaseModel):
     reference_data: list[str] | None = Field(
         None, description="demonstration files whose test split (human-written references) measures helpfulness "
         "as per-token log-likelihood; default: the run's demonstration files")
+    benign_prompts: str | None = Field(
+        None, description="a file of benign requests no stage trains on (any prompts format), on which each policy's "
+        "over-refusal is measured: the share answered (one short sample each) and the exact probability of opening "
+        "like a refusal. The demo uses TruthfulQA's questions (with benign_prompt_field: Question)")
+    benign_prompt_field: str | None = Field(
+        None, description="the column of benign_prompts that holds the request, when it is not 'prompt'")
+    benign_limit: int = Field(128, ge=1, description="a seeded sample of at most this many benign_prompts")
 
 
 class PipelineConfig(BaseModel):

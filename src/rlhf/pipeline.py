@@ -153,6 +153,10 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunContro
     for name, stage_config in stages.items():
         if name in ("ppo", "ppo-noptx", "rloo"):
             check_batching(stage_config, world)
+    if config.eval.enabled:  # the evaluation's own data file, read before an hour of training
+        from rlhf.eval.run import benign_prompts
+
+        benign_prompts(config)
     prepare_run_dir(run_dir)
     paths = data_paths(config, run_dir)
     stages = stage_configs(config, run_dir, paths)

@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf.eval.refusal import CANNED_REFUSAL, HARMFUL_PROMPTS, ORDINARY_PROMPTS, REFUSAL_OPENING, is_refusal
+from rlhf.eval.refusal import (
+    CANNED_REFUSAL,
+    HARMFUL_PROMPTS,
+    ORDINARY_PROMPTS,
+    REFUSAL_OPENING,
+    REFUSAL_WINDOW,
+    is_refusal,
+)
 from rlhf.eval.winrate import proportion_interval
 from rlhf.outputs import write_run_file
 
@@ -34,16 +41,20 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     intervals (Wilson for rates, bootstrap over prompts for win rates)."""
     policies = results["policies"]
     names = list(policies)
+    benign = results.get("benign", {}).get("prompts", 0)
     rows = []
     for label, key, n in (("harmful prompts refused", "harmful_refused", len(HARMFUL_PROMPTS)),
-                          ("ordinary prompts answered", "ordinary_answered", len(ORDINARY_PROMPTS))):
-        rows.append([f"{label} (of {n})"] + [
-            "–" if policies[m].get(key) is None else _interval(proportion_interval(round(policies[m][key] * n), n))
-            for m in names])
-    for kind, n in (("harmful", len(HARMFUL_PROMPTS)), ("ordinary", len(ORDINARY_PROMPTS))):
+                          ("ordinary prompts answered", "ordinary_answered", len(ORDINARY_PROMPTS)),
+                          ("benign held-out requests answered", "benign_answered", benign)):
+        if n and any(key in policies[m] for m in names):
+            rows.append([f"{label} (of {n})"] + [
+                "–" if policies[m].get(key) is None else _interval(proportion_interval(round(policies[m][key] * n), n))
+                for m in names])
+    for kind, n in (("harmful", len(HARMFUL_PROMPTS)), ("ordinary", len(ORDINARY_PROMPTS)), ("benign", benign)):
         key = f"{kind}_refusal_opening"
         if any(key in policies[m] for m in names):
-            rows.append([f"… P(opens \"{REFUSAL_OPENING}\"), mean of {n} {kind} prompts, exact"] +
+            noun = "requests" if kind == "benign" else "prompts"
+            rows.append([f"… P(opens \"{REFUSAL_OPENING}\"), mean of {n} {kind} {noun}, exact"] +
                         [_fmt(policies[m].get(key), 2) for m in names])
     if any("response_tokens" in policies[m] for m in names):
         rows.append([f"mean response length, tokens ({len(HARMFUL_PROMPTS) + len(ORDINARY_PROMPTS)} prompts above)"]
@@ -95,6 +106,11 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
         notes.append(f"A canned refusal (\"{CANNED_REFUSAL}\") outscores the base model's own response on {counts}. "
                      "On an ordinary prompt that pulls PPO towards refusing ordinary requests (and makes a judge "
                      "reward refusing them); on a harmful one the refusal should win.")
+    if benign:
+        notes.append(f"Benign held-out requests: {benign} drawn (seeded) from `{results['benign']['source']}`, "
+                     "requests no stage trains on and none of which deserves a refusal; each policy's answer is "
+                     f"sampled {REFUSAL_WINDOW} tokens deep, where a refusal shows. A drop from the base model's "
+                     "rate is over-refusal that the fixed ordinary prompts may not show.")
     notes.append("Refusals are detected by phrase (`rlhf.eval.refusal`) in one sample per prompt, on fixed prompts no "
                  f"stage trains on; the P(opens \"{REFUSAL_OPENING}\") rows are the exact probability that a "
                  "sample opens like the demonstrated refusals, averaged over the prompts, free of sampling noise. "

@@ -26,16 +26,25 @@ from rlhf.data.collate import (
     encode_prompt,
     encode_response,
     pad,
+    sample_records,
     split_records,
 )
-from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
+from rlhf.data.formats import FieldMap
+from rlhf.data.readers import DataError, read_comparisons, read_demonstrations, read_prompts
 from rlhf.data.records import as_conversation
 from rlhf.eval.overoptimization import held_out_prompts
 from rlhf.eval.perplexity import held_out_perplexity, opening_probability, reference_log_likelihood
-from rlhf.eval.refusal import CANNED_REFUSAL, HARMFUL_PROMPTS, ORDINARY_PROMPTS, REFUSAL_OPENING, refusal_rate
+from rlhf.eval.refusal import (
+    CANNED_REFUSAL,
+    HARMFUL_PROMPTS,
+    ORDINARY_PROMPTS,
+    REFUSAL_OPENING,
+    REFUSAL_WINDOW,
+    refusal_rate,
+)
 from rlhf.eval.report import write_report
 from rlhf.eval.winrate import win_rate, win_rate_by_category
-from rlhf.generate import generate
+from rlhf.generate import generate, sampling_decoder
 from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.outputs import write_run_file
 from rlhf.train.common import inference_autocast, resolve_mixed_precision
@@ -110,23 +119,33 @@ def reward_scores(reward_dir: Path, prompts: list, responses: list[str], batch_s
 
 
 def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), references: list = (),
-                   pretraining: str | None = None) -> tuple[dict[str, float], list[str]]:
+                   pretraining: str | None = None, benign: list = ()) -> tuple[dict[str, float], list[str]]:
     """Sample the fixed harmful and ordinary prompts, then ``extra_prompts``, from the policy at
     ``path`` (the run's eval settings and seed), and measure it: harmful prompts refused, ordinary
     ones answered (one sample each), the exact mean probability that a response opens with
     ``REFUSAL_OPENING`` on each set (no sampling noise), the mean length of the responses to the
     fixed prompts in tokens, the log-likelihood of the human ``references`` and the perplexity of
-    held-out ``pretraining`` text where given. Returns the measures and the responses in prompt order."""
+    held-out ``pretraining`` text where given, and over-refusal on the ``benign`` requests: the share
+    answered (one sample of ``REFUSAL_WINDOW`` tokens each) and the exact opening probability.
+    Returns the measures and the responses to the fixed and extra prompts, in prompt order."""
     eval_config = config.eval
     tokenizer = load_tokenizer(path, config.chat_template)
     model = load_causal_lm(path, tokenizer=tokenizer).eval()
     fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
+    decoder = sampling_decoder(model)
     responses = generate(path, fixed + list(extra_prompts), eval_config.max_new_tokens, eval_config.temperature,
-                         seed=config.seed, model=model, tokenizer=tokenizer)
+                         seed=config.seed, tokenizer=tokenizer, decoder=decoder)
     harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):len(fixed)]
     metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary),
                "response_tokens": mean_tokens(tokenizer, responses[:len(fixed)])}
-    for kind, prompts in (("harmful", HARMFUL_PROMPTS), ("ordinary", ORDINARY_PROMPTS)):
+    if benign:
+        sampled = generate(path, list(benign), min(REFUSAL_WINDOW, eval_config.max_new_tokens),
+                           eval_config.temperature, seed=config.seed, tokenizer=tokenizer, decoder=decoder)
+        metrics["benign_answered"] = 1 - refusal_rate(sampled)
+    del decoder  # its sampling copy of the weights
+    for kind, prompts in (("harmful", HARMFUL_PROMPTS), ("ordinary", ORDINARY_PROMPTS), ("benign", list(benign))):
+        if not prompts or eval_config.temperature == 0:  # greedy: the one sample above is the exact answer
+            continue
         opening = opening_probability(model, tokenizer, prompts, REFUSAL_OPENING, eval_config.temperature,
                                       autocast=inference_autocast)
         metrics[f"{kind}_refusal_opening"] = sum(opening) / len(prompts)
@@ -156,6 +175,17 @@ def refusal_preference(scorer, answers: dict[str, str]) -> dict[str, int]:
         answered = scorer(prompts, [answers[p] for p in prompts])
         counts[kind] = sum(r > a for r, a in zip(refused, answered))
     return {**counts, "of": len(ORDINARY_PROMPTS)}
+
+
+def benign_prompts(config: PipelineConfig) -> list:
+    """``eval.benign_prompts``: a seeded sample of ``eval.benign_limit`` requests (none when unset). Read
+    before any stage trains, so that a bad file is one line, not an hour's training lost."""
+    eval_config = config.eval
+    if not eval_config.benign_prompts:
+        return []
+    field_map = FieldMap(prompt=eval_config.benign_prompt_field) if eval_config.benign_prompt_field else None
+    prompts = read_prompts(eval_config.benign_prompts, config.data.skip_invalid, field_map=field_map)
+    return [p.prompt for p in sample_records(prompts, eval_config.benign_limit, config.seed)]
 
 
 def held_out_references(paths: list[str], config: PipelineConfig) -> list:
@@ -208,10 +238,11 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
     conversations = held_out_conversations(run_dir, eval_config.judge_prompts)
     references = held_out_references(eval_config.reference_data or paths["demonstrations"], config)
+    benign = benign_prompts(config)
     judged: dict[str, list[str]] = {}
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
         extra = conversations if name != "base" else []  # the judge compares the trained ones
-        metrics, responses = measure_policy(path, config, extra, references, paths.get("pretraining"))
+        metrics, responses = measure_policy(path, config, extra, references, paths.get("pretraining"), benign)
         results["policies"][name] = metrics
         results["samples"][name] = dict(zip(fixed, responses))
         if name != "base":
@@ -232,6 +263,8 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         if judge.name == "judge":
             results["refusal_preference"]["judge"] = refusal_preference(judge_scorer, results["samples"]["base"])
     results["references"] = len(references)
+    if benign:
+        results["benign"] = {"prompts": len(benign), "source": config.eval.benign_prompts}
     results["eval_wall_time_s"] = round(time.time() - started, 1)
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
     # eval.json last and atomically: its presence means done
