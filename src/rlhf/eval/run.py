@@ -138,17 +138,11 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
     harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):len(fixed)]
     metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary),
                "response_tokens": mean_tokens(tokenizer, responses[:len(fixed)])}
+    for kind, prompts in (("harmful", HARMFUL_PROMPTS), ("ordinary", ORDINARY_PROMPTS)):
+        metrics.update(refusal_opening(model, tokenizer, kind, prompts, config))
     if benign:
-        sampled = generate(path, list(benign), min(REFUSAL_WINDOW, eval_config.max_new_tokens),
-                           eval_config.temperature, seed=config.seed, tokenizer=tokenizer, decoder=decoder)
-        metrics["benign_answered"] = 1 - refusal_rate(sampled)
+        metrics.update(over_refusal(model, tokenizer, decoder, benign, config))
     del decoder  # its sampling copy of the weights
-    for kind, prompts in (("harmful", HARMFUL_PROMPTS), ("ordinary", ORDINARY_PROMPTS), ("benign", list(benign))):
-        if not prompts or eval_config.temperature == 0:  # greedy: the one sample above is the exact answer
-            continue
-        opening = opening_probability(model, tokenizer, prompts, REFUSAL_OPENING, eval_config.temperature,
-                                      autocast=inference_autocast)
-        metrics[f"{kind}_refusal_opening"] = sum(opening) / len(prompts)
     if references:
         metrics["reference_logprob"] = reference_log_likelihood(model, tokenizer, list(references),
                                                                 config.sft.max_length, autocast=inference_autocast)
@@ -157,6 +151,26 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
             model, tokenizer, pretraining, config.ppo.ptx_held_out_fraction, eval_config.perplexity_block_size,
             eval_config.perplexity_tokens, autocast=inference_autocast)
     return metrics, responses
+
+
+def refusal_opening(model, tokenizer, kind: str, prompts: list, config: PipelineConfig) -> dict[str, float]:
+    """``{kind}_refusal_opening``: the exact mean probability over ``prompts`` that a response sampled at
+    the evaluation's temperature opens with ``REFUSAL_OPENING``; nothing when sampling is greedy (one
+    sample is then the exact answer)."""
+    if config.eval.temperature == 0:
+        return {}
+    opening = opening_probability(model, tokenizer, list(prompts), REFUSAL_OPENING, config.eval.temperature,
+                                  autocast=inference_autocast)
+    return {f"{kind}_refusal_opening": sum(opening) / len(opening)}
+
+
+def over_refusal(model, tokenizer, decoder, benign: list, config: PipelineConfig) -> dict[str, float]:
+    """On benign requests (:func:`benign_prompts`): the share answered, one sample of ``REFUSAL_WINDOW``
+    tokens each (the evaluation's temperature and seed, from ``decoder``, a sampler of ``model``), and the
+    exact refusal-opening probability."""
+    sampled = generate("", list(benign), min(REFUSAL_WINDOW, config.eval.max_new_tokens), config.eval.temperature,
+                       seed=config.seed, tokenizer=tokenizer, decoder=decoder)
+    return {"benign_answered": 1 - refusal_rate(sampled), **refusal_opening(model, tokenizer, "benign", benign, config)}
 
 
 def mean_tokens(tokenizer, texts: list[str]) -> float:
