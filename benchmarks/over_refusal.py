@@ -1,10 +1,11 @@
 """Over-refusal of trained policies on benign held-out requests, as `rlhf pipeline`'s evaluation measures it
 (docs/alignment.md, "Over-refusal beyond the fixed prompts"): the preset's ``eval.benign_prompts`` sample
-(smollm2-demo: 128 TruthfulQA questions), each policy's share answered (one 32-token sample per request) and
+(smollm2-demo: 64 TruthfulQA questions), each policy's share answered (one 32-token sample per request) and
 the exact probability that a response opens with "I'm sorry", with the requests each policy most often
 refuses.
 
     python benchmarks/over_refusal.py base=smollm2-135m sft=runs/demo/sft ppo=runs/demo/ppo
+    python benchmarks/over_refusal.py --limit 128 ppo=runs/demo/ppo      # the 128 of docs/alignment.md
     python benchmarks/over_refusal.py --limit 817 ppo=runs/demo/ppo      # every TruthfulQA question
 """
 
