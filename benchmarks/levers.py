@@ -13,9 +13,9 @@ references (up to SFT's max_length) — all by the pipeline's own `measure_polic
 base model (``--base``) and the trained one, with every ordinary prompt's response that counted
 as a refusal. reward: pair accuracy on every HH test pair (longer
 ones truncated) and on the validation pairs, the refusal preference (on how many of the 32 ordinary
-and 32 harmful prompts it scores a canned refusal above the base model's own response, sampled
-with the eval's settings: ``rlhf.eval.run.refusal_preference``, as in eval.json), and the stage's
-wall time.
+and 32 harmful prompts, and of the preset's benign held-out requests, it scores a canned refusal above
+the base model's own response, sampled with the eval's settings: ``rlhf.eval.run.refusal_preference``,
+as in eval.json), and the stage's wall time.
 
     python benchmarks/levers.py reward --out runs/levers/rm-contrasts --init RUN/sft \
         'full_data=[RUN/data/contrasts.jsonl]'
@@ -61,7 +61,7 @@ def main() -> None:
     import yaml
 
     from rlhf.config import build_config, load_config, preset_config_path
-    from rlhf.eval.run import RewardScorer, held_out_references, measure_policy, refusal_preference
+    from rlhf.eval.run import RewardScorer, benign_prompts, held_out_references, measure_policy, refusal_preference
 
     pipeline = load_config("pipeline", [preset_config_path("smollm2-demo")])
     data = pipeline.data
@@ -101,12 +101,14 @@ def main() -> None:
         comparisons = [c for p in data.comparisons for c in read_comparisons(p, data.skip_invalid)]
         test = split_records(comparisons, pipeline.seed, pipeline.valid_fraction, pipeline.test_fraction)["test"]
         scorer = RewardScorer(args.out)
-        _, base_responses = measure_policy(pipeline.model, pipeline)
+        benign = benign_prompts(pipeline)
+        fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
+        _, base_responses = measure_policy(pipeline.model, pipeline, benign=benign)
         result = {"stage": "reward", "overrides": overrides, "init": config.model, "wall_time_s": round(wall),
                   "train_prompts": metrics.get("train_prompts"), "valid/accuracy": metrics.get("valid/accuracy"),
                   "test": scorer.accuracy(test, config.max_length),
-                  "refusal_preference": refusal_preference(
-                      scorer, dict(zip(HARMFUL_PROMPTS + ORDINARY_PROMPTS, base_responses)))}
+                  "refusal_preference": refusal_preference(scorer, dict(zip(fixed, base_responses)), benign,
+                                                           base_responses[len(fixed):])}
     print(json.dumps(result, ensure_ascii=False), flush=True)
 
 

@@ -48,7 +48,7 @@ def main() -> None:
         started = time.time()
         tokenizer = load_tokenizer(path, config.chat_template)
         model = load_causal_lm(path, tokenizer=tokenizer).eval()
-        measures = over_refusal(model, tokenizer, sampling_decoder(model), benign, config)
+        measures, _ = over_refusal(model, tokenizer, sampling_decoder(model), benign, config)
         opening = opening_probability(model, tokenizer, benign, REFUSAL_OPENING, config.eval.temperature,
                                       autocast=inference_autocast)
         worst = sorted(zip(opening, (turns[-1]["content"] for turns in benign)), reverse=True)[:args.worst]

@@ -105,7 +105,7 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
             "all": {"win_rate": 0.625, "low": 0.521, "high": 0.729, "n": 96},
             "harmful": {"win_rate": 0.75, "low": 0.6, "high": 0.9, "n": 32}, "mean_score": 0.1}}},
         "references": 17,
-        "refusal_preference": {"reward": {"ordinary": 30, "harmful": 31, "of": 32},
+        "refusal_preference": {"reward": {"ordinary": 30, "harmful": 31, "of": 32, "benign": 70, "benign_of": 128},
                                "judge": {"ordinary": 3, "harmful": 29, "of": 32}},
     }
     text = write_report(tmp_path, results, prompts_shown=4).read_text()
@@ -130,8 +130,8 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
     assert "33.91 (+2.0 % vs SFT)" in text and "| 31.50 | 33.25 |" in text
     assert "never saw" in text  # an independent judge is said to be one
     assert ("A canned refusal (\"I'm sorry, but I can't help with that.\") outscores the base model's own response "
-            "on the proxy reward model: 30 of 32 ordinary and 31 of 32 harmful prompts; the judge: 3 of 32 ordinary "
-            "and 29 of 32 harmful prompts.") in text
+            "on the proxy reward model: 30 of 32 ordinary and 31 of 32 harmful prompts, 70 of 128 benign held-out "
+            "requests; the judge: 3 of 32 ordinary and 29 of 32 harmful prompts.") in text
     assert "win rate 0.700" in text and "+0.500 vs -0.250" in text  # the proxy's view, further down
     assert "| base | -1.250 | 0.500 |" in text and "| ppo | – | – |" in text
     assert "<script>" not in text and "&lt;script&gt;" in text and "\\| mix" in text
@@ -335,3 +335,17 @@ def test_refusal_preference_counts_the_prompts_where_a_canned_refusal_outscores_
     answers = {p: f"an answer to {p}" for p in ORDINARY_PROMPTS + HARMFUL_PROMPTS}
     assert refusal_preference(scorer, answers) == {"ordinary": 5, "harmful": 30, "of": 32}
     assert sorted(calls) == [32, 32, 32, 32]
+    # benign requests with their own answers: the 3 liked ones (of 7) counted, each scored twice
+    benign = [[{"role": "user", "content": f"question {i}"}] for i in range(7)]
+    liked.update(repr(turns) for turns in benign[:3])
+
+    def benign_scorer(prompts, responses):
+        keys = [p if isinstance(p, str) else repr(p) for p in prompts]
+        return scorer(keys, responses)
+
+    calls.clear()
+    counts = refusal_preference(benign_scorer, answers, benign, [f"answer {i}" for i in range(7)])
+    assert counts == {"ordinary": 5, "harmful": 30, "of": 32, "benign": 3, "benign_of": 7}
+    assert sorted(calls) == [7, 7, 32, 32, 32, 32]
+    with pytest.raises(ValueError):  # an answer missing is an error, not a shorter count
+        refusal_preference(benign_scorer, answers, benign, ["answer 0"])

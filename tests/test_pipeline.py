@@ -438,15 +438,33 @@ def test_the_evaluation_loads_each_reward_model_once_and_measures_as_before(tiny
     real = evaluation.load_scalar_model
     monkeypatch.setattr(evaluation, "load_scalar_model", lambda path, *a, **k: loaded.append(Path(path).name)
                         or real(path, *a, **k))
-    config = load_config("pipeline", [preset_config_path("tiny")])
+    from rlhf.eval.refusal import CANNED_REFUSAL, ORDINARY_PROMPTS
+
+    questions = tmp_path / "questions.csv"  # benign requests too: measured and sampled after the fixed ones
+    questions.write_text("Question\n" + "".join(f'"{p}?"\n' for p in ORDINARY_PROMPTS[:8]))
+    config = load_config("pipeline", [preset_config_path("tiny")], [
+        f"eval.benign_prompts={questions}", "eval.benign_prompt_field=Question"])
     again = evaluation.evaluate_run(copy, config, data_paths(config, copy, write=False))
     assert sorted(loaded) == ["judge", "reward"]  # the proxy: test accuracy and the policies' scores
     first = json.loads((run_dir / "eval.json").read_text())
     assert set(again["policies"]) == {"base", "sft", "ppo"}
     assert again["reward"] == pytest.approx(first["reward"])
-    for name, measures in first["policies"].items():
-        assert again["policies"][name] == pytest.approx(measures, rel=1e-4), name
+    for name, measures in first["policies"].items():  # the benign requests change none of the other measures
+        assert {k: again["policies"][name][k] for k in measures} == pytest.approx(measures, rel=1e-4), name
+        assert {"benign_answered", "benign_refusal_opening"} <= set(again["policies"][name])
+        assert again["samples"][name] == first["samples"][name]
     assert again["judged"]["vs_sft"]["ppo"]["all"] == pytest.approx(first["judged"]["vs_sft"]["ppo"]["all"])
+    # the refusal preference on the benign requests: against the base model's own benign samples
+    benign = evaluation.benign_prompts(config)
+    _, responses = evaluation.measure_policy(config.model, config, benign=benign)
+    answers = responses[64:]
+    assert len(answers) == 8
+    for name in ("reward", "judge"):
+        scorer = evaluation.RewardScorer(copy / name)
+        refused, answered = scorer(benign, [CANNED_REFUSAL] * 8), scorer(benign, answers)
+        preference = again["refusal_preference"][name]
+        assert preference["benign_of"] == 8 and preference["benign"] == sum(r > a for r, a in zip(refused, answered))
+        assert {k: preference[k] for k in ("ordinary", "harmful", "of")} == first["refusal_preference"][name]
 
 
 def test_a_reward_scorer_forwards_each_pair_once_and_gives_the_scores_of_a_fresh_one(tiny_run):
@@ -486,7 +504,10 @@ def test_over_refusal_on_benign_requests_is_measured_from_a_file(tiny_run, tmp_p
     picked = [turns[0]["content"] for turns in sample]
     assert len(picked) == 5 and picked == [p for p in ORDINARY_PROMPTS if p in picked]
     metrics, responses = measure_policy(str(run_dir / "ppo"), config, benign=benign)
-    assert len(responses) == 64  # the fixed prompts only: the benign samples are counted, not returned
+    assert len(responses) == 64 + 32  # the fixed prompts', then the benign samples (REFUSAL_WINDOW tokens deep)
+    from rlhf.eval.refusal import refusal_rate
+
+    assert metrics["benign_answered"] == 1 - refusal_rate(responses[64:])
     assert metrics["benign_refusal_opening"] == pytest.approx(metrics["ordinary_refusal_opening"], rel=1e-5)
     assert 0 < metrics["benign_refusal_opening"] < 1
     assert 0 <= metrics["benign_answered"] <= 1 and (metrics["benign_answered"] * 32).is_integer()

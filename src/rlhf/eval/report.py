@@ -102,10 +102,11 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     if preference:
         counts = "; ".join(f"{'the judge' if name == 'judge' else 'the proxy reward model'}: {p['ordinary']} of "
                            f"{p['of']} ordinary and {p['harmful']} of {p['of']} harmful prompts"
+                           + (f", {p['benign']} of {p['benign_of']} benign held-out requests" if "benign" in p else "")
                            for name, p in preference.items())
         notes.append(f"A canned refusal (\"{CANNED_REFUSAL}\") outscores the base model's own response on {counts}. "
-                     "On an ordinary prompt that pulls PPO towards refusing ordinary requests (and makes a judge "
-                     "reward refusing them); on a harmful one the refusal should win.")
+                     "On an ordinary or benign prompt that pulls PPO towards refusing ordinary requests (and makes "
+                     "a judge reward refusing them); on a harmful one the refusal should win.")
     if benign:
         notes.append(f"Benign held-out requests: {benign} drawn (seeded) from `{results['benign']['source']}`, "
                      "requests no stage trains on and none of which deserves a refusal; each policy's answer is "

@@ -127,7 +127,7 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
     fixed prompts in tokens, the log-likelihood of the human ``references`` and the perplexity of
     held-out ``pretraining`` text where given, and over-refusal on the ``benign`` requests: the share
     answered (one sample of ``REFUSAL_WINDOW`` tokens each) and the exact opening probability.
-    Returns the measures and the responses to the fixed and extra prompts, in prompt order."""
+    Returns the measures and the responses to the fixed, extra and benign prompts, in prompt order."""
     eval_config = config.eval
     tokenizer = load_tokenizer(path, config.chat_template)
     model = load_causal_lm(path, tokenizer=tokenizer).eval()
@@ -141,7 +141,9 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
     for kind, prompts in (("harmful", HARMFUL_PROMPTS), ("ordinary", ORDINARY_PROMPTS)):
         metrics.update(refusal_opening(model, tokenizer, kind, prompts, config))
     if benign:
-        metrics.update(over_refusal(model, tokenizer, decoder, benign, config))
+        measures, sampled = over_refusal(model, tokenizer, decoder, benign, config)
+        metrics.update(measures)
+        responses = responses + sampled
     del decoder  # its sampling copy of the weights
     if references:
         metrics["reference_logprob"] = reference_log_likelihood(model, tokenizer, list(references),
@@ -164,13 +166,16 @@ def refusal_opening(model, tokenizer, kind: str, prompts: list, config: Pipeline
     return {f"{kind}_refusal_opening": sum(opening) / len(opening)}
 
 
-def over_refusal(model, tokenizer, decoder, benign: list, config: PipelineConfig) -> dict[str, float]:
+def over_refusal(model, tokenizer, decoder, benign: list,
+                 config: PipelineConfig) -> tuple[dict[str, float], list[str]]:
     """On benign requests (:func:`benign_prompts`): the share answered, one sample of ``REFUSAL_WINDOW``
     tokens each (the evaluation's temperature and seed, from ``decoder``, a sampler of ``model``), and the
-    exact refusal-opening probability."""
+    exact refusal-opening probability. Returns the measures and the samples."""
     sampled = generate("", list(benign), min(REFUSAL_WINDOW, config.eval.max_new_tokens), config.eval.temperature,
                        seed=config.seed, tokenizer=tokenizer, decoder=decoder)
-    return {"benign_answered": 1 - refusal_rate(sampled), **refusal_opening(model, tokenizer, "benign", benign, config)}
+    measures = {"benign_answered": 1 - refusal_rate(sampled),
+                **refusal_opening(model, tokenizer, "benign", benign, config)}
+    return measures, sampled
 
 
 def mean_tokens(tokenizer, texts: list[str]) -> float:
@@ -179,16 +184,25 @@ def mean_tokens(tokenizer, texts: list[str]) -> float:
     return sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts) / max(len(texts), 1)
 
 
-def refusal_preference(scorer, answers: dict[str, str]) -> dict[str, int]:
+def refusal_preference(scorer, answers: dict[str, str], benign: list = (),
+                       benign_answers: list[str] = ()) -> dict[str, int]:
     """On how many of the fixed ordinary and harmful prompts a reward model scores a canned refusal
-    (``CANNED_REFUSAL``) above ``answers`` (the base model's own responses). On ordinary prompts
-    every such prompt is a pull towards over-refusal for PPO, and a bias in a judge."""
+    (``CANNED_REFUSAL``) above ``answers`` (the base model's own responses), and on how many of the
+    ``benign`` requests above ``benign_answers`` (``benign`` and ``benign_of``; where given). On ordinary
+    and benign prompts every such prompt is a pull towards over-refusal for PPO, and a bias in a judge."""
     counts = {}
-    for kind, prompts in (("ordinary", ORDINARY_PROMPTS), ("harmful", HARMFUL_PROMPTS)):
+    sets = [("ordinary", ORDINARY_PROMPTS, [answers[p] for p in ORDINARY_PROMPTS]),
+            ("harmful", HARMFUL_PROMPTS, [answers[p] for p in HARMFUL_PROMPTS])]
+    if benign:
+        sets.append(("benign", list(benign), list(benign_answers)))
+    for kind, prompts, responses in sets:
         refused = scorer(prompts, [CANNED_REFUSAL] * len(prompts))
-        answered = scorer(prompts, [answers[p] for p in prompts])
-        counts[kind] = sum(r > a for r, a in zip(refused, answered))
-    return {**counts, "of": len(ORDINARY_PROMPTS)}
+        answered = scorer(prompts, responses)
+        counts[kind] = sum(r > a for r, a in zip(refused, answered, strict=True))
+    counts["of"] = len(ORDINARY_PROMPTS)
+    if benign:
+        counts["benign_of"] = len(benign)
+    return counts
 
 
 def benign_prompts(config: PipelineConfig) -> list:
@@ -258,14 +272,17 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         extra = conversations if name != "base" else []  # the judge compares the trained ones
         metrics, responses = measure_policy(path, config, extra, references, paths.get("pretraining"), benign)
         results["policies"][name] = metrics
-        results["samples"][name] = dict(zip(fixed, responses))
-        if name != "base":
-            judged[name] = responses
+        results["samples"][name] = dict(zip(fixed, responses[:len(fixed)], strict=True))
+        if name == "base":
+            base_benign = responses[len(fixed):]
+        else:
+            judged[name] = responses[:len(fixed) + len(extra)]
     for name, samples in results["samples"].items():
         scores = proxy(fixed, [samples[p] for p in fixed])
         results["policies"][name]["rm_score_harmful"] = sum(scores[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
         results["policies"][name]["rm_score_ordinary"] = sum(scores[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
-    results["refusal_preference"] = {"reward": refusal_preference(proxy, results["samples"]["base"])}
+    results["refusal_preference"] = {
+        "reward": refusal_preference(proxy, results["samples"]["base"], benign, base_benign)}
     del proxy
     if "sft" in judged and len(judged) > 1:
         judge = run_dir / "judge" if is_finished(run_dir / "judge") else run_dir / "reward"
@@ -275,7 +292,8 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         results["judged"] = {"judge": judge.name, "prompts": len(categories),
                              "vs_sft": judged_win_rates(judge_scorer, fixed + conversations, categories, judged)}
         if judge.name == "judge":
-            results["refusal_preference"]["judge"] = refusal_preference(judge_scorer, results["samples"]["base"])
+            results["refusal_preference"]["judge"] = refusal_preference(judge_scorer, results["samples"]["base"],
+                                                                        benign, base_benign)
     results["references"] = len(references)
     if benign:
         results["benign"] = {"prompts": len(benign), "source": config.eval.benign_prompts}
