@@ -37,6 +37,24 @@ def test_impossible_ppo_combinations_are_rejected():
         load_config("ppo", [], ["rollout_batch_size=4", "num_minibatches=4"])
 
 
+def test_prompt_weights_need_one_positive_weight_per_prompt_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"prompt_weights has 1 weights for 2 prompt files"):
+        load_config("ppo", [], ["prompts=[a.jsonl, b.jsonl]", "prompt_weights=[1]"])
+    with pytest.raises(ConfigError, match=r"prompt_weights\.0: Input should be greater than 0"):
+        load_config("ppo", [], ["prompts=[a.jsonl, b.jsonl]", "prompt_weights=[0, 1]"])
+    # the pipeline hands data.prompt_weights to the PPO stage, checked against data.prompts
+    from rlhf.pipeline import data_paths, stage_configs
+
+    config = load_config("pipeline", [], ["data.demonstrations=[d.jsonl]", "data.comparisons=[c.jsonl]",
+                                          "data.prompts=[a.jsonl, b.jsonl]", "data.prompt_weights=[0.3, 0.7]"])
+    stages = stage_configs(config, tmp_path, data_paths(config, tmp_path, write=False))
+    assert stages["ppo"].prompts == ["a.jsonl", "b.jsonl"] and stages["ppo"].prompt_weights == [0.3, 0.7]
+    config = load_config("pipeline", [], ["data.demonstrations=[d.jsonl]", "data.comparisons=[c.jsonl]",
+                                          "data.prompt_weights=[0.3, 0.7]"])
+    with pytest.raises(ConfigError, match="pipeline ppo.*prompt_weights has 2 weights for 1 prompt files"):
+        stage_configs(config, tmp_path, data_paths(config, tmp_path, write=False))
+
+
 def test_presets_are_packaged_and_valid():
     config = load_config("pipeline", [preset_config_path("tiny")])
     assert config.data.synthetic and config.model == "tiny"

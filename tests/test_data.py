@@ -10,6 +10,7 @@ import torch
 from conftest import shared_file
 from rlhf.data.collate import (
     LengthGroupedBatches,
+    PromptSampler,
     collate_ranked,
     collate_sft,
     encode_comparisons,
@@ -187,6 +188,56 @@ def test_split_is_deterministic_and_by_user():
     for a, b in itertools.combinations(users, 2):
         assert not users[a] & users[b], f"a user is in both {a} and {b}"
     assert sum(map(len, first.values())) == 200
+
+
+def test_prompt_sampler_without_weights_takes_every_prompt_once_per_pass():
+    sampler = PromptSampler([3, 2], None, torch.Generator().manual_seed(0))
+    draws = [sampler.draw() for _ in range(15)]
+    for start in range(0, 15, 5):
+        assert sorted(draws[start:start + 5]) == [0, 1, 2, 3, 4]
+    assert draws[:5] != draws[5:10] or draws[5:10] != draws[10:]  # a fresh order each pass
+
+
+def test_prompt_sampler_with_weights_keeps_the_mix_and_cycles_each_source():
+    """Weights 1 : 3 over sources of 4 and 2 prompts: a quarter of the draws from the first source
+    although it holds two thirds of the prompts; each source's own draws go through all its prompts
+    before any repeats."""
+    sampler = PromptSampler([4, 2], [1.0, 3.0], torch.Generator().manual_seed(0))
+    draws = [sampler.draw() for _ in range(4000)]
+    second = [d for d in draws if d >= 4]
+    assert 0.72 < len(second) / 4000 < 0.78  # 0.75 ± 4.4 standard errors
+    first = [d for d in draws if d < 4]
+    for start in range(0, len(first) - 3, 4):
+        assert sorted(first[start:start + 4]) == [0, 1, 2, 3]
+    for start in range(0, len(second) - 1, 2):
+        assert sorted(second[start:start + 2]) == [4, 5]
+
+
+def test_a_restored_prompt_sampler_continues_the_uninterrupted_order():
+    def fresh(weights):
+        return PromptSampler([5, 3, 2], weights, torch.Generator().manual_seed(7))
+
+    for weights in (None, [0.2, 0.5, 0.3]):
+        uninterrupted = fresh(weights)
+        expected = [uninterrupted.draw() for _ in range(30)]
+        first = fresh(weights)
+        head = [first.draw() for _ in range(11)]
+        state, generator_state = first.state(), first.generator.get_state()
+        resumed = fresh(weights)
+        resumed.generator.set_state(generator_state)
+        resumed.restore(json.loads(json.dumps(state)))  # as the checkpoint stores it
+        assert head + [resumed.draw() for _ in range(19)] == expected
+
+
+def test_prompt_sampler_reads_a_flat_queue_and_rejects_a_mismatched_one():
+    sampler = PromptSampler([4], None, torch.Generator().manual_seed(0))
+    sampler.restore([2, 0])  # a checkpoint written before prompt weights: one flat queue
+    assert [sampler.draw(), sampler.draw()] == [0, 2]
+    weighted = PromptSampler([4, 2], [1.0, 1.0], torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match="the checkpoint's prompt order has 1 sources, this run 2"):
+        weighted.restore([2, 0])
+    with pytest.raises(DataError, match="prompt_weights: 1 weights for 2 prompt files"):
+        PromptSampler([4, 2], [1.0], torch.Generator())
 
 
 def test_length_grouped_batches_cover_everything_once_and_reduce_padding():

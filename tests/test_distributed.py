@@ -217,12 +217,13 @@ def test_rloo_groups_stay_whole_on_one_process_and_the_processes_share_out_the_p
     taking 8 episodes each see, between them, the 4 prompts one process taking 16 sees."""
     from types import SimpleNamespace
 
+    from rlhf.data.collate import PromptSampler
     from rlhf.train.ppo import PPOTrainer
 
     def draws(rank: int, world: int, count: int) -> list:
         trainer = SimpleNamespace(
-            config=SimpleNamespace(group_size=4), train_prompts=[(i, None) for i in range(12)], _prompt_queue=[],
-            prompt_order=torch.Generator().manual_seed(5),
+            config=SimpleNamespace(group_size=4), train_prompts=[(i, None) for i in range(12)],
+            prompt_sampler=PromptSampler([12], None, torch.Generator().manual_seed(5)),
             accelerator=SimpleNamespace(process_index=rank, num_processes=world))
         return [[p[0] for p in PPOTrainer.next_prompts(trainer, count)] for _ in range(3)]
 

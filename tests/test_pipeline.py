@@ -119,6 +119,36 @@ def _ppo_trainer(run_dir, tmp_path, *extra):
     return PPOTrainer(config)
 
 
+def test_ppo_draws_its_prompts_in_the_weighted_mix(tiny_run, tmp_path):
+    """prompt_weights [1, 1]: half the episodes come from a file of 5 prompts beside the tiny task's
+    hundreds, each of the 5 in turn; a file whose prompts cannot be drawn is an error naming it."""
+    from rlhf.data.readers import DataError
+
+    run_dir, _ = tiny_run
+    task = run_dir / "data/prompts.jsonl"
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"prompt": f"Say the number {i}."}) + "\n" for i in range(5)))
+    unweighted = _ppo_trainer(run_dir, tmp_path, f"prompts=[{task},{extra}]", "valid_fraction=0")
+    trainer = _ppo_trainer(run_dir, tmp_path, f"prompts=[{task},{extra}]", "prompt_weights=[1,1]",
+                           "valid_fraction=0")
+    assert len(trainer.train_prompts) == len(unweighted.train_prompts) > 100
+
+    def extra_share(trainer) -> tuple[float, set]:
+        drawn = [conversation[-1]["content"] for _ in range(50) for _, conversation in trainer.next_prompts(8)]
+        ours = [text for text in drawn if text.startswith("Say the number")]
+        return len(ours) / len(drawn), set(ours)
+
+    share, seen = extra_share(trainer)
+    assert 0.42 < share < 0.58 and seen == {f"Say the number {i}." for i in range(5)}
+    assert extra_share(unweighted)[0] < 0.05  # 5 of the hundreds: their share of the prompts
+
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "word " * 200}) + "\n")
+    with pytest.raises(DataError, match=rf"ppo: prompt_weights\[1\]: {long}: every one of the 1 prompts is "
+                                        "longer than 64 tokens"):
+        _ppo_trainer(run_dir, tmp_path, f"prompts=[{task},{long}]", "prompt_weights=[1,1]", "valid_fraction=0")
+
+
 def test_the_value_model_starts_at_the_normalised_reward(tiny_run, tmp_path):
     """At step 0, V at the last token of an episode = the plain classifier's logit + the stored bias."""
     import json

@@ -193,6 +193,9 @@ class PPOConfig(StageConfig):
     value_model: str | None = Field(None, description="value init; default: the reward model")
     value_lora: bool = Field(True, description="with lora: the value model trains adapters too (else in full)")
     prompts: list[str] = Field(default_factory=list, description="prompt files")
+    prompt_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="one per prompt file: the share of the episodes drawn from it (normalised; a small file "
+        "repeats); null: every prompt once per pass, so each file's share is its share of the prompts")
     pretraining: str | None = Field(None, description="text file for the PPO-ptx mix")
     total_episodes: int = Field(256, ge=1)
     rollout_batch_size: int = Field(16, ge=2, description="episodes per PPO step (paper: 512)")
@@ -244,6 +247,9 @@ class PPOConfig(StageConfig):
         problem = ppo_batching_problem(self.rollout_batch_size, self.num_minibatches, group=self.group_size)
         if problem:
             raise ValueError(problem)
+        if self.prompt_weights is not None and len(self.prompt_weights) != len(self.prompts):
+            raise ValueError(f"prompt_weights has {len(self.prompt_weights)} weights for {len(self.prompts)} prompt "
+                             "files: give one per file of prompts, in their order")
         if self.max_prompt_length + self.max_new_tokens > self.max_length:
             raise ValueError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) "
                              f"exceeds max_length ({self.max_length})")
@@ -290,6 +296,9 @@ class DataPaths(BaseModel):
     demonstrations: list[str] = Field(default_factory=list)
     comparisons: list[str] = Field(default_factory=list)
     prompts: list[str] = Field(default_factory=list, description="default: the comparisons' prompts")
+    prompt_weights: list[float] | None = Field(
+        None, description="PPO's mix: one weight per file of prompts, the share of the episodes drawn from it "
+        "(ppo.prompt_weights; docs/alignment.md)")
     pretraining: str | None = None
     contrasts: list[str] = Field(
         default_factory=list, description="demonstration files of polite refusals (of harmful requests) and answers "

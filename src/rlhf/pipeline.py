@@ -83,7 +83,8 @@ def stage_configs(config: PipelineConfig, run_dir: Path, paths: dict) -> dict:
               "metrics_file": str(run_dir / "metrics.jsonl"), "chat_template": config.chat_template}
     sft_dir, reward_dir = str(run_dir / "sft"), str(run_dir / "reward")
     ppo_update = {"model": sft_dir, "reward_model": reward_dir, "output_dir": str(run_dir / "ppo"),
-                  "prompts": paths["prompts"], "pretraining": paths["pretraining"], **common}
+                  "prompts": paths["prompts"], "prompt_weights": config.data.prompt_weights,
+                  "pretraining": paths["pretraining"], **common}
     if not paths["pretraining"]:
         ppo_update["ptx_coef"] = 0.0
     stages = {

@@ -355,3 +355,43 @@ def split_records(records: list, seed: int, valid_fraction: float, test_fraction
         key = split_key(record.user_id, record.prompt)
         splits[assign_split(key, seed, valid_fraction, test_fraction)].append(record)
     return splits
+
+
+class PromptSampler:
+    """The order PPO draws its training prompts in, as indices into the prompts of all sources
+    concatenated (``sizes[i]`` prompts from source i, in that order).
+
+    Without ``weights``: every prompt once per pass, each pass a fresh seeded permutation, so a
+    source's share of the episodes is its share of the prompts. With ``weights`` (one per source,
+    > 0; OpenRLHF's ``prompt_data_probs``): each draw picks source i with probability
+    w_i / Σw, then that source's next prompt in its own seeded permutation, so a small source
+    repeats before a large one does and the mix holds at any number of episodes.
+    ``generator`` is shared with the caller and drawn from in a fixed order (resumable)."""
+
+    def __init__(self, sizes: list[int], weights: list[float] | None, generator: torch.Generator):
+        if weights is not None and len(weights) != len(sizes):
+            raise DataError(f"prompt_weights: {len(weights)} weights for {len(sizes)} prompt files")
+        self.generator = generator
+        self.starts = [sum(sizes[:i]) for i in range(len(sizes))] if weights is not None else [0]
+        self.sizes = list(sizes) if weights is not None else [sum(sizes)]
+        self.weights = torch.tensor(weights, dtype=torch.float) if weights is not None else None
+        self.queues: list[list[int]] = [[] for _ in self.sizes]
+
+    def draw(self) -> int:
+        source = 0 if self.weights is None else int(torch.multinomial(self.weights, 1, generator=self.generator))
+        if not self.queues[source]:
+            self.queues[source] = torch.randperm(self.sizes[source], generator=self.generator).tolist()
+        return self.starts[source] + self.queues[source].pop()
+
+    def state(self) -> list[list[int]]:
+        return [list(queue) for queue in self.queues]
+
+    def restore(self, state: list) -> None:
+        """``state`` from :meth:`state`; a flat list is one queue (a checkpoint from before weights)."""
+        if not state:
+            state = [[] for _ in self.queues]
+        queues = [state] if isinstance(state[0], int) else state
+        if len(queues) != len(self.queues):
+            raise DataError(f"the checkpoint's prompt order has {len(queues)} sources, this run {len(self.queues)}: "
+                            "resume with the same prompts and prompt_weights")
+        self.queues = [list(queue) for queue in queues]

@@ -9,6 +9,7 @@ every model runs with dropout off, so at the first minibatch the ratio is exactl
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -28,7 +29,7 @@ from rlhf.checkpoint import (
     write_metadata,
 )
 from rlhf.config import ConfigError, PPOConfig, ppo_batching_problem
-from rlhf.data.collate import encode_prompts, pack_text, sample_records, split_records
+from rlhf.data.collate import PromptSampler, encode_prompts, pack_text, sample_records, split_records
 from rlhf.data.readers import DataError, read_prompts, read_text
 from rlhf.eval.perplexity import split_text
 from rlhf.losses import (
@@ -60,6 +61,8 @@ from rlhf.train.common import (
     sum_over_processes,
 )
 from rlhf.train.health import HealthMonitor, repeated_ngram_fraction
+
+logger = logging.getLogger(__name__)
 
 
 def freeze(model):
@@ -95,6 +98,34 @@ class PolicyAndValue(torch.nn.Module):
         return list(dict.fromkeys(blocks + [type(self.policy).__name__, type(self.value).__name__]))
 
 
+def encode_train_prompts(tokenizer, config: PPOConfig, files: list[list], train_records: list
+                         ) -> tuple[list[tuple[list[int], list]], list[int]]:
+    """The training prompts that fit, in their files' order, and how many of them each prompt file
+    gave (one count of all without ``prompt_weights``). With weights, a file that gives none is an
+    error: its weight could never be drawn."""
+    if config.prompt_weights is None:
+        encoded = encode_prompts(tokenizer, train_records, config.max_prompt_length, config.on_too_long)
+        return encoded, [len(encoded)]
+    origin = {id(record): i for i, file in enumerate(files) for record in file}
+    encoded, sizes = [], []
+    for i, path in enumerate(config.prompts):
+        mine = [record for record in train_records if origin[id(record)] == i]
+        if not mine:
+            raise DataError(f"ppo: prompt_weights[{i}]: {path} has no training prompts (each one is in the "
+                            "valid or test split, or skipped)")
+        try:
+            part = encode_prompts(tokenizer, mine, config.max_prompt_length, config.on_too_long)
+        except DataError as error:
+            raise DataError(f"ppo: prompt_weights[{i}]: {path}: {error}") from None
+        encoded += part
+        sizes.append(len(part))
+    total = sum(config.prompt_weights)
+    logger.info("ppo prompts: %s", "; ".join(
+        f"{weight / total:.0%} of the episodes from {path} ({size} prompts)"
+        for path, weight, size in zip(config.prompts, config.prompt_weights, sizes)))
+    return encoded, sizes
+
+
 class PPOTrainer:
     def __init__(self, config: PPOConfig):
         if not config.prompts:
@@ -105,10 +136,11 @@ class PPOTrainer:
         self.accelerator = accelerator = make_accelerator(config)
         check_batching(config, accelerator.num_processes)
         self.tokenizer = tokenizer = load_tokenizer(config.model, config.chat_template)
-        prompts = [p for path in config.prompts for p in read_prompts(path, config.skip_invalid)]
-        self.splits = splits = split_records(prompts, config.seed, config.valid_fraction, config.test_fraction)
+        files = [read_prompts(path, config.skip_invalid) for path in config.prompts]
+        self.splits = splits = split_records([p for file in files for p in file], config.seed,
+                                             config.valid_fraction, config.test_fraction)
         train_records = sample_records(splits["train"], config.max_examples, config.seed)
-        self.train_prompts = encode_prompts(tokenizer, train_records, config.max_prompt_length, config.on_too_long)
+        self.train_prompts, sizes = encode_train_prompts(tokenizer, config, files, train_records)
         self.valid_prompts = encode_prompts(tokenizer, splits["valid"], config.max_prompt_length, "skip") \
             if splits["valid"] else []
         self.ptx_blocks = None
@@ -179,7 +211,7 @@ class PPOTrainer:
         self.sampling = torch.Generator(device=accelerator.device).manual_seed(
             config.seed + 1000 * accelerator.process_index)
         self.ptx_order = torch.Generator().manual_seed(config.seed + 1)
-        self._prompt_queue: list[int] = []
+        self.prompt_sampler = PromptSampler(sizes, config.prompt_weights, self.prompt_order)
         self.engine = RolloutEngine(
             accelerator.unwrap_model(self.policy), self.reference, self.value, self.reward_model, tokenizer,
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, no_eos_score=config.no_eos_score,
@@ -193,11 +225,7 @@ class PPOTrainer:
         """This process's ``count`` prompts of the next batch; with RLOO, count / k prompts, each k
         times in a row (a group stays on one process)."""
         rank, world, k = self.accelerator.process_index, self.accelerator.num_processes, self.config.group_size
-        chosen = []
-        for _ in range(count // k * world):
-            if not self._prompt_queue:
-                self._prompt_queue = torch.randperm(len(self.train_prompts), generator=self.prompt_order).tolist()
-            chosen.append(self._prompt_queue.pop())
+        chosen = [self.prompt_sampler.draw() for _ in range(count // k * world)]
         return [self.train_prompts[i] for i in chosen[rank::world] for _ in range(k)]
 
     def next_ptx_batch(self) -> torch.Tensor:
@@ -366,7 +394,8 @@ class PPOTrainer:
             resumed = self.checkpoints.resume(control, log, generators)
             if resumed is not None:
                 first = resumed["step"] + 1
-                self.kl_coef, self._prompt_queue = resumed["kl_coef"], resumed["prompt_queue"]
+                self.kl_coef = resumed["kl_coef"]
+                self.prompt_sampler.restore(resumed["prompt_queue"])
                 self.guard.restore(resumed["guard"])
                 self.health.restore(resumed["health"])
             due, stop, replicas_due = every(config.checkpoint_every), StopRequest(), every(config.check_replicas_every)
@@ -394,7 +423,7 @@ class PPOTrainer:
                     stopping = any_process(accelerator, stop.requested)  # a signal to one stops all
                     if due(step) or stopping:
                         self.checkpoints.save(step, {
-                            "total_steps": steps, "kl_coef": self.kl_coef, "prompt_queue": self._prompt_queue,
+                            "total_steps": steps, "kl_coef": self.kl_coef, "prompt_queue": self.prompt_sampler.state(),
                             "guard": self.guard.state(), "health": self.health.state(), "metrics": log.state()},
                             generators)
                     if stopping:
