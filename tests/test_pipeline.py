@@ -149,6 +149,25 @@ def test_ppo_draws_its_prompts_in_the_weighted_mix(tiny_run, tmp_path):
         _ppo_trainer(run_dir, tmp_path, f"prompts=[{task},{long}]", "prompt_weights=[1,1]", "valid_fraction=0")
 
 
+def test_rollout_seed_replicates_ppo_on_the_same_splits(tiny_run, tmp_path):
+    """rollout_seed changes the prompt order and sampling noise, not the data splits; set to seed it
+    is the default."""
+    run_dir, _ = tiny_run
+    default, same, other = (_ppo_trainer(run_dir, tmp_path, *extra) for extra in
+                            ([], ["rollout_seed=0"], ["rollout_seed=1"]))
+
+    def texts(records):
+        return [record.prompt[-1]["content"] for record in records]
+
+    for name in ("train", "valid", "test"):
+        assert texts(other.splits[name]) == texts(default.splits[name])
+    assert other.train_prompts == default.train_prompts
+    draws = [[conversation[-1]["content"] for _, conversation in trainer.next_prompts(8)]
+             for trainer in (default, same, other)]
+    assert draws[0] == draws[1] and draws[2] != draws[0]
+    assert sorted(draws[2]) != sorted(draws[0])
+
+
 def test_the_value_model_starts_at_the_normalised_reward(tiny_run, tmp_path):
     """At step 0, V at the last token of an episode = the plain classifier's logit + the stored bias."""
     import json

@@ -197,6 +197,9 @@ class PPOConfig(StageConfig):
         None, description="one per prompt file: the share of the episodes drawn from it (normalised; a small file "
         "repeats); null: every prompt once per pass, so each file's share is its share of the prompts")
     pretraining: str | None = Field(None, description="text file for the PPO-ptx mix")
+    rollout_seed: int | None = Field(
+        None, ge=0, lt=2**32, description="the seed of the prompt order, the sampling noise and the pretraining "
+        "batches (null: seed); another value replicates PPO on the same data splits, which seed also decides")
     total_episodes: int = Field(256, ge=1)
     rollout_batch_size: int = Field(16, ge=2, description="episodes per PPO step (paper: 512)")
     num_minibatches: int = Field(1, ge=1, description="paper: 8")
@@ -254,6 +257,11 @@ class PPOConfig(StageConfig):
             raise ValueError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) "
                              f"exceeds max_length ({self.max_length})")
         return self
+
+    @property
+    def run_seed(self) -> int:
+        """What seeds PPO's own randomness: rollout_seed, else seed."""
+        return self.seed if self.rollout_seed is None else self.rollout_seed
 
     @property
     def group_size(self) -> int:

@@ -207,10 +207,10 @@ class PPOTrainer:
         # with one minibatch, the update's forward doubles as the rollout's policy and value scoring
         self.score_in_update = config.num_minibatches == 1
         # the same prompt order on every process, different sampling noise (DESIGN §19)
-        self.prompt_order = torch.Generator().manual_seed(config.seed)
+        self.prompt_order = torch.Generator().manual_seed(config.run_seed)
         self.sampling = torch.Generator(device=accelerator.device).manual_seed(
-            config.seed + 1000 * accelerator.process_index)
-        self.ptx_order = torch.Generator().manual_seed(config.seed + 1)
+            config.run_seed + 1000 * accelerator.process_index)
+        self.ptx_order = torch.Generator().manual_seed(config.run_seed + 1)
         self.prompt_sampler = PromptSampler(sizes, config.prompt_weights, self.prompt_order)
         self.engine = RolloutEngine(
             accelerator.unwrap_model(self.policy), self.reference, self.value, self.reward_model, tokenizer,
