@@ -274,6 +274,18 @@ def test_on_too_long_truncate_keeps_the_record(tiny_path, caplog):
     assert "truncating d.jsonl:3" in caplog.text
 
 
+def test_the_warning_about_long_prompts_names_their_file(tiny_path, caplog):
+    from rlhf.data.collate import encode_prompts
+
+    tokenizer = load_tokenizer(tiny_path)
+    prompts = [Prompt([{"role": "user", "content": "hi"}]), Prompt([{"role": "user", "content": "x " * 200}])]
+    assert len(encode_prompts(tokenizer, prompts, 64, origin="red-team.jsonl")) == 1
+    assert "dropped 1 of 2 prompts of red-team.jsonl longer than 64 tokens" in caplog.text
+    caplog.clear()
+    encode_prompts(tokenizer, prompts, 64)
+    assert "dropped 1 of 2 prompts longer than 64 tokens" in caplog.text
+
+
 def test_deeply_nested_metadata_is_a_one_line_error_not_a_recursion(tmp_path):
     """Found by the fuzz test: metadata nested 800–1,400 levels deep parsed, then exhausted Python's stack."""
     import json as json_module

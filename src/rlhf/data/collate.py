@@ -201,22 +201,24 @@ def _response_labels(examples: list[RankedExample], segment: torch.Tensor, start
     return labels
 
 
-def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_length: int,
-                   on_too_long: str = "skip") -> list[tuple[list[int], Conversation]]:
+def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_length: int, on_too_long: str = "skip",
+                   origin: str = "") -> list[tuple[list[int], Conversation]]:
     """The prompts that fit (or are truncated to fit), each as (token ids, its conversation): the
-    conversation is what a reward model with another tokenizer re-renders."""
+    conversation is what a reward model with another tokenizer re-renders. ``origin`` (a file)
+    is named in the warning about prompts dropped for length."""
     encoded = []
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt.prompt)
         if _fits(len(ids), max_prompt_length, prompt.source, on_too_long):
             encoded.append((ids[-max_prompt_length:], prompt.prompt))
-    _report_dropped("prompts", len(prompts), len(encoded), max_prompt_length)
+    _report_dropped("prompts", len(prompts), len(encoded), max_prompt_length, origin)
     return encoded
 
 
-def _report_dropped(kind: str, total: int, kept: int, max_length: int) -> None:
+def _report_dropped(kind: str, total: int, kept: int, max_length: int, origin: str = "") -> None:
     if kept < total:
-        logger.warning("dropped %d of %d %s longer than %d tokens", total - kept, total, kind, max_length)
+        logger.warning("dropped %d of %d %s%s longer than %d tokens", total - kept, total, kind,
+                       f" of {origin}" if origin else "", max_length)
     if kept == 0:
         raise DataError(f"every one of the {total} {kind} is longer than {max_length} tokens")
 
@@ -369,12 +371,14 @@ class PromptSampler:
     ``generator`` is shared with the caller and drawn from in a fixed order (resumable)."""
 
     def __init__(self, sizes: list[int], weights: list[float] | None, generator: torch.Generator):
-        if weights is not None and len(weights) != len(sizes):
+        if weights is None:  # one source of all the prompts, drawn without a multinomial
+            sizes = [sum(sizes)]
+        elif len(weights) != len(sizes):
             raise DataError(f"prompt_weights: {len(weights)} weights for {len(sizes)} prompt files")
         self.generator = generator
-        self.starts = [sum(sizes[:i]) for i in range(len(sizes))] if weights is not None else [0]
-        self.sizes = list(sizes) if weights is not None else [sum(sizes)]
-        self.weights = torch.tensor(weights, dtype=torch.float) if weights is not None else None
+        self.sizes = list(sizes)
+        self.starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float)
         self.queues: list[list[int]] = [[] for _ in self.sizes]
 
     def draw(self) -> int:

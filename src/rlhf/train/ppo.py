@@ -114,7 +114,7 @@ def encode_train_prompts(tokenizer, config: PPOConfig, files: list[list], train_
             raise DataError(f"ppo: prompt_weights[{i}]: {path} has no training prompts (each one is in the "
                             "valid or test split, or skipped)")
         try:
-            part = encode_prompts(tokenizer, mine, config.max_prompt_length, config.on_too_long)
+            part = encode_prompts(tokenizer, mine, config.max_prompt_length, config.on_too_long, origin=str(path))
         except DataError as error:
             raise DataError(f"ppo: prompt_weights[{i}]: {path}: {error}") from None
         encoded += part
