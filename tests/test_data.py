@@ -266,12 +266,21 @@ def test_truncate_keeps_the_end_of_the_prompt_and_the_final_eos():
     assert short_prompt == [7, 8, 9] and len(cut) == 9 and cut[-1] == 99 and cut[:3] == [20, 21, 22]
 
 
-def test_on_too_long_truncate_keeps_the_record(tiny_path, caplog):
+def test_on_too_long_truncate_keeps_the_record_in_one_warning_for_all(tiny_path, caplog):
+    import logging
+
     tokenizer = load_tokenizer(tiny_path)
-    demos = [Demonstration([{"role": "user", "content": "hello there"}], "x" * 100, source="d.jsonl:3")]
-    [example] = encode_demonstrations(tokenizer, demos, 50, on_too_long="truncate")
-    assert len(example.input_ids) == 50 and example.input_ids[-1] == tokenizer.eos_token_id
-    assert "truncating d.jsonl:3" in caplog.text
+    demos = [Demonstration([{"role": "user", "content": "hello there"}], "x" * 100, source=f"d.jsonl:{line}")
+             for line in (3, 5, 8, 13)]
+    demos.append(Demonstration([{"role": "user", "content": "hi"}], "ok", source="d.jsonl:21"))
+    caplog.set_level(logging.DEBUG, logger="rlhf.data.collate")
+    examples = encode_demonstrations(tokenizer, demos, 50, on_too_long="truncate")
+    assert [len(example.input_ids) for example in examples[:4]] == [50] * 4 and len(examples) == 5
+    assert examples[0].input_ids[-1] == tokenizer.eos_token_id
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == ["truncated 4 of 5 demonstrations longer than 50 tokens "
+                        "(d.jsonl:3, d.jsonl:5, d.jsonl:8, ...; -v lists each)"]
+    assert "truncating d.jsonl:13: prompt + response is" in caplog.text  # each one at debug level (-v)
 
 
 def test_the_warning_about_long_prompts_names_their_file(tiny_path, caplog):

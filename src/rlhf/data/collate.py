@@ -32,18 +32,39 @@ def encode_response(tokenizer, text: str) -> list[int]:
     return ids + [tokenizer.eos_token_id]
 
 
-def _fits(length: int, max_length: int, source: str, on_too_long: str) -> bool:
-    """True when the sequence fits, or is to be truncated; False to skip it; raises for "error"."""
-    if length <= max_length:
-        return True
-    message = f"{source}: prompt + response is {length} tokens, longer than max_length {max_length}"
-    if on_too_long == "error":
-        raise DataError(message)
-    if on_too_long == "truncate":
-        logger.warning("truncating %s", message)
-        return True
-    logger.debug("dropping %s", message)
-    return False
+class _TooLong:
+    """The records of one kind longer than ``max_length``: truncated, skipped or an error
+    (``on_too_long``). Each is one debug line (``-v``); :meth:`report` gives one warning for all."""
+
+    def __init__(self, kind: str, max_length: int, on_too_long: str, origin: str = ""):
+        self.kind, self.max_length, self.on_too_long = kind, max_length, on_too_long
+        self.origin = f" of {origin}" if origin else ""
+        self.truncated: list[str] = []
+
+    def admits(self, length: int, source: str) -> bool:
+        """True when the sequence fits, or is to be truncated; False to skip it; raises for "error"."""
+        if length <= self.max_length:
+            return True
+        message = f"{source}: prompt + response is {length} tokens, longer than max_length {self.max_length}"
+        if self.on_too_long == "error":
+            raise DataError(message)
+        if self.on_too_long == "truncate":
+            logger.debug("truncating %s", message)
+            self.truncated.append(source)
+            return True
+        logger.debug("dropping %s", message)
+        return False
+
+    def report(self, total: int, kept: int) -> None:
+        if self.truncated:
+            first = ", ".join(self.truncated[:3]) + (", ..." if len(self.truncated) > 3 else "")
+            logger.warning("truncated %d of %d %s%s longer than %d tokens (%s; -v lists each)",
+                           len(self.truncated), total, self.kind, self.origin, self.max_length, first)
+        if kept < total:
+            logger.warning("dropped %d of %d %s%s longer than %d tokens", total - kept, total, self.kind,
+                           self.origin, self.max_length)
+        if kept == 0:
+            raise DataError(f"every one of the {total} {self.kind} is longer than {self.max_length} tokens")
 
 
 def truncate_pair(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
@@ -68,13 +89,13 @@ class SFTExample:
 
 def encode_demonstrations(tokenizer, demos: list[Demonstration], max_length: int,
                           on_too_long: str = "skip") -> list[SFTExample]:
-    examples = []
+    examples, too_long = [], _TooLong("demonstrations", max_length, on_too_long)
     for demo in demos:
         prompt, response = encode_prompt(tokenizer, demo.prompt), encode_response(tokenizer, demo.response)
-        if _fits(len(prompt) + len(response), max_length, demo.source, on_too_long):
+        if too_long.admits(len(prompt) + len(response), demo.source):
             prompt, response = truncate_pair(prompt, response, max_length)
             examples.append(SFTExample(prompt + response, [0] * len(prompt) + [1] * len(response)))
-    _report_dropped("demonstrations", len(demos), len(examples), max_length)
+    too_long.report(len(demos), len(examples))
     return examples
 
 
@@ -88,17 +109,17 @@ class RankedExample:
 
 def encode_comparisons(tokenizer, comparisons: list[Comparison], max_length: int,
                        on_too_long: str = "skip") -> list[RankedExample]:
-    examples = []
+    examples, too_long = [], _TooLong("comparisons", max_length, on_too_long)
     for comparison in comparisons:
         prompt = encode_prompt(tokenizer, comparison.prompt)
         responses = [encode_response(tokenizer, text) for text in comparison.responses]
-        if _fits(len(prompt) + max(map(len, responses)), max_length, comparison.source, on_too_long):
+        if too_long.admits(len(prompt) + max(map(len, responses)), comparison.source):
             # one prompt for all K (cut for the longest response), so that it can be forwarded once
             prompt, _ = truncate_pair(prompt, max(responses, key=len), max_length)
             pairs = [truncate_pair(prompt, response, max_length) for response in responses]
             examples.append(RankedExample([kept + said for kept, said in pairs], list(comparison.ranks),
                                           [len(kept) for kept, _ in pairs]))
-    _report_dropped("comparisons", len(comparisons), len(examples), max_length)
+    too_long.report(len(comparisons), len(examples))
     return examples
 
 
@@ -205,22 +226,14 @@ def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_length: int, on_
                    origin: str = "") -> list[tuple[list[int], Conversation]]:
     """The prompts that fit (or are truncated to fit), each as (token ids, its conversation): the
     conversation is what a reward model with another tokenizer re-renders. ``origin`` (a file)
-    is named in the warning about prompts dropped for length."""
-    encoded = []
+    is named in the warning about prompts too long."""
+    encoded, too_long = [], _TooLong("prompts", max_prompt_length, on_too_long, origin)
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt.prompt)
-        if _fits(len(ids), max_prompt_length, prompt.source, on_too_long):
+        if too_long.admits(len(ids), prompt.source):
             encoded.append((ids[-max_prompt_length:], prompt.prompt))
-    _report_dropped("prompts", len(prompts), len(encoded), max_prompt_length, origin)
+    too_long.report(len(prompts), len(encoded))
     return encoded
-
-
-def _report_dropped(kind: str, total: int, kept: int, max_length: int, origin: str = "") -> None:
-    if kept < total:
-        logger.warning("dropped %d of %d %s%s longer than %d tokens", total - kept, total, kind,
-                       f" of {origin}" if origin else "", max_length)
-    if kept == 0:
-        raise DataError(f"every one of the {total} {kind} is longer than {max_length} tokens")
 
 
 PAD_MULTIPLE = 32  # few distinct shapes: CPU kernels are (re)planned per shape, ~25% cost when every batch differs
