@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf.data.readers import FIRST_LOCATIONS, first_locations
 from rlhf.data.records import Comparison, Conversation, DataError, Demonstration, Prompt
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class _TooLong:
 
     def report(self, total: int, kept: int) -> None:
         if self.truncated:
-            first = ", ".join(self.truncated[:3]) + (", ..." if len(self.truncated) > 3 else "")
+            first = first_locations(len(self.truncated), self.truncated[:FIRST_LOCATIONS])
             logger.warning("truncated %d of %d %s%s longer than %d tokens (%s; -v lists each)",
                            len(self.truncated), total, self.kind, self.origin, self.max_length, first)
         if kept < total:
