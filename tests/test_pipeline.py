@@ -189,6 +189,31 @@ def test_the_value_model_starts_at_the_normalised_reward(tiny_run, tmp_path):
         assert value.item() == pytest.approx(expected.item(), abs=1e-4)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_zeroed_value_head_starts_at_one_constant_and_leaves_the_reward_model(tiny_run, tmp_path, lora):
+    """value_head=zero: V is the stored normalisation bias at every position of every episode, while
+    the reward model still scores as the plain classifier plus that bias, also where LoRA makes the
+    value model and the reward model one copy of the weights."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    run_dir, _ = tiny_run
+    trainer = _ppo_trainer(run_dir, tmp_path, "value_head=zero", *(["lora.r=4"] if lora else []))
+    batch = trainer.engine.rollout(*zip(*trainer.next_prompts(8)))
+    ids, mask = batch.full_sequence()
+    bias = json.loads((run_dir / "reward" / "config.json").read_text())["rlhf_reward_bias"]
+    plain = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward").eval().to(ids.device)
+    real = ids[0][mask[0].bool()][None]
+    with torch.no_grad():
+        values = trainer.value(ids, mask)[mask.bool()]
+        expected = plain(input_ids=real).logits[0, 0] + bias
+        score = trainer.reward_model(real, torch.ones_like(real))[0, -1]
+    torch.testing.assert_close(values, torch.full_like(values, bias))
+    assert abs(expected.item() - bias) > 1e-3  # the reward model's own head is not zero …
+    assert score.item() == pytest.approx(expected.item(), abs=1e-4)  # … and it still scores with it
+
+
 @pytest.mark.parametrize("no_eos_score", [-1.0, None])
 def test_a_response_that_never_ends_scores_no_eos_score(tiny_run, tmp_path, no_eos_score):
     run_dir, _ = tiny_run

@@ -244,6 +244,16 @@ def scalar_head(model: PreTrainedModel) -> torch.nn.Module:
     raise TypeError(f"{type(model).__name__} has no linear scalar head (score/classifier)")
 
 
+def zero_head_weights(model: ScalarModel) -> None:
+    """Zero the trainable weights of ``model``'s scalar head (under LoRA, PEFT's copy; the frozen
+    original stays the reward model's): the model then reads one constant, the head's bias plus the
+    normalisation bias, at every position, as lm-human-preferences' value head (init scale 0) did."""
+    with torch.no_grad():
+        for name, parameter in scalar_head(model.hf).named_parameters():
+            if parameter.requires_grad and name.endswith("weight"):
+                parameter.zero_()
+
+
 class ScalarModel(torch.nn.Module):
     """An ``AutoModelForSequenceClassification`` (one label) seen as a per-token value function.
 

@@ -46,7 +46,14 @@ from rlhf.losses import (
     rloo_advantages,
     whiten,
 )
-from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, same_tokenizer, train_top_layers
+from rlhf.models import (
+    load_causal_lm,
+    load_scalar_model,
+    load_tokenizer,
+    same_tokenizer,
+    train_top_layers,
+    zero_head_weights,
+)
 from rlhf.models.lora import WithoutAdapters, add_lora, trainable_parameters
 from rlhf.rollout import RolloutBatch, RolloutEngine, response_logprobs, response_values
 from rlhf.train.common import (
@@ -178,6 +185,8 @@ class PPOTrainer:
             value = load_scalar_model(config.value_model or config.reward_model, tokenizer, **attention)
             if config.lora and config.value_lora:
                 add_lora(value.hf, config.lora, scalar_head=True)
+        if value is not None and config.value_head == "zero":
+            zero_head_weights(value)
         trained = [policy] if value is None else [policy, value]
         if config.train_layers:  # the lower blocks stay the SFT model's (the reward model's, for the value)
             for model in trained:
