@@ -16,7 +16,7 @@ from rlhf.eval.benchmarks import (
     winogender,
 )
 from rlhf.eval.paper_samples import markdown_table, paper_sample_tables
-from rlhf.eval.winrate import outcomes, win_rate, win_rate_by_category
+from rlhf.eval.winrate import length_controlled_win_rate, outcomes, win_rate, win_rate_by_category
 from rlhf.models import load_causal_lm, load_tokenizer
 
 
@@ -85,6 +85,26 @@ def test_win_rate_ties_count_half_and_interval_brackets_it():
     assert by_category["a"]["win_rate"] == 0.75 and by_category["b"]["win_rate"] == 0.0
     with pytest.raises(ValueError, match="equally long"):
         win_rate([1, 2], [1])
+
+
+def test_a_win_that_length_explains_is_not_a_win_at_equal_length():
+    # 30 prompts where the policy answers 10 tokens shorter than the baseline and wins 24 (0.8), 10 where it
+    # answers 10 longer and wins 2 (0.2): the raw win rate is 26 / 40 = 0.65. Two values of x = ±c, so the fit
+    # σ(θ ∓ φc) = 0.8, 0.2 is exact without the penalty: θ = (logit 0.8 + logit 0.2) / 2 = 0, a win rate of ½.
+    policy = [1] * 24 + [0] * 6 + [1] * 2 + [0] * 8
+    shorter = [0] * 30 + [20] * 10
+    assert win_rate(policy, [0.5] * 40)["win_rate"] == pytest.approx(0.65)
+    exact = length_controlled_win_rate(policy, [0.5] * 40, shorter, [10] * 40, n_boot=50, l2=0.0)
+    assert exact["win_rate"] == pytest.approx(0.5, abs=1e-4) and exact["length_coef"] < -1
+    default = length_controlled_win_rate(policy, [0.5] * 40, shorter, [10] * 40, n_boot=200)
+    assert 0.5 < default["win_rate"] < 0.53  # the weak prior on φ shrinks towards the raw 0.65 a little
+    assert default["low"] < default["win_rate"] < default["high"]
+    # at equal length the fit is the raw win rate, ties included: (48 wins + 0.5 · 12 ties) / 96
+    ties = [2, 0, 2, 1, 0, 2, 2, 0] * 12
+    level = length_controlled_win_rate(ties, [1] * 96, [7] * 96, [7] * 96, n_boot=50)
+    assert level["win_rate"] == pytest.approx(54 / 96, abs=1e-6) and level["length_coef"] == 0.0
+    with pytest.raises(ValueError, match="one length per score"):
+        length_controlled_win_rate([1, 2], [1, 1], [3], [3])
 
 
 def test_paper_samples_reproduce_the_direction_of_effect():

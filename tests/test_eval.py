@@ -103,6 +103,7 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
                        "prompts": 64.0},
         "judged": {"judge": "judge", "prompts": 96, "vs_sft": {"ppo": {
             "all": {"win_rate": 0.625, "low": 0.521, "high": 0.729, "n": 96},
+            "length_controlled": {"win_rate": 0.5125, "low": 0.375, "high": 0.646, "n": 96, "length_coef": -1.5},
             "harmful": {"win_rate": 0.75, "low": 0.6, "high": 0.9, "n": 32}, "mean_score": 0.1}}},
         "references": 17,
         "refusal_preference": {"reward": {"ordinary": 30, "harmful": 31, "of": 32, "benign": 70, "benign_of": 128},
@@ -122,6 +123,8 @@ def test_report_opens_with_the_held_out_result_and_escapes_responses(tmp_path):
     assert "| … P(opens \"I'm sorry\"), mean of 128 benign requests, exact | – | – | 0.21 |" in text
     assert "Benign held-out requests: 128 drawn (seeded) from `questions.csv`" in text
     assert "| win rate vs SFT, judge `judge` (96 prompts) | – | 0.500 | 0.625 [0.521, 0.729] |" in text
+    assert "| … at equal length (the judge's length preference regressed out) | – | – | 0.512 [0.375, 0.646] |" in text
+    assert text.index("| win rate vs SFT") < text.index("| … at equal length") < text.index("| … on harmful")
     assert "| mean response length, tokens (64 prompts above) | – | 32.0 | 12.2 |" in text
     # 12.25 / 32 = 0.383 of SFT's length: 62 % fewer tokens, under the 0.75 that earns the note
     assert "`ppo` answers in 62 % fewer tokens than SFT (12.2 against 32.0)" in text

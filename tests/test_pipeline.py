@@ -459,6 +459,8 @@ def test_the_judge_trains_on_no_comparison_the_proxy_trained_on(tiny_run):
     ppo = judged["vs_sft"]["ppo"]
     assert {"all", "harmful", "ordinary", "held_out"} <= set(ppo)
     assert ppo["all"]["low"] <= ppo["all"]["win_rate"] <= ppo["all"]["high"]
+    equal = ppo["length_controlled"]
+    assert equal["n"] == ppo["all"]["n"] and equal["low"] <= equal["win_rate"] <= equal["high"]
     assert ppo["held_out"]["win_rate"] > 0.5  # PPO's gain on its own task shows under the independent judge
     report = (run_dir / "report.md").read_text()
     assert report.startswith(f"# RLHF run report: `{run_dir}`\n\n## Result on held-out prompts")

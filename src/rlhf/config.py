@@ -193,8 +193,9 @@ class PPOConfig(StageConfig):
     value_model: str | None = Field(None, description="value init; default: the reward model")
     value_lora: bool = Field(True, description="with lora: the value model trains adapters too (else in full)")
     value_head: Literal["reward", "zero"] = Field(
-        "reward", description="the value head's start: reward: the reward model's (the paper); zero: its weights "
-        "zeroed, so V starts at one constant at every token, as in lm-human-preferences (docs/alignment.md)")
+        "reward", description="the value head's start: reward: as loaded, i.e. the reward model's head (the paper), or "
+        "a fresh random one when value_model is a causal LM; zero: its weights zeroed, so V starts at one constant at "
+        "every token, as in lm-human-preferences (docs/alignment.md)")
     prompts: list[str] = Field(default_factory=list, description="prompt files")
     prompt_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
         None, description="one per prompt file: the share of the episodes drawn from it (normalised; a small file "

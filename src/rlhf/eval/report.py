@@ -65,6 +65,10 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
         # three digits: a win rate of 0.599 must not read as a target of 0.60 met
         rows.append([f"win rate vs SFT, judge `{judged['judge']}` ({judged['prompts']} prompts)"] +
                     [_interval(vs[m]["all"], 3) if m in vs else ("0.500" if m == "sft" else "–") for m in names])
+        if any("length_controlled" in v for v in vs.values()):
+            rows.append(["… at equal length (the judge's length preference regressed out)"] +
+                        [_interval(vs[m]["length_controlled"], 3) if "length_controlled" in vs.get(m, {}) else "–"
+                         for m in names])
         for category in ("harmful", "ordinary", "held_out"):
             if any(category in v for v in vs.values()):
                 rows.append([f"… on {category.replace('_', '-')} prompts"] +

@@ -43,7 +43,7 @@ from rlhf.eval.refusal import (
     refusal_rate,
 )
 from rlhf.eval.report import write_report
-from rlhf.eval.winrate import win_rate, win_rate_by_category
+from rlhf.eval.winrate import length_controlled_win_rate, win_rate, win_rate_by_category
 from rlhf.generate import generate, sampling_decoder
 from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
 from rlhf.outputs import write_run_file
@@ -178,10 +178,15 @@ def over_refusal(model, tokenizer, decoder, benign: list,
     return measures, sampled
 
 
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """The length of each text in the tokenizer's tokens (no special tokens)."""
+    return [len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
+
+
 def mean_tokens(tokenizer, texts: list[str]) -> float:
-    """Mean length of ``texts`` in the tokenizer's tokens (no special tokens): a policy that wins a judge
-    with much shorter responses may have found the judge's taste for brevity rather than helpfulness."""
-    return sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts) / max(len(texts), 1)
+    """Mean length of ``texts`` in the tokenizer's tokens: a policy that wins a judge with much shorter
+    responses may have found the judge's taste for brevity rather than helpfulness."""
+    return sum(token_counts(tokenizer, texts)) / max(len(texts), 1)
 
 
 def refusal_preference(scorer, answers: dict[str, str], benign: list = (),
@@ -238,10 +243,15 @@ def held_out_conversations(run_dir: Path, limit: int) -> list:
 def judged_win_rates(judge: RewardScorer, prompts: list, categories: list[str], responses: dict[str, list[str]],
                      baseline: str = "sft") -> dict[str, dict]:
     """Each policy against ``baseline`` under the judge, prompt by prompt: the win rate with its
-    bootstrap interval, overall and per category of prompt."""
+    bootstrap interval, overall and per category of prompt, and over all prompts at equal length
+    (``length_controlled``: what is left of the win once the judge's taste for shorter or longer
+    responses is regressed out)."""
     scores = {name: judge(prompts, texts) for name, texts in responses.items()}
+    tokens = {name: token_counts(judge.tokenizer, texts) for name, texts in responses.items()}
     return {name: {"all": win_rate(scores[name], scores[baseline]),
                    **win_rate_by_category(scores[name], scores[baseline], categories),
+                   "length_controlled": length_controlled_win_rate(scores[name], scores[baseline], tokens[name],
+                                                                   tokens[baseline]),
                    "mean_score": sum(scores[name]) / len(prompts)}
             for name in responses if name != baseline}
 

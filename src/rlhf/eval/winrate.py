@@ -27,6 +27,42 @@ def win_rate(policy_scores: list[float], baseline_scores: list[float], n_boot: i
             "high": float(np.quantile(resampled, 1 - alpha)), "n": int(wins.size)}
 
 
+def length_controlled_win_rate(policy_scores: list[float], baseline_scores: list[float],
+                               policy_tokens: list[int], baseline_tokens: list[int], n_boot: int = 1000,
+                               confidence: float = 0.95, seed: int = 0, l2: float = 0.1) -> dict[str, float]:
+    """The win rate at equal length: AlpacaEval 2's length control (Dubois et al., 2024) without its
+    per-instruction term. With Δᵢ the policy's response length minus the baseline's (tokens) and
+    xᵢ = tanh(Δᵢ / sd(Δ)), fit P(winᵢ) = σ(θ + φ·xᵢ) by maximum likelihood, ties counting ½ (plus
+    ``l2``·φ², which keeps φ finite when length alone separates wins from losses), and report σ(θ): the
+    win rate predicted at Δ = 0. ``length_coef`` is φ (below 0: the judge prefers the shorter response).
+    With every Δ equal to 0 the fit is the raw win rate. Interval: percentile bootstrap over prompts,
+    refitting each resample."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    wins = outcomes(policy_scores, baseline_scores)
+    delta = np.asarray(policy_tokens, float) - np.asarray(baseline_tokens, float)
+    if delta.shape != wins.shape:
+        raise ValueError(f"need one length per score, got {delta.size} lengths for {wins.size} scores")
+    spread = delta.std()
+    x = np.tanh(delta / spread) if spread > 0 else np.zeros_like(delta)
+
+    def fit(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        def loss(w):  # −Σ [y z − log(1 + eᶻ)] + l2 φ², z = θ + φ x
+            z = w[0] + w[1] * x
+            residual = expit(z) - y
+            return (np.logaddexp(0, z) - y * z).sum() + l2 * w[1] ** 2, \
+                np.array([residual.sum(), residual @ x + 2 * l2 * w[1]])
+        return minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", options={"gtol": 1e-9}).x
+
+    theta, phi = fit(wins, x)
+    rng = np.random.default_rng(seed)
+    resampled = [expit(fit(wins[i], x[i])[0]) for i in rng.integers(0, wins.size, size=(n_boot, wins.size))]
+    alpha = (1 - confidence) / 2
+    return {"win_rate": float(expit(theta)), "low": float(np.quantile(resampled, alpha)),
+            "high": float(np.quantile(resampled, 1 - alpha)), "n": int(wins.size), "length_coef": float(phi)}
+
+
 def win_rate_by_category(policy_scores, baseline_scores, categories: list[str], **options) -> dict[str, dict]:
     groups = defaultdict(list)
     for index, category in enumerate(categories):
