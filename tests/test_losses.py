@@ -11,6 +11,7 @@ from rlhf.losses import (
     explained_variance,
     gae_advantages,
     kl_penalized_rewards,
+    length_regressed_scores,
     masked_mean,
     ppo_policy_loss,
     ppo_ptx_loss,
@@ -97,6 +98,27 @@ def test_kl_penalty_per_token_and_score_at_last_real_token():
     assert torch.allclose(rewards, torch.tensor([[-0.05, 3.0, 0.0], [-0.1, 0.0, 0.05 - 1.0]]))
     # Σ_t kl_t is the sequence log-ratio log π(y) − log π_ref(y)
     assert kl.sum(1).tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_length_regression_removes_the_slope_from_the_fitted_episodes_only():
+    """Fitted (T, r): (10, 1), (20, 2.5), (30, 2); T̄ = 20, r̄ = 11/6, Σ(T − T̄)(r − r̄) = 10 (the
+    middle term is 0, the others −10·(−5/6) + 10·(1/6)), Σ(T − T̄)² = 200, so b = 0.05 score per
+    token, and r' = r − 0.05·(T − 20) = 1.5, 2.5, 1.5. The fourth episode (a truncated one, with the
+    fixed no-EOS score) is not fitted and keeps its score."""
+    scores, lengths = torch.tensor([1.0, 2.5, 2.0, -1.0]), torch.tensor([10, 20, 30, 64])
+    regressed, slope = length_regressed_scores(scores, lengths, torch.tensor([True, True, True, False]))
+    assert slope.item() == pytest.approx(0.05)
+    torch.testing.assert_close(regressed, torch.tensor([1.5, 2.5, 1.5, -1.0]))
+    assert regressed[:3].mean().item() == pytest.approx(11 / 6)  # the fitted mean is kept
+    # the same episodes with the fourth fitted too: its length now weighs in and it moves
+    _, all_slope = length_regressed_scores(scores, lengths, torch.ones(4, dtype=torch.bool))
+    assert all_slope.item() < 0
+    # nothing to fit: one length for all, or a single fitted episode
+    for fit_lengths, fit in ((torch.full((4,), 7), torch.ones(4, dtype=torch.bool)),
+                             (lengths, torch.tensor([False, True, False, False]))):
+        same, none = length_regressed_scores(scores, fit_lengths, fit)
+        assert none.item() == 0.0
+        torch.testing.assert_close(same, scores)
 
 
 def test_gae_three_tokens():
@@ -186,8 +208,8 @@ def test_adaptive_kl_coef_moves_towards_target_and_is_clipped():
 
 
 def test_whitening_across_processes_equals_whitening_the_whole_batch():
-    """Two 'processes' (threads) each hold half the rows; a summing reduce makes each whiten with the
-    statistics of all rows, as one process holding the whole batch does."""
+    """Two 'processes' (threads) each hold half the rows; a summing reduce makes each whiten (and fit
+    the length slope) with the statistics of all rows, as one process holding the whole batch does."""
     import threading
 
     from rlhf.losses import explained_variance, masked_mean, whiten
@@ -195,6 +217,7 @@ def test_whitening_across_processes_equals_whitening_the_whole_batch():
     torch.manual_seed(0)
     values, other = torch.randn(6, 5) * 3 + 1, torch.randn(6, 5)
     mask = (torch.rand(6, 5) > 0.3).float()
+    lengths, fit = torch.tensor([3, 9, 4, 12, 7, 5]), torch.tensor([True, True, False, True, True, True])
     halves = [slice(0, 2), slice(2, 6)]  # unequal shares, as uneven response lengths give
     barrier, posted, results = threading.Barrier(2), [None, None], [None, None]
 
@@ -209,7 +232,8 @@ def test_whitening_across_processes_equals_whitening_the_whole_batch():
         results[rank] = (whiten(values[rows], mask[rows], reduce=reduce),
                          whiten(values[rows], mask[rows], shift_mean=False, reduce=reduce),
                          masked_mean(values[rows], mask[rows], reduce=reduce),
-                         explained_variance(other[rows], values[rows], mask[rows], reduce=reduce))
+                         explained_variance(other[rows], values[rows], mask[rows], reduce=reduce),
+                         length_regressed_scores(other[rows, 0], lengths[rows], fit[rows], reduce=reduce))
 
     threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
     for thread in threads:
@@ -217,12 +241,14 @@ def test_whitening_across_processes_equals_whitening_the_whole_batch():
     for thread in threads:
         thread.join()
     whole = (whiten(values, mask), whiten(values, mask, shift_mean=False), masked_mean(values, mask),
-             explained_variance(other, values, mask))
+             explained_variance(other, values, mask), length_regressed_scores(other[:, 0], lengths, fit))
     for rank, rows in enumerate(halves):
         torch.testing.assert_close(results[rank][0], whole[0][rows])
         torch.testing.assert_close(results[rank][1], whole[1][rows])
         torch.testing.assert_close(results[rank][2], whole[2])
         torch.testing.assert_close(results[rank][3], whole[3])
+        torch.testing.assert_close(results[rank][4][0], whole[4][0][rows])
+        torch.testing.assert_close(results[rank][4][1], whole[4][1])
     # and without the reduce, each half's own statistics: not the same numbers
     assert not torch.allclose(whiten(values[:2], mask[:2]), whole[0][:2])
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -386,6 +387,32 @@ def test_rloo_step_is_reinforce_with_the_leave_one_out_baseline_and_no_value_mod
     assert not {"ppo/loss/value", "ppo/val/var_explained", "ppo/val/clipfrac"} & set(first)
     second = trainer.step(trainer.next_prompts(8))
     assert second["objective/kl"] != 0.0
+
+
+def test_regress_out_length_takes_the_batch_slope_out_of_the_scores_the_update_sees(tiny_run, tmp_path):
+    """regress_out_length with RLOO: the first update's loss is the leave-one-out loss of scores from
+    which a least-squares line in response length, fitted (numpy.polyfit) over the episodes that ended
+    (the others hold the fixed no-EOS score), was taken out; the logged slope is that line's."""
+    run_dir, _ = tiny_run
+    trainer = _ppo_trainer(run_dir, tmp_path, "advantage=rloo", "rloo_k=2", "kl_coef=0", "regress_out_length=true")
+    seen = {}
+    rollout, update = trainer.engine.rollout, trainer.update
+    trainer.engine.rollout = lambda *a, **k: seen.setdefault("batch", rollout(*a, **k))
+    trainer.update = lambda mb, forward: seen.setdefault("stats", update(mb, forward))
+    metrics = trainer.step(trainer.next_prompts(8))
+    batch = seen["batch"]
+    lengths, scores = batch.response_mask.sum(1).double().numpy(), batch.scores.double().numpy()
+    ended = batch.ended_with_eos.numpy()
+    assert ended.sum() >= 3 and len(set(lengths[ended])) >= 2, (lengths, ended)  # a line to fit
+    slope, _ = np.polyfit(lengths[ended], scores[ended], 1)
+    assert metrics["objective/length_slope"] == pytest.approx(slope, rel=1e-6, abs=1e-9)
+    assert abs(slope) > 1e-3  # the tiny reward model does prefer a length
+    regressed = np.where(ended, scores - slope * (lengths - lengths[ended].mean()), scores)
+    advantage = (regressed.reshape(-1, 2) - regressed.reshape(-1, 2)[:, ::-1]).reshape(-1)  # k = 2: A = R − R_sibling
+    expected = -(advantage * lengths).sum() / lengths.sum()
+    assert seen["stats"]["ppo/loss/policy"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    raw = (scores.reshape(-1, 2) - scores.reshape(-1, 2)[:, ::-1]).reshape(-1)
+    assert expected != pytest.approx(-(raw * lengths).sum() / lengths.sum(), rel=1e-3)  # the regression changed it
 
 
 def test_rloo_raises_the_score(tiny_run):

@@ -223,6 +223,10 @@ class PPOConfig(StageConfig):
     no_eos_score: float | None = Field(
         -1.0, description="the score of a response that hits max_new_tokens without ending (EOS), in place of "
         "the reward model's (lm-human-preferences, 'N+ implementation details': -1); null keeps the RM's")
+    regress_out_length: bool = Field(
+        False, description="subtract from each score its least-squares slope on response length, fitted in each "
+        "rollout batch over the episodes the reward model scored (those that ended, with no_eos_score): the "
+        "reward keeps its batch mean but no linear preference for shorter or longer replies (docs/alignment.md)")
     advantage: Literal["gae", "rloo"] = Field(
         "gae", description="gae: PPO with a value model (the paper); rloo: REINFORCE leave-one-out over rloo_k "
         "samples of each prompt, no value model, the same clipped update (Ahmadian et al. 2024)")

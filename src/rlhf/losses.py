@@ -138,6 +138,27 @@ def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, ranks: t
     return ranking_loss(beta * (policy_logps.float() - reference_logps.float()), ranks, valid)
 
 
+def length_regressed_scores(scores: torch.Tensor, lengths: torch.Tensor, fit: torch.Tensor,
+                            reduce: Reduce = _local) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scores without their least-squares dependence on response length (post-hoc length
+    calibration of a reward, as in Huang et al. 2024, fitted on each rollout batch).
+
+    scores, lengths (tokens), fit (bool): all (B,). Over the episodes in ``fit`` (of every process,
+    with a summing ``reduce``): b = Σ(T − T̄)(r − r̄) / Σ(T − T̄)², and r'_i = r_i − b·(T_i − T̄)
+    for them; the others come back unchanged. The fitted episodes keep their mean score and lose
+    every linear correlation with length. b = 0 when fewer than two are fitted or all have one
+    length. Returns (r' (B,), b (a 0-d tensor: score per token)).
+    """
+    weight, length = fit.double(), lengths.double()
+    count, length_sum, score_sum = reduce(torch.stack([weight.sum(), (length * weight).sum(),
+                                                       (scores.double() * weight).sum()]))
+    centred = (length - length_sum / count.clamp(min=1.0)) * weight
+    covariance, spread = reduce(torch.stack([(centred * (scores.double() - score_sum / count.clamp(min=1.0))).sum(),
+                                             (centred ** 2).sum()]))
+    slope = covariance / spread if count >= 2 and spread > 0 else torch.zeros((), dtype=torch.float64)
+    return (scores.double() - slope * centred).to(scores.dtype), slope
+
+
 def kl_penalized_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,

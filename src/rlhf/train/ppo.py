@@ -38,6 +38,7 @@ from rlhf.losses import (
     explained_variance,
     gae_advantages,
     kl_penalized_rewards,
+    length_regressed_scores,
     masked_mean,
     ppo_policy_loss,
     ppo_ptx_loss,
@@ -256,9 +257,14 @@ class PPOTrainer:
             first_forward = self.forward_minibatch(batch)
             self.engine.take_policy_scores(batch, first_forward)
 
-        batch.rewards, kl = kl_penalized_rewards(batch.scores, batch.logprobs, batch.ref_logprobs,
-                                                 batch.response_mask, self.kl_coef)
         reduce = self.sum_over_processes
+        # the reward's preference for length in this batch (score per token), removed on request
+        scored = batch.ended_with_eos if config.no_eos_score is not None else torch.ones_like(batch.ended_with_eos)
+        scores, length_slope = length_regressed_scores(batch.scores, batch.response_mask.sum(1), scored, reduce)
+        if not config.regress_out_length:
+            scores = batch.scores
+        batch.rewards, kl = kl_penalized_rewards(scores, batch.logprobs, batch.ref_logprobs,
+                                                 batch.response_mask, self.kl_coef)
         if config.whiten_rewards:
             batch.rewards = whiten(batch.rewards, batch.response_mask, shift_mean=False, reduce=reduce)
         if self.rloo:  # one advantage per response, on each of its tokens; no critic, nothing to whiten
@@ -291,6 +297,7 @@ class PPOTrainer:
             "objective/kl": sequence_kl.mean().item(),
             "objective/non_score_reward": (-self.kl_coef * sequence_kl).mean().item(),
             "objective/rlhf_reward": (batch.scores - self.kl_coef * sequence_kl).mean().item(),
+            "objective/length_slope": length_slope.item(),
             "rollout/response_length": batch.response_mask.sum(1).mean().item(),
             "rollout/eos_fraction": batch.ended_with_eos.float().mean().item(),
             "rollout/repeated_ngrams": repeated_ngram_fraction(batch.response_ids, batch.response_mask).mean().item(),
