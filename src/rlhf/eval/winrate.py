@@ -22,9 +22,13 @@ def win_rate(policy_scores: list[float], baseline_scores: list[float], n_boot: i
     wins = outcomes(policy_scores, baseline_scores)
     rng = np.random.default_rng(seed)
     resampled = wins[rng.integers(0, wins.size, size=(n_boot, wins.size))].mean(1)
+    return {"win_rate": float(wins.mean()), **_percentile_interval(resampled, confidence), "n": int(wins.size)}
+
+
+def _percentile_interval(resampled, confidence: float) -> dict[str, float]:
+    """The central ``confidence`` interval of bootstrap draws: their α and 1 − α quantiles, α = (1 − c)/2."""
     alpha = (1 - confidence) / 2
-    return {"win_rate": float(wins.mean()), "low": float(np.quantile(resampled, alpha)),
-            "high": float(np.quantile(resampled, 1 - alpha)), "n": int(wins.size)}
+    return {"low": float(np.quantile(resampled, alpha)), "high": float(np.quantile(resampled, 1 - alpha))}
 
 
 def length_controlled_win_rate(policy_scores: list[float], baseline_scores: list[float],
@@ -58,9 +62,8 @@ def length_controlled_win_rate(policy_scores: list[float], baseline_scores: list
     theta, phi = fit(wins, x)
     rng = np.random.default_rng(seed)
     resampled = [expit(fit(wins[i], x[i])[0]) for i in rng.integers(0, wins.size, size=(n_boot, wins.size))]
-    alpha = (1 - confidence) / 2
-    return {"win_rate": float(expit(theta)), "low": float(np.quantile(resampled, alpha)),
-            "high": float(np.quantile(resampled, 1 - alpha)), "n": int(wins.size), "length_coef": float(phi)}
+    return {"win_rate": float(expit(theta)), **_percentile_interval(resampled, confidence), "n": int(wins.size),
+            "length_coef": float(phi)}
 
 
 def win_rate_by_category(policy_scores, baseline_scores, categories: list[str], **options) -> dict[str, dict]:
