@@ -352,3 +352,38 @@ def test_refusal_preference_counts_the_prompts_where_a_canned_refusal_outscores_
     assert sorted(calls) == [7, 7, 32, 32, 32, 32]
     with pytest.raises(ValueError):  # an answer missing is an error, not a shorter count
         refusal_preference(benign_scorer, answers, benign, ["answer 0"])
+
+
+def test_judged_win_rates_are_of_the_given_scores_by_category_against_sft():
+    """Four prompts, two per category: PPO beats SFT on 3 (1.0 on "b", 0.5 on "a"), mean score 0.5;
+    at equal length the same 3 of 4, the lengths being equal."""
+    from rlhf.eval.run import judged_win_rates
+
+    scores = {"sft": [0.0, 0.0, 0.0, 0.0], "ppo": [1.0, -1.0, 1.0, 1.0]}
+    tokens = {"sft": [5, 5, 5, 5], "ppo": [5, 5, 5, 5]}
+    rates = judged_win_rates(scores, tokens, ["a", "a", "b", "b"])
+    assert set(rates) == {"ppo"}
+    ppo = rates["ppo"]
+    assert ppo["all"]["win_rate"] == 0.75 and ppo["all"]["n"] == 4
+    assert ppo["a"]["win_rate"] == 0.5 and ppo["b"]["win_rate"] == 1.0
+    assert ppo["length_controlled"]["win_rate"] == pytest.approx(0.75, abs=0.05)
+    assert ppo["mean_score"] == 0.5
+
+
+def test_samples_jsonl_has_a_line_per_prompt_with_each_policys_response_and_scores():
+    """The base model was not sampled on the held-out dialogue (None), the proxy scored the first prompt
+    only, the judge both: each line says exactly that, the prompt as chat messages."""
+    from rlhf.eval.run import samples_jsonl
+
+    dialogue = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "How are you?"}]
+    text = samples_jsonl(["How do I boil an egg?", dialogue], ["ordinary", "held_out"],
+                         {"base": ["Boil it.", None], "sft": ["Ten minutes.", "Fine."]},
+                         {"reward": {"base": [0.123456], "sft": [-1.0]}, "judge": {"sft": [0.5, 0.25]}})
+    assert text.endswith("}\n") and text.count("\n") == 2
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert first == {"category": "ordinary", "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
+                     "responses": {"base": "Boil it.", "sft": "Ten minutes."},
+                     "reward": {"base": 0.1235, "sft": -1.0}, "judge": {"sft": 0.5}}
+    assert second == {"category": "held_out", "prompt": dialogue, "responses": {"sft": "Fine."},
+                      "reward": {}, "judge": {"sft": 0.25}}

@@ -503,6 +503,19 @@ def test_the_judge_trains_on_no_comparison_the_proxy_trained_on(tiny_run):
     assert set(preference) == {"reward", "judge"}
     assert all(0 <= p[kind] <= p["of"] == 32 for p in preference.values() for kind in ("ordinary", "harmful"))
     assert "A canned refusal" in report
+    # every judged response in samples.jsonl, with the scores the win rate was computed from
+    lines = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == judged["prompts"]  # the tiny preset has no benign requests
+    assert [line["category"] for line in lines[:64]] == ["harmful"] * 32 + ["ordinary"] * 32
+    assert all(line["category"] == "held_out" and set(line["responses"]) == {"sft", "ppo"} for line in lines[64:])
+    assert all(set(line["responses"]) == {"base", "sft", "ppo"} == set(line["reward"]) for line in lines[:64])
+    for name in ("base", "ppo"):
+        kept = {line["prompt"][0]["content"]: line["responses"][name] for line in lines[:64]}
+        assert kept == results["samples"][name]
+    from rlhf.eval.winrate import win_rate
+
+    judged_again = win_rate([line["judge"]["ppo"] for line in lines], [line["judge"]["sft"] for line in lines])
+    assert judged_again["win_rate"] == pytest.approx(ppo["all"]["win_rate"], abs=0.02)  # scores kept to 4 places
 
 
 def test_ppo_train_layers_moves_only_the_top_blocks_of_policy_and_value(tiny_run, tmp_path):
@@ -568,6 +581,11 @@ def test_the_evaluation_loads_each_reward_model_once_and_measures_as_before(tiny
         preference = again["refusal_preference"][name]
         assert preference["benign_of"] == 8 and preference["benign"] == sum(r > a for r, a in zip(refused, answered))
         assert {k: preference[k] for k in ("ordinary", "harmful", "of")} == first["refusal_preference"][name]
+    lines = [json.loads(line) for line in (copy / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [line["category"] for line in lines[-8:]] == ["benign"] * 8  # each policy's, sampled after the rest
+    assert [line["prompt"] for line in lines[-8:]] == benign
+    assert [line["responses"]["base"] for line in lines[-8:]] == answers
+    assert all(set(line["responses"]) == {"base", "sft", "ppo"} and not line["judge"] for line in lines[-8:])
 
 
 def test_a_reward_scorer_forwards_each_pair_once_and_gives_the_scores_of_a_fresh_one(tiny_run):

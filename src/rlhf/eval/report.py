@@ -146,7 +146,8 @@ def write_report(run_dir: Path, results: dict, prompts_shown: int = 10) -> Path:
             response = results["samples"][name][prompt]
             cells.append(("🛑 " if is_refusal(response) else "") + _cell(response))
         lines.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
-    lines += ["", "🛑 = detected as a refusal. All responses: `eval.json`.", ""]
+    lines += ["", "🛑 = detected as a refusal. Every response with its reward model and judge scores, the "
+              "held-out dialogues' and benign requests' too: `samples.jsonl`, one line per prompt.", ""]
 
     summary_path = run_dir / "summary.json"
     if summary_path.exists():

@@ -3,7 +3,8 @@
 Numbers: reward-model accuracy on held-out comparisons; PPO vs SFT score, win rate and KL (from
 the PPO stage's held-out evaluation); perplexity on held-out pretraining text (the alignment
 tax); refusal rate on harmful prompts and answer rate on ordinary ones. Writes
-``RUN_DIR/eval.json`` and ``RUN_DIR/report.md``.
+``RUN_DIR/eval.json``, ``RUN_DIR/report.md`` and ``RUN_DIR/samples.jsonl`` (every sampled response
+with its reward model and judge scores, one line per prompt).
 """
 
 from __future__ import annotations
@@ -240,20 +241,35 @@ def held_out_conversations(run_dir: Path, limit: int) -> list:
         return []
 
 
-def judged_win_rates(judge: RewardScorer, prompts: list, categories: list[str], responses: dict[str, list[str]],
+def judged_win_rates(scores: dict[str, list[float]], tokens: dict[str, list[int]], categories: list[str],
                      baseline: str = "sft") -> dict[str, dict]:
-    """Each policy against ``baseline`` under the judge, prompt by prompt: the win rate with its
-    bootstrap interval, overall and per category of prompt, and over all prompts at equal length
-    (``length_controlled``: what is left of the win once the judge's taste for shorter or longer
-    responses is regressed out)."""
-    scores = {name: judge(prompts, texts) for name, texts in responses.items()}
-    tokens = {name: token_counts(judge.tokenizer, texts) for name, texts in responses.items()}
+    """Each policy against ``baseline`` under the judge, prompt by prompt, from the judge's ``scores`` of
+    each policy's responses and their lengths in ``tokens``: the win rate with its bootstrap interval,
+    overall and per category of prompt, and over all prompts at equal length (``length_controlled``: what
+    is left of the win once the judge's taste for shorter or longer responses is regressed out)."""
     return {name: {"all": win_rate(scores[name], scores[baseline]),
                    **win_rate_by_category(scores[name], scores[baseline], categories),
                    "length_controlled": length_controlled_win_rate(scores[name], scores[baseline], tokens[name],
                                                                    tokens[baseline]),
-                   "mean_score": sum(scores[name]) / len(prompts)}
-            for name in responses if name != baseline}
+                   "mean_score": sum(scores[name]) / len(categories)}
+            for name in scores if name != baseline}
+
+
+def samples_jsonl(prompts: list, categories: list[str], responses: dict[str, list[str | None]],
+                  scores: dict[str, dict[str, list[float]]]) -> str:
+    """``samples.jsonl``: one JSON line per evaluated prompt, in order, with its ``category``, the
+    ``prompt`` as chat messages, each policy's response (``responses[policy][i]``; a policy with ``None``
+    there was not sampled on it) and, under each scorer's name, that reward model's normalised score of
+    each policy's response (``scores[scorer][policy][i]``; lists may stop early: the prompts after were
+    not scored)."""
+    lines = []
+    for i, (prompt, category) in enumerate(zip(prompts, categories, strict=True)):
+        row = {"category": category, "prompt": as_conversation(prompt),
+               "responses": {name: texts[i] for name, texts in responses.items() if texts[i] is not None}}
+        for scorer, of_policy in scores.items():
+            row[scorer] = {name: round(s[i], 4) for name, s in of_policy.items() if i < len(s)}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)
 
 
 def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> dict:
@@ -277,30 +293,36 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     conversations = held_out_conversations(run_dir, eval_config.judge_prompts)
     references = held_out_references(eval_config.reference_data or paths["demonstrations"], config)
     benign = benign_prompts(config)
+    categories = (["harmful"] * len(HARMFUL_PROMPTS) + ["ordinary"] * len(ORDINARY_PROMPTS)
+                  + ["held_out"] * len(conversations))
     judged: dict[str, list[str]] = {}
+    sampled: dict[str, list[str | None]] = {}  # every response, aligned with fixed + conversations + benign
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
         extra = conversations if name != "base" else []  # the judge compares the trained ones
         metrics, responses = measure_policy(path, config, extra, references, paths.get("pretraining"), benign)
         results["policies"][name] = metrics
         results["samples"][name] = dict(zip(fixed, responses[:len(fixed)], strict=True))
+        sampled[name] = (responses[:len(fixed) + len(extra)] + [None] * (len(conversations) - len(extra))
+                         + responses[len(fixed) + len(extra):])
         if name == "base":
             base_benign = responses[len(fixed):]
         else:
             judged[name] = responses[:len(fixed) + len(extra)]
+    scores: dict[str, dict[str, list[float]]] = {"reward": {}, "judge": {}}
     for name, samples in results["samples"].items():
-        scores = proxy(fixed, [samples[p] for p in fixed])
-        results["policies"][name]["rm_score_harmful"] = sum(scores[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
-        results["policies"][name]["rm_score_ordinary"] = sum(scores[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
+        scores["reward"][name] = proxied = proxy(fixed, [samples[p] for p in fixed])
+        results["policies"][name]["rm_score_harmful"] = sum(proxied[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
+        results["policies"][name]["rm_score_ordinary"] = sum(proxied[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
     results["refusal_preference"] = {
         "reward": refusal_preference(proxy, results["samples"]["base"], benign, base_benign)}
     del proxy
     if "sft" in judged and len(judged) > 1:
         judge = run_dir / "judge" if is_finished(run_dir / "judge") else run_dir / "reward"
-        categories = (["harmful"] * len(HARMFUL_PROMPTS) + ["ordinary"] * len(ORDINARY_PROMPTS)
-                      + ["held_out"] * len(conversations))
         judge_scorer = RewardScorer(judge)
+        scores["judge"] = {name: judge_scorer(fixed + conversations, texts) for name, texts in judged.items()}
+        tokens = {name: token_counts(judge_scorer.tokenizer, texts) for name, texts in judged.items()}
         results["judged"] = {"judge": judge.name, "prompts": len(categories),
-                             "vs_sft": judged_win_rates(judge_scorer, fixed + conversations, categories, judged)}
+                             "vs_sft": judged_win_rates(scores["judge"], tokens, categories)}
         if judge.name == "judge":
             results["refusal_preference"]["judge"] = refusal_preference(judge_scorer, results["samples"]["base"],
                                                                         benign, base_benign)
@@ -308,6 +330,8 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     if benign:
         results["benign"] = {"prompts": len(benign), "source": config.eval.benign_prompts}
     results["eval_wall_time_s"] = round(time.time() - started, 1)
+    write_run_file(run_dir / "samples.jsonl", samples_jsonl(  # before eval.json, which means done
+        fixed + conversations + list(benign), categories + ["benign"] * len(benign), sampled, scores))
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
     # eval.json last and atomically: its presence means done
     write_run_file(run_dir / "eval.json", json.dumps(results, indent=2, ensure_ascii=False))
