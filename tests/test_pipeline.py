@@ -516,6 +516,8 @@ def test_the_judge_trains_on_no_comparison_the_proxy_trained_on(tiny_run):
 
     judged_again = win_rate([line["judge"]["ppo"] for line in lines], [line["judge"]["sft"] for line in lines])
     assert judged_again["win_rate"] == pytest.approx(ppo["all"]["win_rate"], abs=0.02)  # scores kept to 4 places
+    page = (run_dir / "report.html").read_text(encoding="utf-8")  # every line of it in the page, too
+    assert page.count("<tr><td>held_out</td>") == len(lines) - 64 and page.count("<tr><td>ordinary</td>") == 32
 
 
 def test_ppo_train_layers_moves_only_the_top_blocks_of_policy_and_value(tiny_run, tmp_path):
@@ -586,6 +588,33 @@ def test_the_evaluation_loads_each_reward_model_once_and_measures_as_before(tiny
     assert [line["prompt"] for line in lines[-8:]] == benign
     assert [line["responses"]["base"] for line in lines[-8:]] == answers
     assert all(set(line["responses"]) == {"base", "sft", "ppo"} and not line["judge"] for line in lines[-8:])
+
+
+def test_without_a_judge_the_proxy_judges_and_its_scores_stay_under_its_own_name(tiny_run, tmp_path):
+    """A run without a judge: the proxy reward model stands in (eval.json names it), and samples.jsonl
+    keeps its scores under ``reward`` -- the held-out dialogues' too -- with no ``judge`` key that would
+    pass the proxy off as independent. The win rate recomputed from the file is the reported one, and
+    the fixed prompts' scores are those the table's mean proxy scores were computed from."""
+    import shutil
+
+    import rlhf.eval.run as evaluation
+    from rlhf.eval.winrate import win_rate
+
+    run_dir, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval.json", "report.*", "samples.jsonl", "judge"))
+    config = load_config("pipeline", [preset_config_path("tiny")])
+    results = evaluation.evaluate_run(copy, config, data_paths(config, copy, write=False))
+    assert results["judged"]["judge"] == "reward" and set(results["refusal_preference"]) == {"reward"}
+    lines = [json.loads(line) for line in (copy / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == results["judged"]["prompts"] > 64 and not any("judge" in line for line in lines)
+    assert all(set(line["reward"]) == {"base", "sft", "ppo"} for line in lines[:64])
+    assert all(line["category"] == "held_out" and set(line["reward"]) == {"sft", "ppo"} for line in lines[64:])
+    again = win_rate([line["reward"]["ppo"] for line in lines], [line["reward"]["sft"] for line in lines])
+    assert again["win_rate"] == pytest.approx(results["judged"]["vs_sft"]["ppo"]["all"]["win_rate"], abs=0.02)
+    for name in ("base", "ppo"):
+        harmful = [line["reward"][name] for line in lines[:32]]
+        assert sum(harmful) / 32 == pytest.approx(results["policies"][name]["rm_score_harmful"], abs=1e-3)
 
 
 def test_a_reward_scorer_forwards_each_pair_once_and_gives_the_scores_of_a_fresh_one(tiny_run):

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import re
+from collections import Counter
 from html import escape
 from pathlib import Path
 
@@ -165,17 +166,51 @@ def build_html(run_dir: Path) -> str:
         parts += ["<h2>Training curves</h2>", f"<img alt='training curves' src='data:image/png;base64,{png}'>"]
     if rows:
         parts += ["<h2>Health</h2>", health_panel(rows)]
-    if results and results.get("samples"):
-        samples = results["samples"]
-        names = list(samples)
-        prompts = list(next(iter(samples.values())))
-        rows = "".join("<tr><td>" + escape(p) + "</td>" + "".join(
-            f"<td class='response'>{escape(samples[n].get(p, ''))}</td>" for n in names) + "</tr>" for p in prompts)
-        parts += ["<h2>All responses</h2><table><thead><tr><th>prompt</th>"
-                  + "".join(f"<th>{escape(n)}</th>" for n in names) + f"</tr></thead><tbody>{rows}</tbody></table>"]
+    parts += all_responses_section(run_dir, results or {})
     parts += overoptimization_section(run_dir)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def all_responses_section(run_dir: Path, results: dict) -> list[str]:
+    """Every evaluated prompt with each policy's response and, under it, each reward model's score of
+    that response: from ``samples.jsonl`` (the fixed prompts, the held-out dialogues, the benign
+    requests), or from eval.json's fixed-prompt samples for a run evaluated before that file existed."""
+    path = run_dir / "samples.jsonl"
+    if path.exists():
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        samples = results.get("samples") or {}
+        prompts = list(dict.fromkeys(p for texts in samples.values() for p in texts))
+        lines = [{"category": "", "prompt": [{"role": "user", "content": p}],
+                  "responses": {n: texts[p] for n, texts in samples.items() if p in texts}} for p in prompts]
+    if not lines:
+        return []
+    names = list(dict.fromkeys(n for line in lines for n in line["responses"]))
+    scorers = list(dict.fromkeys(k for line in lines for k in line if k not in ("category", "prompt", "responses")))
+
+    def prompt_cell(messages: list[dict]) -> str:
+        if len(messages) == 1:
+            return escape(messages[0]["content"])
+        return "\n\n".join(f"{escape(m['role'])}: {escape(m['content'])}" for m in messages)
+
+    def response_cell(line: dict, name: str) -> str:
+        if name not in line["responses"]:
+            return "–"
+        scores = " · ".join(f"{escape(s)} {line[s][name]:.3f}" for s in scorers if name in line.get(s, {}))
+        return escape(line["responses"][name]) + (f"<br><small>{scores}</small>" if scores else "")
+
+    counts = ", ".join(f"{n} {escape(c)}" for c, n in Counter(line["category"] for line in lines).items() if c)
+    rows = "".join(f"<tr><td>{escape(line['category'])}</td><td class='response'>{prompt_cell(line['prompt'])}</td>"
+                   + "".join(f"<td class='response'>{response_cell(line, n)}</td>" for n in names) + "</tr>"
+                   for line in lines)
+    return ["<h2>All responses</h2>",
+            f"<p>{len(lines)} prompts{': ' + counts if counts else ''}. Under each response, each reward "
+            "model's normalised score of it (<code>reward</code>: the proxy PPO optimised; <code>judge</code>: "
+            "the independent judge); – where a model was not sampled. The same lines are in "
+            "<code>samples.jsonl</code>.</p>" if path.exists() else f"<p>{len(lines)} fixed prompts.</p>",
+            "<table><thead><tr><th>category</th><th>prompt</th>" + "".join(f"<th>{escape(n)}</th>" for n in names)
+            + f"</tr></thead><tbody>{rows}</tbody></table>"]
 
 
 def overoptimization_section(run_dir: Path) -> list[str]:

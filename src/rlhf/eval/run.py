@@ -261,7 +261,8 @@ def samples_jsonl(prompts: list, categories: list[str], responses: dict[str, lis
     ``prompt`` as chat messages, each policy's response (``responses[policy][i]``; a policy with ``None``
     there was not sampled on it) and, under each scorer's name, that reward model's normalised score of
     each policy's response (``scores[scorer][policy][i]``; lists may stop early: the prompts after were
-    not scored)."""
+    not scored). A run without a judge has no ``judge`` scorer: the proxy standing in for it scores the
+    held-out dialogues under ``reward``."""
     lines = []
     for i, (prompt, category) in enumerate(zip(prompts, categories, strict=True)):
         row = {"category": category, "prompt": as_conversation(prompt),
@@ -295,7 +296,6 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     benign = benign_prompts(config)
     categories = (["harmful"] * len(HARMFUL_PROMPTS) + ["ordinary"] * len(ORDINARY_PROMPTS)
                   + ["held_out"] * len(conversations))
-    judged: dict[str, list[str]] = {}
     sampled: dict[str, list[str | None]] = {}  # every response, aligned with fixed + conversations + benign
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
         extra = conversations if name != "base" else []  # the judge compares the trained ones
@@ -304,11 +304,10 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         results["samples"][name] = dict(zip(fixed, responses[:len(fixed)], strict=True))
         sampled[name] = (responses[:len(fixed) + len(extra)] + [None] * (len(conversations) - len(extra))
                          + responses[len(fixed) + len(extra):])
-        if name == "base":
-            base_benign = responses[len(fixed):]
-        else:
-            judged[name] = responses[:len(fixed) + len(extra)]
-    scores: dict[str, dict[str, list[float]]] = {"reward": {}, "judge": {}}
+    judged_end = len(fixed) + len(conversations)
+    judged = {name: texts[:judged_end] for name, texts in sampled.items() if name != "base"}
+    base_benign = sampled["base"][judged_end:]
+    scores: dict[str, dict[str, list[float]]] = {"reward": {}}  # scorer -> policy -> score of each response
     for name, samples in results["samples"].items():
         scores["reward"][name] = proxied = proxy(fixed, [samples[p] for p in fixed])
         results["policies"][name]["rm_score_harmful"] = sum(proxied[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
@@ -319,10 +318,11 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     if "sft" in judged and len(judged) > 1:
         judge = run_dir / "judge" if is_finished(run_dir / "judge") else run_dir / "reward"
         judge_scorer = RewardScorer(judge)
-        scores["judge"] = {name: judge_scorer(fixed + conversations, texts) for name, texts in judged.items()}
+        judge_scores = {name: judge_scorer(fixed + conversations, texts) for name, texts in judged.items()}
+        scores.setdefault(judge.name, {}).update(judge_scores)  # no judge: the proxy's, held-out dialogues too
         tokens = {name: token_counts(judge_scorer.tokenizer, texts) for name, texts in judged.items()}
         results["judged"] = {"judge": judge.name, "prompts": len(categories),
-                             "vs_sft": judged_win_rates(scores["judge"], tokens, categories)}
+                             "vs_sft": judged_win_rates(judge_scores, tokens, categories)}
         if judge.name == "judge":
             results["refusal_preference"]["judge"] = refusal_preference(judge_scorer, results["samples"]["base"],
                                                                         benign, base_benign)
