@@ -190,6 +190,7 @@ def test_html_report_shows_every_line_of_samples_jsonl_with_its_scores(tmp_path)
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     section = "\n".join(all_responses_section(run_dir, json.loads((run_dir / "eval.json").read_text())))
     assert "3 prompts: 1 harmful, 1 held_out, 1 benign" in section
+    assert "(<code>reward</code>: the proxy PPO optimised; <code>judge</code>: the independent judge)" in section
     rows = section.split("<tr>")[2:]  # after the header row
     assert len(rows) == 3
     assert "&lt;b&gt;Mix&lt;/b&gt;<br><small>reward 0.500 · judge 0.125</small>" in rows[0]

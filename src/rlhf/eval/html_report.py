@@ -204,11 +204,12 @@ def all_responses_section(run_dir: Path, results: dict) -> list[str]:
     rows = "".join(f"<tr><td>{escape(line['category'])}</td><td class='response'>{prompt_cell(line['prompt'])}</td>"
                    + "".join(f"<td class='response'>{response_cell(line, n)}</td>" for n in names) + "</tr>"
                    for line in lines)
+    roles = {"reward": "the proxy PPO optimised", "judge": "the independent judge"}
+    legend = "; ".join(f"<code>{escape(s)}</code>: {roles.get(s, 'a reward model')}" for s in scorers)
     return ["<h2>All responses</h2>",
             f"<p>{len(lines)} prompts{': ' + counts if counts else ''}. Under each response, each reward "
-            "model's normalised score of it (<code>reward</code>: the proxy PPO optimised; <code>judge</code>: "
-            "the independent judge); – where a model was not sampled. The same lines are in "
-            "<code>samples.jsonl</code>.</p>" if path.exists() else f"<p>{len(lines)} fixed prompts.</p>",
+            f"model's normalised score of it ({legend}); – where a model was not sampled. The same lines are "
+            "in <code>samples.jsonl</code>.</p>" if path.exists() else f"<p>{len(lines)} fixed prompts.</p>",
             "<table><thead><tr><th>category</th><th>prompt</th>" + "".join(f"<th>{escape(n)}</th>" for n in names)
             + f"</tr></thead><tbody>{rows}</tbody></table>"]
 
