@@ -617,22 +617,27 @@ def test_without_a_judge_the_proxy_judges_and_its_scores_stay_under_its_own_name
         assert sum(harmful) / 32 == pytest.approx(results["policies"][name]["rm_score_harmful"], abs=1e-3)
 
 
-def test_a_reward_scorer_forwards_each_pair_once_and_gives_the_scores_of_a_fresh_one(tiny_run):
+def test_a_reward_scorer_forwards_each_prompt_once_and_gives_the_scores_of_each_pair_alone(tiny_run):
     """The evaluation scores the base model's answers twice (the table, the refusal count): the second
-    time they come from the scorer's memory, equal to what a fresh scorer computes for each alone."""
+    time they come from the scorer's memory. New pairs are forwarded one row per prompt, all of its
+    responses after it; each score equals what a fresh scorer computes for that pair alone."""
     from rlhf.eval.run import RewardScorer
 
     run_dir, _ = tiny_run
     scorer = RewardScorer(run_dir / "reward")
     rows = []
     scorer.model.register_forward_hook(lambda module, args, output: rows.append(output.shape[0]))
-    prompts, responses = ["Name a colour.", "Name a fruit.", "Name a colour."], ["Blue.", "A pear.", "Blue."]
+    prompts = ["Name a colour.", "Name a fruit.", "Name a colour.", "Name a colour."]
+    responses = ["Blue.", "A pear.", "Blue.", "Red, or a very dark green."]
     first = scorer(prompts, responses)
-    assert sum(rows) == 2 and first[0] == first[2]
+    assert rows == [2] and first[0] == first[2] and first[0] != first[3]  # two prompts: two rows, one batch
     again = scorer(["Name a fruit.", "Name a tool."], ["A pear.", "A hammer."])
-    assert sum(rows) == 3 and again[0] == first[1]
+    assert rows == [2, 1] and again[0] == first[1]
     for prompt, response, score in zip(prompts + ["Name a tool."], responses + ["A hammer."], first + again[1:]):
         assert RewardScorer(run_dir / "reward")([prompt], [response]) == pytest.approx([score], abs=1e-5)
+    many = [f"Name {n} colours." for n in range(5)]  # in order of length, at least batch_size responses a batch
+    scorer(many * 2, ["Blue."] * 5 + ["Red."] * 5, batch_size=4)
+    assert rows[2:] == [2, 2, 1]
 
 
 def test_over_refusal_on_benign_requests_is_measured_from_a_file(tiny_run, tmp_path):

@@ -22,11 +22,10 @@ from tqdm.auto import tqdm
 from rlhf.checkpoint import METADATA_FILE, is_finished
 from rlhf.config import PipelineConfig
 from rlhf.data.collate import (
-    PAD_MULTIPLE,
+    RankedExample,
     encode_comparisons,
     encode_prompt,
     encode_response,
-    pad,
     sample_records,
     split_records,
 )
@@ -46,12 +45,14 @@ from rlhf.eval.refusal import (
 from rlhf.eval.report import write_report
 from rlhf.eval.winrate import length_controlled_win_rate, win_rate, win_rate_by_category
 from rlhf.generate import generate, sampling_decoder
-from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, sequence_scores
+from rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer
 from rlhf.outputs import write_run_file
 from rlhf.train.common import inference_autocast, resolve_mixed_precision
-from rlhf.train.reward import evaluate_rankings, shared_prompt_collate
+from rlhf.train.reward import evaluate_rankings, ranked_scores, shared_prompt_collate
 
 logger = logging.getLogger(__name__)
+
+SCORED_LENGTH = 2048  # the longest row a scored prompt and its responses make (a sliding window below it: no sharing)
 
 
 def policies_of(run_dir: Path, base_model: str) -> dict[str, str]:
@@ -80,6 +81,7 @@ class RewardScorer:
     def __init__(self, reward_dir: Path | str):
         self.tokenizer = load_tokenizer(str(reward_dir))
         self.model = load_scalar_model(str(reward_dir), self.tokenizer, trained=True).eval()
+        self.collate, self.shape = shared_prompt_collate(self.model.hf, self.tokenizer.pad_token_id, SCORED_LENGTH)
         self._scores: dict[str, float] = {}
 
     def accuracy(self, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
@@ -89,28 +91,45 @@ class RewardScorer:
 
         with quiet_truncation():
             examples = encode_comparisons(self.tokenizer, comparisons, max_length, "truncate")
-        collate, _ = shared_prompt_collate(self.model.hf, self.tokenizer.pad_token_id, max_length)
-        loader = DataLoader(examples, batch_size=batch_size, collate_fn=collate)
+        collate, shape = shared_prompt_collate(self.model.hf, self.tokenizer.pad_token_id, max_length)
+        loader = DataLoader(sorted(examples, key=lambda e: shape(e)[1]), batch_size=batch_size, collate_fn=collate)
         accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"), cpu=not torch.cuda.is_available())
         evaluation = evaluate_rankings(self.model, loader, accelerator)
         return {"accuracy": evaluation["accuracy"], "pairs": evaluation["pairs"]}
 
     @torch.no_grad()
     def __call__(self, prompts: list, responses: list[str], batch_size: int = 16) -> list[float]:
-        """The score of each (prompt, response); a pair this scorer has scored before is not forwarded
-        again (the evaluation scores the base model's answers for the table and for the refusal count)."""
+        """The score of each (prompt, response). The new pairs are forwarded grouped by prompt: each
+        distinct prompt once with all its responses after it (:func:`collate_shared_prompt`, as the
+        reward model trains), prompts in order of length so that a batch pads little; ``batch_size``
+        responses per batch at least. A pair scored before is read from the cache, so scoring every
+        pair of an evaluation in one call forwards each prompt once (the base model's answers, the
+        canned refusal and each policy's responses to a fixed prompt share one forward)."""
         tokenizer = self.tokenizer
-        sequences = {}
+        grouped: dict[str, tuple[object, dict[str, str]]] = {}  # prompt -> (prompt, {pair key: response})
         for p, r in zip(prompts, responses):
-            sequences.setdefault(repr((p, r)), (p, r))
-        new = [(key, pair) for key, pair in sequences.items() if key not in self._scores]
-        encoded = [encode_prompt(tokenizer, as_conversation(p)) + encode_response(tokenizer, r or " ")
-                   for _, (p, r) in new]
-        for start in range(0, len(encoded), batch_size):
-            ids, mask = pad(encoded[start:start + batch_size], tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE)
+            key = repr((p, r))
+            if key not in self._scores:
+                grouped.setdefault(repr(p), (p, {}))[1][key] = r
+        examples, keys = [], []
+        for p, new in grouped.values():
+            prompt = encode_prompt(tokenizer, as_conversation(p))
+            sequences = [prompt + encode_response(tokenizer, r or " ") for r in new.values()]
+            examples.append(RankedExample(sequences, [0] * len(sequences), [len(prompt)] * len(sequences)))
+            keys.append(list(new))
+        order = sorted(range(len(examples)), key=lambda i: self.shape(examples[i])[1])
+        start = 0
+        while start < len(order):
+            end, responses_in = start, 0
+            while end < len(order) and responses_in < batch_size:
+                responses_in += len(examples[order[end]].sequences)
+                end += 1
+            batch = self.collate([examples[i] for i in order[start:end]])
             with inference_autocast():
-                scores = sequence_scores(self.model(ids, mask), mask).tolist()
-            self._scores.update(zip([key for key, _ in new[start:start + batch_size]], scores))
+                scores = ranked_scores(self.model, batch).tolist()
+            for row, i in zip(scores, order[start:end]):
+                self._scores.update(zip(keys[i], row))
+            start = end
         return [self._scores[repr((p, r))] for p, r in zip(prompts, responses)]
 
 
@@ -190,6 +209,26 @@ def mean_tokens(tokenizer, texts: list[str]) -> float:
     return sum(token_counts(tokenizer, texts)) / max(len(texts), 1)
 
 
+def refusal_sets(answers: dict[str, str], benign: list = (),
+                 benign_answers: list[str] = ()) -> list[tuple[str, list, list[str]]]:
+    """What :func:`refusal_preference` compares the canned refusal with: (kind, prompts, answers)."""
+    sets = [("ordinary", ORDINARY_PROMPTS, [answers[p] for p in ORDINARY_PROMPTS]),
+            ("harmful", HARMFUL_PROMPTS, [answers[p] for p in HARMFUL_PROMPTS])]
+    if benign:
+        sets.append(("benign", list(benign), list(benign_answers)))
+    return sets
+
+
+def refusal_pairs(answers: dict[str, str], benign: list = (),
+                  benign_answers: list[str] = ()) -> tuple[list, list[str]]:
+    """Every (prompt, response) :func:`refusal_preference` scores, as (prompts, responses)."""
+    prompts, responses = [], []
+    for _, some, said in refusal_sets(answers, benign, benign_answers):
+        prompts += list(some) * 2
+        responses += [CANNED_REFUSAL] * len(some) + list(said)
+    return prompts, responses
+
+
 def refusal_preference(scorer, answers: dict[str, str], benign: list = (),
                        benign_answers: list[str] = ()) -> dict[str, int]:
     """On how many of the fixed ordinary and harmful prompts a reward model scores a canned refusal
@@ -197,11 +236,7 @@ def refusal_preference(scorer, answers: dict[str, str], benign: list = (),
     ``benign`` requests above ``benign_answers`` (``benign`` and ``benign_of``; where given). On ordinary
     and benign prompts every such prompt is a pull towards over-refusal for PPO, and a bias in a judge."""
     counts = {}
-    sets = [("ordinary", ORDINARY_PROMPTS, [answers[p] for p in ORDINARY_PROMPTS]),
-            ("harmful", HARMFUL_PROMPTS, [answers[p] for p in HARMFUL_PROMPTS])]
-    if benign:
-        sets.append(("benign", list(benign), list(benign_answers)))
-    for kind, prompts, responses in sets:
+    for kind, prompts, responses in refusal_sets(answers, benign, benign_answers):
         refused = scorer(prompts, [CANNED_REFUSAL] * len(prompts))
         answered = scorer(prompts, responses)
         counts[kind] = sum(r > a for r, a in zip(refused, answered, strict=True))
@@ -308,6 +343,10 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     judged = {name: texts[:judged_end] for name, texts in sampled.items() if name != "base"}
     base_benign = sampled["base"][judged_end:]
     scores: dict[str, dict[str, list[float]]] = {"reward": {}}  # scorer -> policy -> score of each response
+    refusals = refusal_pairs(results["samples"]["base"], benign, base_benign)
+    # every pair this scorer is asked for below, in one call: each prompt forwarded once with all its responses
+    proxy(fixed * len(results["samples"]) + refusals[0],
+          [samples[p] for samples in results["samples"].values() for p in fixed] + refusals[1])
     for name, samples in results["samples"].items():
         scores["reward"][name] = proxied = proxy(fixed, [samples[p] for p in fixed])
         results["policies"][name]["rm_score_harmful"] = sum(proxied[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
@@ -318,6 +357,9 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     if "sft" in judged and len(judged) > 1:
         judge = run_dir / "judge" if is_finished(run_dir / "judge") else run_dir / "reward"
         judge_scorer = RewardScorer(judge)
+        also = refusals if judge.name == "judge" else ([], [])
+        judge_scorer((fixed + conversations) * len(judged) + also[0],
+                     [text for texts in judged.values() for text in texts] + also[1])
         judge_scores = {name: judge_scorer(fixed + conversations, texts) for name, texts in judged.items()}
         scores.setdefault(judge.name, {}).update(judge_scores)  # no judge: the proxy's, held-out dialogues too
         tokens = {name: token_counts(judge_scorer.tokenizer, texts) for name, texts in judged.items()}

@@ -305,7 +305,9 @@ class SupervisedRun:
         # dropout uses: a resumed epoch must not shift the dropout masks of an uninterrupted run
         train_loader = DataLoader(train, batch_sampler=self.sampler, collate_fn=micro_batches,
                                   generator=torch.Generator().manual_seed(config.seed))
-        valid_loader = DataLoader(valid, batch_size=config.batch_size, collate_fn=collate,
+        # validation in order of length: every measure over it is a sum, and sorted batches pad little
+        valid_loader = DataLoader(sorted(valid, key=lambda e: shape(e)[1]), batch_size=config.batch_size,
+                                  collate_fn=collate,
                                   generator=torch.Generator().manual_seed(config.seed)) if valid else None
         steps_per_epoch = -(-len(train_loader) // (config.grad_accum_steps * accelerator.num_processes))
         self.total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
