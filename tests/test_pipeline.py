@@ -638,6 +638,11 @@ def test_a_reward_scorer_forwards_each_prompt_once_and_gives_the_scores_of_each_
     many = [f"Name {n} colours." for n in range(5)]  # in order of length, at least batch_size responses a batch
     scorer(many * 2, ["Blue."] * 5 + ["Red."] * 5, batch_size=4)
     assert rows[2:] == [2, 2, 1]
+    # a model whose sliding window is shorter than a row: one row per response, the same scores
+    scorer.model.hf.config.sliding_window = 8
+    scorer._scores.clear()
+    del rows[:]
+    assert scorer(prompts, responses) == pytest.approx(first, abs=1e-5) and rows == [3]
 
 
 def test_over_refusal_on_benign_requests_is_measured_from_a_file(tiny_run, tmp_path):

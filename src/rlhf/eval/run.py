@@ -27,6 +27,7 @@ from rlhf.data.collate import (
     encode_prompt,
     encode_response,
     sample_records,
+    shared_prompt_shape,
     split_records,
 )
 from rlhf.data.formats import FieldMap
@@ -51,8 +52,6 @@ from rlhf.train.common import inference_autocast, resolve_mixed_precision
 from rlhf.train.reward import evaluate_rankings, ranked_scores, shared_prompt_collate
 
 logger = logging.getLogger(__name__)
-
-SCORED_LENGTH = 2048  # the longest row a scored prompt and its responses make (a sliding window below it: no sharing)
 
 
 def policies_of(run_dir: Path, base_model: str) -> dict[str, str]:
@@ -81,7 +80,6 @@ class RewardScorer:
     def __init__(self, reward_dir: Path | str):
         self.tokenizer = load_tokenizer(str(reward_dir))
         self.model = load_scalar_model(str(reward_dir), self.tokenizer, trained=True).eval()
-        self.collate, self.shape = shared_prompt_collate(self.model.hf, self.tokenizer.pad_token_id, SCORED_LENGTH)
         self._scores: dict[str, float] = {}
 
     def accuracy(self, comparisons: list, max_length: int, batch_size: int = 8) -> dict[str, float]:
@@ -117,14 +115,17 @@ class RewardScorer:
             sequences = [prompt + encode_response(tokenizer, r or " ") for r in new.values()]
             examples.append(RankedExample(sequences, [0] * len(sequences), [len(prompt)] * len(sequences)))
             keys.append(list(new))
-        order = sorted(range(len(examples)), key=lambda i: self.shape(examples[i])[1])
+        # one row per response instead where a row would be longer than the model's sliding window
+        longest = max((shared_prompt_shape(e)[1] for e in examples), default=1)
+        collate, shape = shared_prompt_collate(self.model.hf, tokenizer.pad_token_id, longest)
+        order = sorted(range(len(examples)), key=lambda i: shape(examples[i])[1])
         start = 0
         while start < len(order):
             end, responses_in = start, 0
             while end < len(order) and responses_in < batch_size:
                 responses_in += len(examples[order[end]].sequences)
                 end += 1
-            batch = self.collate([examples[i] for i in order[start:end]])
+            batch = collate([examples[i] for i in order[start:end]])
             with inference_autocast():
                 scores = ranked_scores(self.model, batch).tolist()
             for row, i in zip(scores, order[start:end]):
