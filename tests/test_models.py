@@ -103,12 +103,22 @@ def test_sampling_stops_at_eos_and_masks_after_it(tiny_path):
     assert response_mask[1].tolist() == [1] * 6 and eos not in tokens[1].tolist()
 
 
-def test_gumbel_sampling_follows_the_distribution(tiny_path):
-    from rlhf.decode import gumbel_sample
+def test_sampled_tokens_follow_the_distribution_across_blocks_and_never_take_an_impossible_token():
+    """Inversion by blocks of 4 over 10 tokens (three blocks, the last padded): the frequencies are
+    the softmax's; a token at -inf (here whole blocks of them, and the first token) is never drawn."""
+    from rlhf.decode import sample_tokens
 
-    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).repeat(20000, 1)
-    counts = torch.bincount(gumbel_sample(logits, 1.0, torch.Generator().manual_seed(0)), minlength=3) / 20000
-    assert counts.tolist() == pytest.approx([0.7, 0.2, 0.1], abs=0.015)
+    probabilities = torch.tensor([0.0, 0.05, 0.3, 0.0, 0.0, 0.15, 0.0, 0.2, 0.0, 0.3])
+    logits = torch.log(probabilities).repeat(40000, 1)
+    tokens = sample_tokens(logits, 1.0, torch.Generator().manual_seed(0), block=4)
+    counts = torch.bincount(tokens, minlength=10) / 40000
+    assert counts.tolist() == pytest.approx(probabilities.tolist(), abs=0.01)
+    assert counts[probabilities == 0].sum() == 0
+    hot = sample_tokens(logits * 0.5, 2.0, torch.Generator().manual_seed(1), block=4)  # T = 2 on logits/2: ∝ p^¼
+    expected = probabilities ** 0.25 / (probabilities ** 0.25).sum()
+    counts = torch.bincount(hot, minlength=10) / 40000
+    assert counts.tolist() == pytest.approx(expected.tolist(), abs=0.01)
+    assert sample_tokens(logits[:2], 0.0, None).tolist() == [2, 2]  # greedy: the first of the largest
 
 
 def test_residual_dropout_active_in_train_only(tiny_path):

@@ -390,19 +390,24 @@ def test_rloo_step_is_reinforce_with_the_leave_one_out_baseline_and_no_value_mod
 
 
 def test_regress_out_length_takes_the_batch_slope_out_of_the_scores_the_update_sees(tiny_run, tmp_path):
-    """regress_out_length with RLOO: the first update's loss is the leave-one-out loss of scores from
-    which a least-squares line in response length, fitted (numpy.polyfit) over the episodes that ended
-    (the others hold the fixed no-EOS score), was taken out; the logged slope is that line's."""
+    """regress_out_length with RLOO: an update's loss (ratio 1 at a step's one minibatch) is the
+    leave-one-out loss of scores from which a least-squares line in response length, fitted
+    (numpy.polyfit) over the episodes that ended (the others hold the fixed no-EOS score), was taken
+    out; the logged slope is that line's."""
     run_dir, _ = tiny_run
     trainer = _ppo_trainer(run_dir, tmp_path, "advantage=rloo", "rloo_k=2", "kl_coef=0", "regress_out_length=true")
     seen = {}
     rollout, update = trainer.engine.rollout, trainer.update
     trainer.engine.rollout = lambda *a, **k: seen.setdefault("batch", rollout(*a, **k))
     trainer.update = lambda mb, forward: seen.setdefault("stats", update(mb, forward))
-    metrics = trainer.step(trainer.next_prompts(8))
-    batch = seen["batch"]
-    lengths, scores = batch.response_mask.sum(1).double().numpy(), batch.scores.double().numpy()
-    ended = batch.ended_with_eos.numpy()
+    for _ in range(4):  # the draws decide how many responses end: step until a line can be fitted
+        seen.clear()
+        metrics = trainer.step(trainer.next_prompts(8))
+        batch = seen["batch"]
+        lengths, scores = batch.response_mask.sum(1).double().numpy(), batch.scores.double().numpy()
+        ended = batch.ended_with_eos.numpy()
+        if ended.sum() >= 3 and len(set(lengths[ended])) >= 2:
+            break
     assert ended.sum() >= 3 and len(set(lengths[ended])) >= 2, (lengths, ended)  # a line to fit
     slope, _ = np.polyfit(lengths[ended], scores[ended], 1)
     assert metrics["objective/length_slope"] == pytest.approx(slope, rel=1e-6, abs=1e-9)

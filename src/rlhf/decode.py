@@ -4,20 +4,20 @@
 to ``prompt_bucket`` tokens, plus ``max_new_tokens``), so the decode step always sees the same
 shapes: on a GPU that step is compiled with CUDA graphs (``torch.compile(mode="reduce-overhead")``),
 which removes the kernel-launch cost that dominates a small model's decode. Under bf16 mixed
-precision it samples from a bf16 copy of the model (refreshed by :meth:`Decoder.sync` after each
-optimizer step); on a CPU that copy's linear layers hold oneDNN pre-packed weights, which halves
-the cost of the small-batch matrix products that dominate decode there (``BENCHMARKS.md``).
+precision it samples in bf16 from weights refreshed by :meth:`Decoder.sync` after each optimizer
+step. On a CPU those weights are oneDNN pre-packed, which halves the cost of the small-batch matrix
+products that dominate decode there: a Llama-family model runs :class:`rlhf.packed.PackedLlama`, its
+own forward over packed weights, any other a copy whose linear layers are packed (``BENCHMARKS.md``).
 
-Left padding with positions from the mask, Gumbel-max sampling and early stop once every row has
-ended are shared with :func:`sample_responses`, the plain dynamic-cache loop kept as the eager path
-and as the reference the tests compare against.
+Left padding with positions from the mask, sampling by inversion (:func:`sample_tokens`) and early
+stop once every row has ended are shared with :func:`sample_responses`, the plain dynamic-cache
+loop kept as the eager path and as the reference the tests compare against.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -28,17 +28,32 @@ from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 from transformers.pytorch_utils import Conv1D
 
 from rlhf.models import positions_from_mask
+from rlhf.packed import PackedLinear, PackedLlama, can_pack, packed_llama_support
 
 log = logging.getLogger(__name__)
 
 
-def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """argmax(logits/T + Gumbel noise) ~ softmax(logits/T): a third of the cost of softmax +
-    multinomial over a 49k vocabulary. logits (B, V) → tokens (B,)."""
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                  block: int = 256) -> torch.Tensor:
+    """Tokens ~ softmax(logits / T) by inversion: one uniform number per row, looked up in the
+    cumulative distribution first over blocks of ``block`` tokens, then within the block found —
+    a third of Gumbel-max's cost at batch 16 over a 49k vocabulary (which draws a number per token)
+    and a fifth of ``torch.multinomial``'s. Temperature 0: argmax. logits (B, V) → tokens (B,)."""
     if temperature == 0:
         return logits.argmax(-1)
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
-    return (logits.float() / temperature - torch.log(-torch.log(uniform))).argmax(-1)
+    probs = torch.softmax(logits.float() / temperature if temperature != 1 else logits.float(), -1)
+    rows, vocab = probs.shape
+    if vocab % block:
+        probs = torch.nn.functional.pad(probs, (0, round_up(vocab, block) - vocab))
+    probs = probs.view(rows, -1, block)
+    block_cdf = probs.sum(-1).cumsum(-1)  # (B, V / block)
+    # u in [0, total): the first cumulative value above it belongs to a token of non-zero probability
+    u = torch.rand((rows, 1), generator=generator, device=logits.device) * block_cdf[:, -1:]
+    chosen = torch.searchsorted(block_cdf, u, right=True).clamp_(max=block_cdf.shape[1] - 1)  # (B, 1)
+    before = torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp(min=0)), 0.0)
+    within = probs.gather(1, chosen.unsqueeze(-1).expand(-1, 1, block)).squeeze(1).cumsum(-1)  # (B, block)
+    offset = torch.searchsorted(within, u - before, right=True).clamp_(max=block - 1)
+    return (chosen * block + offset).squeeze(1).clamp_(max=vocab - 1)
 
 
 def stop_ids(eos_token_id: int | list[int] | tuple[int, ...], device) -> torch.Tensor:
@@ -73,7 +88,7 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, masks = [], []
     for _ in range(max_new_tokens):
-        token, alive, finished = end_rows(gumbel_sample(logits, temperature, generator), finished, eos, pad_token_id)
+        token, alive, finished = end_rows(sample_tokens(logits, temperature, generator), finished, eos, pad_token_id)
         masks.append(alive)
         tokens.append(token)
         if finished.all() or len(tokens) == max_new_tokens:
@@ -108,47 +123,6 @@ def static_cache(config, max_cache_len: int) -> StaticCache:
         elif type(layer) is StaticSlidingWindowLayer:
             layer.__class__ = _CastingSlidingLayer
     return cache
-
-
-class PackedLinear(torch.nn.Module):
-    """``y = x Wᵀ + b`` with W held in oneDNN's blocked layout (bf16 or fp32, CPU), packed once per
-    weight update. In bf16 a plain ``linear`` re-packs W on every call: packing halves the decode
-    step's matmul time at batch 1–16, bit-identical (tested). In fp32 a plain ``linear`` is MKL's
-    product, which oneDNN's packed one beats 1.1–1.6× at 4–64 rows on a CPU without bf16 (AVX2; not at 1 row),
-    equal to fp32 rounding (tested)."""
-
-    def __init__(self, linear: torch.nn.Module, batch_hint: int, dtype: torch.dtype = torch.bfloat16):
-        super().__init__()
-        self.batch_hint, self.dtype = batch_hint, dtype
-        self.transposed = isinstance(linear, Conv1D)  # GPT-2 stores W as (in, out)
-        self.out_features = linear.weight.shape[1 if self.transposed else 0]
-        self.load(linear.weight, linear.bias)
-
-    def load(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Pack new weights (after an update)."""
-        weight = weight.detach().to(self.dtype)
-        weight = weight.t().contiguous() if self.transposed else weight
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.batch_hint)
-        self.bias = None if bias is None else bias.detach().to(self.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(self.dtype)
-        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-
-@functools.cache
-def can_pack(dtype: torch.dtype = torch.bfloat16) -> bool:
-    """Whether this CPU build of torch has the oneDNN ops :class:`PackedLinear` needs in ``dtype``
-    (and they run)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        probe = PackedLinear(torch.nn.Linear(8, 8), 1, dtype)
-        probe(torch.zeros(1, 8))
-        return True
-    except (RuntimeError, AttributeError):
-        return False
 
 
 def _pack_linears(module: torch.nn.Module, batch_hint: int, dtype: torch.dtype,
@@ -259,9 +233,10 @@ class Decoder:
     :meth:`sync` after the model's weights change), ``None``: the model's own.
     ``compile``: compile the decode step (``None``: on CUDA only, with CUDA graphs; on a CPU the
     measured gain is small next to a minute of compilation, see ``BENCHMARKS.md``).
-    ``pack``: oneDNN pre-packed weights, in bf16 or fp32, in a copy of the model (``None``: on a CPU
-    where available, unless compiling); without packing, a model sampled in its own precision runs
-    itself, uncopied.
+    ``pack``: oneDNN pre-packed weights, in bf16 or fp32 (``None``: on a CPU where available, unless
+    compiling) — for a Llama-family model :class:`~rlhf.packed.PackedLlama`'s forward (no copy of the
+    model), for any other a copy with packed linear layers; without packing, a model sampled in its
+    own precision runs itself, uncopied.
     ``batch_bucket``: batches are padded up to a multiple of it (repeating row 0); ``None``: when
     compiling, a smaller batch is padded to the largest this decoder has sampled (the last
     evaluation chunk reuses the step compiled for the rollouts), otherwise never.
@@ -294,6 +269,18 @@ class Decoder:
         self.source = model
         self._packed: dict[str, PackedLinear] = {}
         self._params: dict[str, torch.Tensor] = {}
+        self._caches: dict[tuple[int, int], StaticCache | tuple[torch.Tensor, torch.Tensor]] = {}
+        # a Llama-family model packed on a CPU runs PackedLlama's forward: no HF copy at all
+        self.packed_llama: PackedLlama | None = None
+        if self.pack and not cuda:
+            values = source_tensors(model)
+            why_not = packed_llama_support(model, values)
+            if why_not is None:
+                self.packed_llama = PackedLlama(model, values, dtype, batch_bucket or 16, whole=whole)
+                self._step = self._decode_step
+                self._graphs = False
+                return
+            log.info("decode: %s: sampled through the HF forward with packed linear layers", why_not)
         if self.copied:  # a plain copy: LoRA adapters merged (or, for PPO's reference, left out)
             self.model = plain_copy(model).to(dtype).eval().requires_grad_(False)
             for param in self.model.parameters():
@@ -306,7 +293,6 @@ class Decoder:
                 self._packed = _pack_linears(self.model, batch_bucket or 16, dtype)
             # what the packed layers do not hold (embeddings, norms, a tied input embedding), by name
             self._params = dict(self.model.named_parameters())
-        self._caches: dict[tuple[int, int], StaticCache] = {}
         self._step = self._decode_step
         if self.compile:
             mode = "reduce-overhead" if cuda else "default"
@@ -320,24 +306,31 @@ class Decoder:
         if not self.copied:
             return
         values = source_tensors(self.source)
+        if self.packed_llama is not None:
+            self.packed_llama.load(values, whole)
+            return
         for name, param in self._params.items():
             param.copy_(whole(values[name]))
         for path, module in self._packed.items():
             bias = values.get(f"{path}.bias")
             module.load(whole(values[f"{path}.weight"]), None if bias is None else whole(bias))
 
-    def _cache(self, batch: int, length: int) -> StaticCache:
+    def _cache(self, batch: int, length: int) -> StaticCache | tuple[torch.Tensor, torch.Tensor]:
         key = (batch, length)
         if key not in self._caches:
             if len(self._caches) >= 4:  # a few buckets at most: drop the oldest
                 self._caches.pop(next(iter(self._caches)))
+            if self.packed_llama is not None:  # every slot read is written first: no reset
+                self._caches[key] = self.packed_llama.cache(batch, length)
+                return self._caches[key]
             self._caches[key] = static_cache(self.model.config, length)
             if self._step is not self._decode_step and any(layer.is_sliding for layer in self._caches[key].layers):
                 # transformers tracks a sliding window's fill with a Python int: one compilation per step
                 _note_once("decode: sliding-window attention recompiles at every step; decoding eagerly")
                 self._step = self._decode_step
         cache = self._caches[key]
-        cache.reset()
+        if self.packed_llama is None:
+            cache.reset()
         return cache
 
     def _decode_step(self, token, position, attention_mask, cache):
@@ -382,8 +375,11 @@ class Decoder:
         eos = stop_ids(eos_token_id, ids.device)
         # the bf16 copy runs as it is; the model itself under the caller's autocast, if any
         with torch.autocast(ids.device.type, enabled=False) if self.copied else contextlib.nullcontext():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                                use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            if self.packed_llama is not None:
+                logits = self.packed_llama(ids, positions, mask, cache, 0)
+            else:
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
             next_position = positions[:, -1:] + 1
             finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
             tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=ids.dtype, device=ids.device)
@@ -392,7 +388,7 @@ class Decoder:
             check_every = 8 if ids.device.type == "cuda" else 1  # a host sync per check
             produced = 0
             for step in range(max_new_tokens):
-                token = gumbel_sample(logits[:rows], temperature, generator)  # the noise of the eager path
+                token = sample_tokens(logits[:rows], temperature, generator)  # the draws of the eager path
                 if logprobs is not None:
                     scaled = logits[:rows] / (temperature or 1.0)
                     logprobs[:, step] = scaled.gather(1, token.unsqueeze(1)).squeeze(1) - scaled.logsumexp(-1)
@@ -404,7 +400,10 @@ class Decoder:
                 if produced == max_new_tokens or ((step + 1) % check_every == 0 and bool(finished[:rows].all())):
                     break
                 full_mask[:, padded + step] = 1
-                logits = self._run_step(token.unsqueeze(1), next_position, full_mask, cache)
+                if self.packed_llama is not None:
+                    logits = self.packed_llama(token.unsqueeze(1), next_position, full_mask, cache, padded + step)
+                else:
+                    logits = self._run_step(token.unsqueeze(1), next_position, full_mask, cache)
                 next_position = next_position + 1
         tokens, masks = tokens[:rows, :produced], masks[:rows, :produced]
         ended = masks.sum(0) > 0  # trailing steps where every row had already ended (checked late)
