@@ -37,7 +37,8 @@ def test_bestofn_keeps_the_best_of_each_prompts_first_n_samples(tmp_path, tiny_p
                "--output", str(output)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    # split at "\n" only: a sampled response may hold U+2028 or U+0085, where splitlines() cuts too
+    rows = [json.loads(line) for line in output.read_text().split("\n") if line]
     assert len(rows) == 3 and all(len(row["responses"]) == len(row["scores"]) == 4 for row in rows)
     prompts = [row["prompt"] for row in rows for _ in range(4)]
     rescored = reward_scores(reward, prompts, [text for row in rows for text in row["responses"]])

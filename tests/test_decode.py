@@ -46,14 +46,24 @@ def test_greedy_equals_hf_generate(family):
 
 
 @pytest.mark.skipif(not can_pack(torch.float32), reason="this torch build has no oneDNN fp32 packing")
-@pytest.mark.parametrize("variant", ["llama", "qwen2", "llama-tied-biased"])
+@pytest.mark.parametrize("variant", ["llama", "qwen2", "llama-tied-biased", "mistral", "llama-one-kv-head-wide"])
 def test_packed_llama_gives_the_hf_forward_logits_at_every_step(variant):
     """PackedLlama's own forward (fused q/k/v and gate/up, its own cache, grouped attention) against
     the full HF forward of the same left-padded sequences, position by position, in fp32: Qwen2's q/k/v
-    biases, a tied output embedding and Llama's optional attention and MLP biases included."""
+    biases, a tied output embedding and Llama's optional attention and MLP biases, Mistral without a
+    window, one key/value head for four query heads with a head size other than hidden / heads."""
+    from transformers import MistralConfig
+
     from rlhf.models import positions_from_mask
 
-    if variant == "llama-tied-biased":
+    if variant == "mistral":
+        torch.manual_seed(4)
+        model = AutoModelForCausalLM.from_config(MistralConfig(**SMALL, sliding_window=None)).eval()
+    elif variant == "llama-one-kv-head-wide":
+        torch.manual_seed(4)
+        config = LlamaConfig(**{**SMALL, "num_key_value_heads": 1, "head_dim": 16})
+        model = AutoModelForCausalLM.from_config(config).eval()
+    elif variant == "llama-tied-biased":
         torch.manual_seed(4)
         config = LlamaConfig(**{**SMALL, "tie_word_embeddings": True, "attention_bias": True, "mlp_bias": True})
         model = AutoModelForCausalLM.from_config(config).eval()
@@ -190,7 +200,10 @@ def test_bf16_copy_packed_equals_unpacked_and_follows_weight_updates(family):
         assert ours[0].tolist() == theirs[0].tolist() and torch.equal(ours[2], theirs[2])
     else:  # PackedLlama: eager attention's bf16 numerics where the copy runs sdpa's
         assert greedy(decoder) == greedy(plain)
-        torch.testing.assert_close(ours[2][:, :8], theirs[2][:, :8], rtol=0, atol=0.05)
+        # the same draws pick the same tokens until a bf16 difference crosses a boundary
+        agree = (ours[0] == theirs[0]).long().cumprod(1).bool()
+        assert agree[:, :4].all()
+        torch.testing.assert_close(ours[2][agree], theirs[2][agree], rtol=0, atol=0.05)
     generator = torch.Generator().manual_seed(9)
     with torch.no_grad():  # an optimizer step on the fp32 model
         for parameter in model.parameters():

@@ -420,3 +420,15 @@ def test_samples_jsonl_has_a_line_per_prompt_with_each_policys_response_and_scor
                      "reward": {"base": 0.1235, "sft": -1.0}, "judge": {"sft": 0.5}}
     assert second == {"category": "held_out", "prompt": dialogue, "responses": {"sft": "Fine."},
                       "reward": {}, "judge": {"sft": 0.25}}
+
+
+def test_the_html_report_reads_a_json_line_whose_text_holds_a_unicode_line_separator(tmp_path):
+    """A sampled response may hold U+2028 or U+0085, which json.dumps(ensure_ascii=False) leaves raw
+    and str.splitlines() would cut at: the report's readers split at "\\n" only."""
+    import json
+
+    from rlhf.eval.html_report import read_metrics
+
+    row = {"step": 1, "sample": "one\u2028two\x85three"}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_metrics(tmp_path) == [row]

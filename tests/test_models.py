@@ -121,6 +121,27 @@ def test_sampled_tokens_follow_the_distribution_across_blocks_and_never_take_an_
     assert sample_tokens(logits[:2], 0.0, None).tolist() == [2, 2]  # greedy: the first of the largest
 
 
+def test_a_uniform_number_at_a_block_edge_never_draws_an_impossible_token(monkeypatch):
+    """Uniform numbers forced just below every block's upper edge and at the ends of [0, 1), where
+    the block sums and the sums within a block round differently: the token drawn always has
+    non-zero probability, though the last token of every block (and the padding after the
+    vocabulary) has none."""
+    import rlhf.decode as decode
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 37) * 4
+    logits[0, 3::4] = float("-inf")  # the last token of every 4-token block
+    logits[0, 36] = float("-inf")  # and the last real token (the final block is padded)
+    probs = torch.softmax(logits.double(), -1).view(-1)
+    edges = torch.nn.functional.pad(probs, (0, 3)).view(-1, 4).sum(-1).cumsum(0) / probs.sum()
+    draws = [0.0, 1 - 2**-53] + [float(edge) - step for edge in edges for step in (1e-17, 1e-16, 1e-15, 1e-12)]
+    for draw in draws:
+        monkeypatch.setattr(decode.torch, "rand", lambda *_, value=draw, **kwargs: torch.full((1, 1), value,
+                                                                                              dtype=kwargs["dtype"]))
+        token = int(decode.sample_tokens(logits, 1.0, None, block=4))
+        assert probs[token] > 0, (draw, token)
+
+
 def test_residual_dropout_active_in_train_only(tiny_path):
     model = load_causal_lm(tiny_path, dropout=0.2)
     handles = add_residual_dropout(model, 0.2)

@@ -92,7 +92,8 @@ def packed_llama_support(model: torch.nn.Module, names: Mapping[str, torch.Tenso
         f"model.layers.{i}.{part}.weight" for i in range(config.num_hidden_layers)
         for part in ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
                      "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
-    missing = [name for name in expected if name not in names]
+    present = set(names)  # the names alone: reading a LoRA layer's weight would merge it
+    missing = [name for name in expected if name not in present]
     if missing:
         return f"no weight {missing[0]}"
     return None
@@ -174,7 +175,7 @@ class PackedLlama:
                  cache: tuple[torch.Tensor, torch.Tensor], start: int) -> torch.Tensor:
         """ids, positions (B, T); key_mask (B, S ≥ start + T): 1 where a slot holds a real token.
         Writes the tokens' keys and values at slots [start, start + T); returns the logits (B, V),
-        fp32, of each row's last real token (left padding: the last column).
+        fp32, of the last column (with left padding, each row's last real token).
 
         The projections and the MLP run on the real tokens only — a left-padded prompt batch does
         no work for its padding — and attention on the (B, T) layout, where a padding slot holds a
@@ -233,5 +234,4 @@ class PackedLlama:
             x = x + project(o_proj, packed(attended))
             gate, up = project(gate_up_proj, _rms_norm(x, post_norm, self.eps)).chunk(2, -1)
             x = x + project(down_proj, torch.nn.functional.silu(gate) * up)
-        last = real.sum(1).cumsum(0) - 1  # each row's last real token in (N, D)
-        return project(self.head, _rms_norm(x[last], self.norm, self.eps)).float()
+        return project(self.head, _rms_norm(laid_out(x)[:, -1], self.norm, self.eps)).float()

@@ -27,7 +27,8 @@ CURVES = [  # (title, stage, metric names)
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    # JSON lines end at "\n" alone: splitlines() would also cut at U+2028 or U+0085 inside a string
+    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()] if path.exists() else []
 
 
 def curve_panels(rows: list[dict]) -> list[tuple[str, list[tuple[str, list[tuple[int, float]]]]]]:
@@ -178,7 +179,7 @@ def all_responses_section(run_dir: Path, results: dict) -> list[str]:
     requests), or from eval.json's fixed-prompt samples for a run evaluated before that file existed."""
     path = run_dir / "samples.jsonl"
     if path.exists():
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     else:
         samples = results.get("samples") or {}
         prompts = list(dict.fromkeys(p for texts in samples.values() for p in texts))
