@@ -2,6 +2,7 @@
 that ships it, in its own virtual environment) and current TRL's critic-free `RLOOTrainer`.
 
     python benchmarks/ppo.py --model smollm2-135m --episodes 64 --rounds 2
+    python benchmarks/ppo.py --attention eager --no-rloo --rounds 2   # every tool's trained models on eager attention
     python benchmarks/ppo.py --peers none --rounds 2          # our rollout engines only: static vs eager
     python benchmarks/ppo.py --peers lora --rounds 2          # ours, LoRA (r = 16) against full fine-tuning
     python benchmarks/ppo.py --model .gpu/smollm2 --random-weights --peers none --batch 64 --episodes 512  # GPU
@@ -88,6 +89,7 @@ def worker_ours(args) -> dict:
                        gradient_checkpointing=args.checkpointing == "on",
                        lora=({"r": args.lora, "alpha": 2 * args.lora, "base_dtype": args.lora_base}
                              if args.lora else None),
+                       attn_implementation=None if args.attention == "default" else args.attention,
                        metrics_file=str(metrics_file), output_dir=tempfile.mkdtemp())
     summary = train_ppo(config)
     lengths = harness.metrics_rows(metrics_file, "rollout/response_length")
@@ -110,10 +112,11 @@ def worker_trl_ppo(args) -> dict:
 
     data = Path(args.data)
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
-    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    trained = {} if args.attention == "default" else {"attn_implementation": args.attention}  # as ours
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **trained)
     reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     reward = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
-    value = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
+    value = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1, **trained)
     dataset = load_dataset("json", data_files=str(data / "trl.jsonl"), split="train")
     config = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
                        gradient_accumulation_steps=1, num_mini_batches=1, num_ppo_epochs=1,
@@ -141,7 +144,8 @@ def worker_rloo(args) -> dict:
 
     data = Path(args.data)
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
-    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    trained = {} if args.attention == "default" else {"attn_implementation": args.attention}
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **trained)
     reward = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
     reward_tokenizer = AutoTokenizer.from_pretrained(data / "reward")
     dataset = load_dataset("json", data_files=str(data / "rloo.jsonl"), split="train")
@@ -180,6 +184,9 @@ def main() -> None:
     parser.add_argument("--engine", choices=["static", "eager"], default="static")
     parser.add_argument("--checkpointing", choices=["defaults", "on", "off"], default="defaults",
                         help="gradient checkpointing: each tool's default (ours off, TRL on), or the same for all")
+    parser.add_argument("--attention", choices=["default", "eager", "sdpa"], default="default",
+                        help="the attention kernel of every contender's trained models (policy, value); frozen "
+                        "ones keep transformers' default. eager is what smollm2-demo trains with on a CPU")
     parser.add_argument("--worker", choices=["ours", "trl_ppo", "rloo"])
     parser.add_argument("--data")
     args = parser.parse_args()
@@ -207,7 +214,8 @@ def main() -> None:
         model = write_data(Path(folder), model, args.max_prompt_length, 4 * args.episodes, args.random_weights)
         worker_args = ["--model", model, "--episodes", str(args.episodes), "--response-length",
                        str(args.response_length), "--max-prompt-length", str(args.max_prompt_length), "--data", folder,
-                       "--checkpointing", args.checkpointing, "--batch", str(args.batch)]
+                       "--checkpointing", args.checkpointing, "--batch", str(args.batch),
+                       "--attention", args.attention]
         import torch
 
         peak = harness.measured_peak(device="cuda" if torch.cuda.is_available() else None)

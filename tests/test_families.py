@@ -66,6 +66,48 @@ def test_response_logprobs_are_a_plain_forwards_log_softmax(family):
             torch.testing.assert_close(ours[row, :len(answer)], theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_rows_forwarded_in_groups_of_their_own_columns_give_the_whole_batchs_numbers_and_gradients(family):
+    """PPO's forwards by groups of rows, each cut to the columns its rows use (``row_groups``), give
+    the log-probs, logits, values and rewards of one forward over the whole padded batch, and the
+    same gradients: the padding they leave out never mattered."""
+    from rlhf.rollout import RolloutEngine, response_values, row_groups
+
+    name, path = family
+    torch.manual_seed(3)
+    tokenizer = load_tokenizer(path)
+    policy = load_causal_lm(path, tokenizer=tokenizer).eval()
+    value = load_scalar_model(path, tokenizer).eval()
+    prompts = [encode_prompt(tokenizer, c) for c in CONVERSATIONS]
+    responses = [encode_response(tokenizer, r) for r in RESPONSES]
+    query, query_mask = pad(prompts, tokenizer.pad_token_id, side="left")
+    response, response_mask = pad(responses, tokenizer.pad_token_id)
+    ids, mask = torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1)
+    groups = row_groups(query_mask, response_mask, overhead_tokens=0)
+    assert len(groups) > 1 and any(g.start > 0 or g.stop < ids.shape[1] for g in groups)  # really cut
+    engine = RolloutEngine(policy, policy, value, value, tokenizer, max_new_tokens=4, temperature=1.0,
+                           no_eos_score=None, autocast=torch.autocast("cpu", enabled=False),
+                           generator=torch.Generator())
+    results = {}
+    for layout in ("whole", "groups"):
+        by = groups if layout == "groups" else None
+        logprobs, logits = response_logprobs(policy, ids, mask, response, 0.7, by)
+        values = response_values(value, ids, mask, query.shape[1], by)
+        real = response_mask.bool()
+        ((logprobs * real).sum() + (values * real).sum()).backward()
+        with torch.no_grad():
+            scores = engine.reward_scores(ids, mask, response, response_mask, None, by)
+        grads = [p.grad.clone() for p in [*policy.parameters(), *value.parameters()] if p.grad is not None]
+        policy.zero_grad(), value.zero_grad()
+        results[layout] = (logprobs * real, logits[real], values * real, scores, grads)
+    for whole, grouped in zip(*results.values()):
+        if isinstance(whole, list):
+            assert len(whole) == len(grouped) > 0
+            for a, b in zip(whole, grouped):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        else:
+            torch.testing.assert_close(grouped, whole, rtol=1e-4, atol=1e-5)
+
+
 def test_reward_is_a_plain_sequence_classifiers_logit_at_the_last_token(family, tmp_path):
     name, path = family
     torch.manual_seed(1)

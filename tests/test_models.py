@@ -223,6 +223,23 @@ def test_models_of_the_wrong_kind_are_one_line_errors(tiny_path, tmp_path):
         load_causal_lm(str(tmp_path / "two"))
 
 
+def test_rows_are_grouped_to_minimise_padded_tokens_plus_a_cost_per_forward():
+    """Four rows of a batch of prompts left-padded to 5 and responses right-padded to 3: prompt
+    lengths 5, 2, 2, 1 and response lengths 1, 3, 3, 1. With a forward costing 4 tokens, the split
+    {row 0} | {rows 1, 2, 3} costs (1·(5 + 1) + 4) + (3·(2 + 3) + 4) = 29, the least (one group:
+    4·(5 + 3) + 4 = 36; {0} | {1, 2} | {3}: 10 + 14 + 6 = 30). At 100 a token, one group."""
+    from rlhf.rollout import row_groups
+
+    query_mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [0, 0, 0, 0, 1]])
+    response_mask = torch.tensor([[1, 0, 0], [1, 1, 1], [1, 1, 1], [1, 0, 0]])
+    groups = row_groups(query_mask, response_mask, overhead_tokens=4)
+    assert [(sorted(g.rows.tolist()), g.start, g.stop) for g in groups] == [([0], 0, 6), ([1, 2, 3], 3, 8)]
+    (whole,) = row_groups(query_mask, response_mask, overhead_tokens=100)
+    assert (sorted(whole.rows.tolist()), whole.start, whole.stop) == ([0, 1, 2, 3], 0, 8)
+    (whole,) = row_groups(query_mask, response_mask, overhead_tokens=None)
+    assert (whole.start, whole.stop) == (0, 8)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_disable_dropout_makes_train_mode_forwards_identical(family):
     """GPT-2's dropout lives in nn.Dropout modules built from resid/embd/attn_pdrop (setting a config

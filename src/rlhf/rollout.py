@@ -52,24 +52,120 @@ class RolloutBatch:
                                for name, value in self.__dict__.items()})
 
 
-def response_logprobs(model, input_ids, attention_mask, response_ids, temperature: float):
-    """log π(y_t | x, y_<t) for each response token, and the logits behind them.
+# a forward's fixed cost on a CPU, in tokens of work: the per-call dispatch of every block and
+# autocast's cast of the weights (about 0.1 s for a 135M model, 0.8 ms a token: BENCHMARKS.md)
+CPU_FORWARD_OVERHEAD_TOKENS = 128
 
-    input_ids/attention_mask (B, P + R) hold prompt + response; response_ids (B, R).
-    Only the last R + 1 positions go through the LM head (the prompt's logits are never needed).
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Rows of a (B, P + R) prompt + response batch forwarded together: ``rows`` (n,) and the columns
+    ``start:stop`` that some row of them uses. The response still begins at column P; in the group it
+    is ``stop − P`` tokens long."""
+
+    rows: torch.Tensor
+    start: int
+    stop: int
+
+
+def row_groups(query_mask: torch.Tensor, response_mask: torch.Tensor,
+               overhead_tokens: int | None = None) -> list[RowGroup]:
+    """Split a batch of left-padded prompts (B, P) and right-padded responses (B, R) into groups of
+    rows, each cut to the columns its rows use, so that the forwards over them pad little.
+
+    A group of n rows costs n · (its longest prompt + its longest response) tokens plus
+    ``overhead_tokens`` for its forward; the split minimises the sum over groups, by dynamic
+    programming over the rows sorted by prompt length (O(B²)). ``overhead_tokens=None``: one group of
+    every row, cut to the columns any row uses (what a GPU wants: few, large forwards)."""
+    width = query_mask.shape[1]
+    prompt = query_mask.sum(1).long().clamp(min=1).tolist()  # a prompt of no token still has its column
+    response = response_mask.sum(1).long().tolist()
+    order = sorted(range(len(prompt)), key=lambda i: (-prompt[i], -response[i]))
+    if overhead_tokens is None:
+        cuts = [0, len(order)]
+    else:  # best[j]: the least cost of order[:j]; after[j]: where its last group starts
+        best, after = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+        for j in range(1, len(order) + 1):
+            longest = 0
+            for i in range(j - 1, -1, -1):  # the group order[i:j]: its longest prompt is order[i]'s
+                longest = max(longest, response[order[i]])
+                cost = best[i] + (j - i) * (prompt[order[i]] + longest) + overhead_tokens
+                if cost < best[j]:
+                    best[j], after[j] = cost, i
+        cuts, j = [len(order)], len(order)
+        while j:
+            j = after[j]
+            cuts.append(j)
+        cuts.reverse()
+    groups = []
+    for i, j in zip(cuts, cuts[1:]):
+        rows = order[i:j]
+        groups.append(RowGroup(torch.tensor(rows, device=query_mask.device), width - prompt[rows[0]],
+                               width + max(response[r] for r in rows)))
+    return groups
+
+
+def forward_by_groups(groups: list[RowGroup], response_length: int, forward):
+    """Run ``forward(rows, start, stop)`` on each group, whose outputs are tensors of its n rows
+    over its ``stop − P`` response positions ((n, R_g, ...)) or one number per row ((n,)), and lay
+    them out as the whole batch's (B, R, ...) or (B,), zero past each group's responses, rows in the
+    batch's order."""
+    parts, rows = [], []
+    for group in groups:
+        outputs = forward(group.rows, group.start, group.stop)
+        parts.append([t if t.dim() < 2 else  # (n,): one number per row
+                      torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, response_length - t.shape[1]])
+                      for t in outputs])
+        rows.append(group.rows)
+    inverse = torch.argsort(torch.cat(rows))
+    return tuple(torch.cat(ts)[inverse] for ts in zip(*parts))
+
+
+def response_logprobs(model, input_ids, attention_mask, response_ids, temperature: float,
+                      groups: list[RowGroup] | None = None):
+    """log π(y_t | x, y_<t) for each response token, and the logits behind them: (B, R), (B, R, V).
+
+    input_ids/attention_mask (B, P + R) hold prompt + response; response_ids (B, R). Each group of
+    ``groups`` (:func:`row_groups`; default: one of every row) is forwarded on its own columns, and
+    only its last R_g + 1 positions go through the LM head (the prompt's logits are never needed).
     """
     response_length = response_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=positions_from_mask(attention_mask), logits_to_keep=response_length + 1).logits
-    logits = logits[:, :-1]
-    return token_logprobs(logits, response_ids, temperature), logits
+    prompt_length = input_ids.shape[1] - response_length
+
+    def forward(rows, start, stop):
+        ids, mask = input_ids[rows, start:stop], attention_mask[rows, start:stop]
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                       logits_to_keep=stop - prompt_length + 1).logits[:, :-1]
+        return token_logprobs(logits, response_ids[rows, :stop - prompt_length], temperature), logits
+
+    return forward_by_groups(groups or _one_group(attention_mask, response_length), response_length, forward)
 
 
-def response_values(value_model, input_ids, attention_mask, prompt_length: int) -> torch.Tensor:
+def response_values(value_model, input_ids, attention_mask, prompt_length: int,
+                    groups: list[RowGroup] | None = None) -> torch.Tensor:
     """V(x, y_<t) for each response token t, read at the position before it: (B, R)."""
-    values = value_model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=positions_from_mask(attention_mask))
-    return values[:, prompt_length - 1:-1]
+    response_length = input_ids.shape[1] - prompt_length
+
+    def forward(rows, start, stop):
+        mask = attention_mask[rows, start:stop]
+        values = value_model(input_ids=input_ids[rows, start:stop], attention_mask=mask,
+                             position_ids=positions_from_mask(mask))
+        return (values[:, prompt_length - start - 1:-1],)
+
+    return forward_by_groups(groups or _one_group(attention_mask, response_length), response_length, forward)[0]
+
+
+def grouping_overhead(device: torch.device) -> int | None:
+    """:func:`row_groups`' cost of one more forward on ``device``: on a CPU, where time follows the
+    tokens, many tight groups; elsewhere one group (a GPU's forwards of a small model are bound by
+    kernel launches, not tokens: not measured here)."""
+    return CPU_FORWARD_OVERHEAD_TOKENS if device.type == "cpu" else None
+
+
+def _one_group(attention_mask: torch.Tensor, response_length: int) -> list[RowGroup]:
+    """Every row, every column: the layout as given."""
+    rows = torch.arange(attention_mask.shape[0], device=attention_mask.device)
+    return [RowGroup(rows, 0, attention_mask.shape[1])]
 
 
 def response_stop_ids(tokenizer, model) -> list[int]:
@@ -141,15 +237,18 @@ class RolloutEngine:
         :meth:`take_policy_scores` from the update's own first forward (one minibatch)."""
         query_ids, query_mask, response_ids, response_mask = self.sample(prompts, source)
         ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
+        groups = row_groups(query_mask, response_mask, grouping_overhead(ids.device))
         with self.autocast():
-            ref_logprobs, _ = response_logprobs(self.models["reference"], ids, mask, response_ids, self.temperature)
+            ref_logprobs, _ = response_logprobs(self.models["reference"], ids, mask, response_ids, self.temperature,
+                                                groups)
             if score_policy:
-                logprobs, _ = response_logprobs(self.models["policy"], ids, mask, response_ids, self.temperature)
+                logprobs, _ = response_logprobs(self.models["policy"], ids, mask, response_ids, self.temperature,
+                                                groups)
                 values = torch.zeros_like(ref_logprobs) if self.value is None else \
-                    response_values(self.value, ids, mask, query_ids.shape[1])
+                    response_values(self.value, ids, mask, query_ids.shape[1], groups)
             else:
                 logprobs, values = torch.zeros_like(ref_logprobs), torch.zeros_like(ref_logprobs)
-            scores = self.reward_scores(ids, mask, response_ids, response_mask, conversations)
+            scores = self.reward_scores(ids, mask, response_ids, response_mask, conversations, groups)
         ended_with_eos = (torch.isin(response_ids, stop_ids(self.eos_ids, response_ids.device))
                           & response_mask.bool()).any(1)
         if self.no_eos_score is not None:
@@ -158,11 +257,19 @@ class RolloutEngine:
         return RolloutBatch(query_ids, query_mask, response_ids, response_mask, logprobs * response_mask,
                             ref_logprobs * response_mask, values * response_mask, scores, ended_with_eos)
 
-    def reward_scores(self, ids, mask, response_ids, response_mask, conversations) -> torch.Tensor:
-        """r(x, y) for each episode, (B,): read from the policy's tokens when the reward model shares
-        the tokenizer, else from the episode rendered again with the reward model's tokenizer."""
+    def reward_scores(self, ids, mask, response_ids, response_mask, conversations,
+                      groups: list[RowGroup] | None = None) -> torch.Tensor:
+        """r(x, y) for each episode, (B,): read from the policy's tokens (by ``groups`` of rows) when
+        the reward model shares the tokenizer, else from the episode rendered again with the reward
+        model's tokenizer."""
         if self.reward_tokenizer is None:
-            return sequence_scores(self.reward_model(ids, mask, positions_from_mask(mask)), mask)
+            def forward(rows, start, stop):
+                group_mask = mask[rows, start:stop]
+                values = self.reward_model(ids[rows, start:stop], group_mask, positions_from_mask(group_mask))
+                return (sequence_scores(values, group_mask),)
+
+            return forward_by_groups(groups or _one_group(mask, response_ids.shape[1]), response_ids.shape[1],
+                                     forward)[0]
         if conversations is None:
             raise ValueError("a reward model with its own tokenizer needs the prompts' conversations")
         tokenizer = self.reward_tokenizer

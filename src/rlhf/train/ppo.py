@@ -56,7 +56,14 @@ from rlhf.models import (
     zero_head_weights,
 )
 from rlhf.models.lora import WithoutAdapters, add_lora, trainable_parameters
-from rlhf.rollout import RolloutBatch, RolloutEngine, response_logprobs, response_values
+from rlhf.rollout import (
+    RolloutBatch,
+    RolloutEngine,
+    grouping_overhead,
+    response_logprobs,
+    response_values,
+    row_groups,
+)
 from rlhf.train.common import (
     MetricsLog,
     NonFiniteGuard,
@@ -200,7 +207,8 @@ class PPOTrainer:
         groups = [{"params": trainable_parameters(policy), "lr": config.learning_rate}]
         if value is not None:
             groups.append({"params": trainable_parameters(value), "lr": config.value_learning_rate})
-        optimizer = torch.optim.AdamW(groups, betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(groups, betas=config.adam_betas, eps=config.adam_eps, weight_decay=0.0,
+                                      fused=None if accelerator.is_fsdp2 else True)  # 5x the for-loop's speed on a CPU
         if value is None:
             self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
             self.value = None
@@ -321,11 +329,13 @@ class PPOTrainer:
         """The policy's log-probs (and logits), the values and the ptx loss, with gradients."""
         config = self.config
         ids, mask = mb.full_sequence()
+        groups = row_groups(mb.query_mask, mb.response_mask, grouping_overhead(ids.device))
         for model in self.trained_models().values():
             model.train(config.gradient_checkpointing)
         with self.accelerator.autocast():
-            logprobs, logits = response_logprobs(self.policy, ids, mask, mb.response_ids, config.temperature)
-            values = None if self.value is None else response_values(self.value, ids, mask, mb.query_ids.shape[1])
+            logprobs, logits = response_logprobs(self.policy, ids, mask, mb.response_ids, config.temperature, groups)
+            values = None if self.value is None else \
+                response_values(self.value, ids, mask, mb.query_ids.shape[1], groups)
             ptx_loss = torch.zeros((), device=ids.device)
             if self.ptx_blocks is not None:
                 ptx_ids = self.next_ptx_batch()
