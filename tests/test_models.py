@@ -142,6 +142,38 @@ def test_a_uniform_number_at_a_block_edge_never_draws_an_impossible_token(monkey
         assert probs[token] > 0, (draw, token)
 
 
+def test_a_given_uniform_number_picks_the_first_token_whose_cumulative_probability_exceeds_it():
+    """Inversion with each row's number given: probabilities 0.1, 0.2, 0.7 (blocks of 2, the second
+    padded) have cumulative sums 0.1, 0.3, 1.0, so 0.05 → token 0, 0.15 → 1, 0.31 → 2, 0.999 → 2."""
+    from rlhf.decode import sample_tokens
+
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.7])).repeat(4, 1)
+    uniform = torch.tensor([0.05, 0.15, 0.31, 0.999], dtype=torch.float64)
+    assert sample_tokens(logits, 1.0, None, block=2, uniform=uniform).tolist() == [0, 1, 2, 2]
+
+
+def test_a_prompts_response_does_not_depend_on_the_batch_it_is_sampled_in(tiny_path, monkeypatch):
+    """``generate`` samples prompt i with its own uniform numbers: the same responses one at a
+    time, two at a time and all together, and, in a list that starts with other prompts, the same
+    response for the prompt at the same index only. In fp32: in bf16 another batch's shapes can
+    round a logit differently and flip a draw that falls within rounding of a token's edge."""
+    import contextlib
+
+    import rlhf.generate
+    from rlhf.generate import generate
+
+    monkeypatch.setattr(rlhf.generate, "inference_dtype", lambda: None)
+    monkeypatch.setattr(rlhf.generate, "inference_autocast", contextlib.nullcontext)
+
+    prompts = ["Say words about cats 1.", "Say words about rain 22.", "Say words about a city 333."]
+    alone = generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=1)
+    assert generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=2) == alone
+    assert generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=16) == alone
+    assert len(set(alone)) == 3 and all(alone)
+    assert generate(tiny_path, prompts[::-1], 12, 1.0, seed=5)[1] == alone[1]  # index 1 in both lists
+    assert generate(tiny_path, prompts, 12, 1.0, seed=6) != alone
+
+
 def test_residual_dropout_active_in_train_only(tiny_path):
     model = load_causal_lm(tiny_path, dropout=0.2)
     handles = add_residual_dropout(model, 0.2)

@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
-                  block: int = 256) -> torch.Tensor:
+                  block: int = 256, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """Tokens ~ softmax(logits / T) by inversion: one uniform number per row, looked up in the
     cumulative distribution first over blocks of ``block`` tokens, then within the block found —
     a tenth of Gumbel-max's cost at batch 16 over a 49k vocabulary (which draws a number per token)
     and less than a fifth of ``torch.multinomial``'s. The uniform number and both cumulative sums
     are float64, and the pick is capped at the last token of non-zero probability, so rounding at a
-    block's edge never draws an impossible token. Temperature 0: argmax. logits (B, V) → tokens (B,)."""
+    block's edge never draws an impossible token. ``uniform`` (B,) in [0, 1): each row's number,
+    given instead of drawn from ``generator``. Temperature 0: argmax. logits (B, V) → tokens (B,)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature if temperature != 1 else logits.float(), -1)
@@ -51,7 +52,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gen
     block_cdf = probs.sum(-1, dtype=torch.float64).cumsum(-1)  # (B, V / block)
     total = block_cdf[:, -1:]
     # u in [0, total): the first cumulative value above it belongs to a token of non-zero probability
-    u = torch.rand((rows, 1), generator=generator, device=logits.device, dtype=torch.float64) * total
+    if uniform is None:
+        uniform = torch.rand((rows, 1), generator=generator, device=logits.device, dtype=torch.float64)
+    u = uniform.view(rows, 1).to(torch.float64) * total
     last_block = (block_cdf < total).sum(-1, keepdim=True)  # the last block with probability in it
     chosen = torch.minimum(torch.searchsorted(block_cdf, u, right=True), last_block)  # (B, 1)
     before = torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp(min=0)), 0.0)
@@ -77,11 +80,14 @@ def end_rows(token: torch.Tensor, finished: torch.Tensor, eos: torch.Tensor, pad
 @torch.no_grad()
 def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                      eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     generator: torch.Generator | None = None,
+                     uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The eager path: sample up to ``max_new_tokens`` per left-padded prompt with the model's own
     dynamic cache, stopping early once every row has emitted EOS. Returns (response_ids,
     response_mask), both (B, R): the mask covers the tokens up to and including the first EOS;
-    later positions are PAD."""
+    later positions are PAD. ``uniforms`` (B, max_new_tokens): each row's own uniform number at each
+    step (:func:`sample_tokens`), instead of draws from ``generator``, so that a row's tokens do not
+    depend on the batch it is in."""
     eos = stop_ids(eos_token_id, prompt_ids.device)
     batch = prompt_ids.shape[0]
     positions = positions_from_mask(prompt_mask)
@@ -92,8 +98,9 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, masks = [], []
-    for _ in range(max_new_tokens):
-        token, alive, finished = end_rows(sample_tokens(logits, temperature, generator), finished, eos, pad_token_id)
+    for step in range(max_new_tokens):
+        token = sample_tokens(logits, temperature, generator, uniform=None if uniforms is None else uniforms[:, step])
+        token, alive, finished = end_rows(token, finished, eos, pad_token_id)
         masks.append(alive)
         tokens.append(token)
         if finished.all() or len(tokens) == max_new_tokens:
@@ -357,8 +364,10 @@ class Decoder:
     @torch.no_grad()
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0,
-               generator: torch.Generator | None = None, return_logprobs: bool = False):
-        """(response_ids, response_mask), both (B, R), as :func:`sample_responses`; with
+               generator: torch.Generator | None = None, return_logprobs: bool = False,
+               uniforms: torch.Tensor | None = None):
+        """(response_ids, response_mask), both (B, R), as :func:`sample_responses` (``uniforms``
+        too: each row's own numbers instead of ``generator``'s draws); with
         ``return_logprobs`` also the sampler's own log π(y_t | …) of each token at ``temperature``
         (B, R), which the scoring pass reproduces within the sampling precision."""
         rows, prompt_length = prompt_ids.shape
@@ -393,7 +402,8 @@ class Decoder:
             check_every = 8 if ids.device.type == "cuda" else 1  # a host sync per check
             produced = 0
             for step in range(max_new_tokens):
-                token = sample_tokens(logits[:rows], temperature, generator)  # the draws of the eager path
+                token = sample_tokens(logits[:rows], temperature, generator,  # the draws of the eager path
+                                      uniform=None if uniforms is None else uniforms[:, step])
                 if logprobs is not None:
                     scaled = logits[:rows] / (temperature or 1.0)
                     logprobs[:, step] = scaled.gather(1, token.unsqueeze(1)).squeeze(1) - scaled.logsumexp(-1)
