@@ -54,7 +54,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gen
     # u in [0, total): the first cumulative value above it belongs to a token of non-zero probability
     if uniform is None:
         uniform = torch.rand((rows, 1), generator=generator, device=logits.device, dtype=torch.float64)
-    u = uniform.view(rows, 1).to(torch.float64) * total
+    u = uniform.view(rows, 1).to(logits.device, torch.float64) * total
     last_block = (block_cdf < total).sum(-1, keepdim=True)  # the last block with probability in it
     chosen = torch.minimum(torch.searchsorted(block_cdf, u, right=True), last_block)  # (B, 1)
     before = torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp(min=0)), 0.0)

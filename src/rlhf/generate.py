@@ -32,7 +32,8 @@ def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, tem
     Prompt i is sampled with its own uniform numbers (:func:`prompt_uniforms`): its response does
     not depend on ``batch_size`` or on the other prompts, and two models given the same prompts and
     seed draw with the same numbers (common random numbers: the difference between their samples
-    is the models', not the draws')."""
+    is the models', not the draws'). In bf16 another batch's shapes can still round a logit
+    differently and flip a draw that falls within rounding of a token's edge."""
     tokenizer = tokenizer or load_tokenizer(model_name)
     decoder = decoder or sampling_decoder(model or load_causal_lm(model_name, tokenizer=tokenizer))
     eos_ids = response_stop_ids(tokenizer, decoder.model)  # a copy keeps the generation config

@@ -74,12 +74,16 @@ def row_groups(query_mask: torch.Tensor, response_mask: torch.Tensor,
     rows, each cut to the columns its rows use, so that the forwards over them pad little.
 
     A group of n rows costs n · (its longest prompt + its longest response) tokens plus
-    ``overhead_tokens`` for its forward; the split minimises the sum over groups, by dynamic
-    programming over the rows sorted by prompt length (O(B²)). ``overhead_tokens=None``: one group of
-    every row, cut to the columns any row uses (what a GPU wants: few, large forwards)."""
+    ``overhead_tokens`` for its forward. The rows are sorted by prompt length, and dynamic
+    programming finds the split of that order into consecutive groups of least total cost (O(B²)).
+    ``overhead_tokens=None``: one group of every row, in the batch's order, cut to the columns any
+    row uses (what a GPU wants: few, large forwards; and what several processes need, which must
+    run as many forwards as each other)."""
     width = query_mask.shape[1]
     prompt = query_mask.sum(1).long().clamp(min=1).tolist()  # a prompt of no token still has its column
     response = response_mask.sum(1).long().tolist()
+    if not prompt:  # no rows: the layout as given
+        return [RowGroup(torch.arange(0, device=query_mask.device), 0, width + response_mask.shape[1])]
     order = sorted(range(len(prompt)), key=lambda i: (-prompt[i], -response[i]))
     if overhead_tokens is None:
         cuts = [0, len(order)]
@@ -97,10 +101,12 @@ def row_groups(query_mask: torch.Tensor, response_mask: torch.Tensor,
             j = after[j]
             cuts.append(j)
         cuts.reverse()
+    if len(cuts) == 2:  # one group: every row, in the batch's order
+        order = list(range(len(order)))
     groups = []
     for i, j in zip(cuts, cuts[1:]):
         rows = order[i:j]
-        groups.append(RowGroup(torch.tensor(rows, device=query_mask.device), width - prompt[rows[0]],
+        groups.append(RowGroup(torch.tensor(rows, device=query_mask.device), width - max(prompt[r] for r in rows),
                                width + max(response[r] for r in rows)))
     return groups
 
@@ -109,21 +115,30 @@ def forward_by_groups(groups: list[RowGroup], response_length: int, forward):
     """Run ``forward(rows, start, stop)`` on each group, whose outputs are tensors of its n rows
     over its ``stop − P`` response positions ((n, R_g, ...)) or one number per row ((n,)), and lay
     them out as the whole batch's (B, R, ...) or (B,), zero past each group's responses, rows in the
-    batch's order."""
+    batch's order. One group (every row) is forwarded as the batch is, its outputs neither copied
+    nor reordered."""
+    if len(groups) == 1:
+        (group,) = groups
+        return tuple(_pad_responses(t, response_length) for t in forward(slice(None), group.start, group.stop))
     parts, rows = [], []
     for group in groups:
-        outputs = forward(group.rows, group.start, group.stop)
-        parts.append([t if t.dim() < 2 else  # (n,): one number per row
-                      torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, response_length - t.shape[1]])
-                      for t in outputs])
+        parts.append([_pad_responses(t, response_length) for t in forward(group.rows, group.start, group.stop)])
         rows.append(group.rows)
     inverse = torch.argsort(torch.cat(rows))
     return tuple(torch.cat(ts)[inverse] for ts in zip(*parts))
 
 
+def _pad_responses(t: torch.Tensor, response_length: int) -> torch.Tensor:
+    """(n, R_g, ...) → (n, R, ...) with zeros after R_g; (n,) as it is."""
+    if t.dim() < 2 or t.shape[1] == response_length:
+        return t
+    return torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, response_length - t.shape[1]])
+
+
 def response_logprobs(model, input_ids, attention_mask, response_ids, temperature: float,
-                      groups: list[RowGroup] | None = None):
-    """log π(y_t | x, y_<t) for each response token, and the logits behind them: (B, R), (B, R, V).
+                      groups: list[RowGroup] | None = None, with_logits: bool = True):
+    """log π(y_t | x, y_<t) for each response token, and the logits behind them: (B, R), (B, R, V)
+    (``with_logits=False``: None, and no (B, R, V) copy is laid out).
 
     input_ids/attention_mask (B, P + R) hold prompt + response; response_ids (B, R). Each group of
     ``groups`` (:func:`row_groups`; default: one of every row) is forwarded on its own columns, and
@@ -136,9 +151,11 @@ def response_logprobs(model, input_ids, attention_mask, response_ids, temperatur
         ids, mask = input_ids[rows, start:stop], attention_mask[rows, start:stop]
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                        logits_to_keep=stop - prompt_length + 1).logits[:, :-1]
-        return token_logprobs(logits, response_ids[rows, :stop - prompt_length], temperature), logits
+        logprobs = token_logprobs(logits, response_ids[rows, :stop - prompt_length], temperature)
+        return (logprobs, logits) if with_logits else (logprobs,)
 
-    return forward_by_groups(groups or _one_group(attention_mask, response_length), response_length, forward)
+    outputs = forward_by_groups(groups or _one_group(attention_mask, response_length), response_length, forward)
+    return outputs if with_logits else (outputs[0], None)
 
 
 def response_values(value_model, input_ids, attention_mask, prompt_length: int,
@@ -164,8 +181,7 @@ def grouping_overhead(device: torch.device) -> int | None:
 
 def _one_group(attention_mask: torch.Tensor, response_length: int) -> list[RowGroup]:
     """Every row, every column: the layout as given."""
-    rows = torch.arange(attention_mask.shape[0], device=attention_mask.device)
-    return [RowGroup(rows, 0, attention_mask.shape[1])]
+    return [RowGroup(torch.arange(attention_mask.shape[0], device=attention_mask.device), 0, attention_mask.shape[1])]
 
 
 def response_stop_ids(tokenizer, model) -> list[int]:
@@ -192,7 +208,7 @@ class RolloutEngine:
     def __init__(self, policy, reference, value, reward_model, tokenizer, *, max_new_tokens: int,
                  temperature: float, no_eos_score: float | None, autocast, generator: torch.Generator,
                  dtype: torch.dtype | None = None, engine: str = "static", compile: bool | None = None,
-                 reward_tokenizer=None):
+                 reward_tokenizer=None, row_group_overhead: int | None = None):
         self.models = {"policy": policy, "reference": reference}
         self.value, self.reward_model, self.tokenizer = value, reward_model, tokenizer
         self.reward_tokenizer = reward_tokenizer
@@ -200,6 +216,7 @@ class RolloutEngine:
         self.autocast, self.generator = autocast, generator
         self.eos_ids = response_stop_ids(tokenizer, policy)
         self.engine, self.dtype, self.compile = engine, dtype, compile
+        self.row_group_overhead = row_group_overhead  # the scoring forwards' row_groups (None: one group)
         self.decoders: dict[str, Decoder] = {}
 
     def decoder(self, source: str) -> Decoder:
@@ -237,13 +254,13 @@ class RolloutEngine:
         :meth:`take_policy_scores` from the update's own first forward (one minibatch)."""
         query_ids, query_mask, response_ids, response_mask = self.sample(prompts, source)
         ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
-        groups = row_groups(query_mask, response_mask, grouping_overhead(ids.device))
+        groups = row_groups(query_mask, response_mask, self.row_group_overhead)
         with self.autocast():
             ref_logprobs, _ = response_logprobs(self.models["reference"], ids, mask, response_ids, self.temperature,
-                                                groups)
+                                                groups, with_logits=False)
             if score_policy:
                 logprobs, _ = response_logprobs(self.models["policy"], ids, mask, response_ids, self.temperature,
-                                                groups)
+                                                groups, with_logits=False)
                 values = torch.zeros_like(ref_logprobs) if self.value is None else \
                     response_values(self.value, ids, mask, query_ids.shape[1], groups)
             else:

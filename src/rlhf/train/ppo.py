@@ -236,7 +236,10 @@ class PPOTrainer:
             autocast=accelerator.autocast, generator=self.sampling,
             dtype=torch.bfloat16 if accelerator.mixed_precision == "bf16" else None,
             engine=config.rollout_engine, compile=config.compile_decode,
-            reward_tokenizer=None if same_tokenizer(tokenizer, reward_tokenizer) else reward_tokenizer)
+            reward_tokenizer=None if same_tokenizer(tokenizer, reward_tokenizer) else reward_tokenizer,
+            # groups of rows on one CPU process; several processes must run as many forwards as each other
+            # (DDP syncs buffers and FSDP2 gathers weights in every forward): one group each
+            row_group_overhead=grouping_overhead(accelerator.device) if accelerator.num_processes == 1 else None)
 
     # ---- data -------------------------------------------------------------------------
     def next_prompts(self, count: int) -> list[tuple[list[int], list]]:
@@ -329,7 +332,7 @@ class PPOTrainer:
         """The policy's log-probs (and logits), the values and the ptx loss, with gradients."""
         config = self.config
         ids, mask = mb.full_sequence()
-        groups = row_groups(mb.query_mask, mb.response_mask, grouping_overhead(ids.device))
+        groups = row_groups(mb.query_mask, mb.response_mask, self.engine.row_group_overhead)
         for model in self.trained_models().values():
             model.train(config.gradient_checkpointing)
         with self.accelerator.autocast():
