@@ -111,15 +111,16 @@ def row_groups(query_mask: torch.Tensor, response_mask: torch.Tensor,
     return groups
 
 
-def forward_by_groups(groups: list[RowGroup], response_length: int, forward):
-    """Run ``forward(rows, start, stop)`` on each group, whose outputs are tensors of its n rows
+def forward_by_groups(groups: list[RowGroup] | None, columns: int, response_length: int, forward):
+    """Run ``forward(rows, start, stop)`` on each group (None: one group of every row and all
+    ``columns``, the layout as given), whose outputs are tensors of its n rows
     over its ``stop − P`` response positions ((n, R_g, ...)) or one number per row ((n,)), and lay
     them out as the whole batch's (B, R, ...) or (B,), zero past each group's responses, rows in the
     batch's order. One group (every row) is forwarded as the batch is, its outputs neither copied
     nor reordered."""
-    if len(groups) == 1:
-        (group,) = groups
-        return tuple(_pad_responses(t, response_length) for t in forward(slice(None), group.start, group.stop))
+    if groups is None or len(groups) == 1:
+        start, stop = (0, columns) if groups is None else (groups[0].start, groups[0].stop)
+        return tuple(_pad_responses(t, response_length) for t in forward(slice(None), start, stop))
     parts, rows = [], []
     for group in groups:
         parts.append([_pad_responses(t, response_length) for t in forward(group.rows, group.start, group.stop)])
@@ -154,7 +155,7 @@ def response_logprobs(model, input_ids, attention_mask, response_ids, temperatur
         logprobs = token_logprobs(logits, response_ids[rows, :stop - prompt_length], temperature)
         return (logprobs, logits) if with_logits else (logprobs,)
 
-    outputs = forward_by_groups(groups or _one_group(attention_mask, response_length), response_length, forward)
+    outputs = forward_by_groups(groups, input_ids.shape[1], response_length, forward)
     return outputs if with_logits else (outputs[0], None)
 
 
@@ -169,7 +170,7 @@ def response_values(value_model, input_ids, attention_mask, prompt_length: int,
                              position_ids=positions_from_mask(mask))
         return (values[:, prompt_length - start - 1:-1],)
 
-    return forward_by_groups(groups or _one_group(attention_mask, response_length), response_length, forward)[0]
+    return forward_by_groups(groups, input_ids.shape[1], response_length, forward)[0]
 
 
 def grouping_overhead(device: torch.device) -> int | None:
@@ -177,11 +178,6 @@ def grouping_overhead(device: torch.device) -> int | None:
     tokens, many tight groups; elsewhere one group (a GPU's forwards of a small model are bound by
     kernel launches, not tokens: not measured here)."""
     return CPU_FORWARD_OVERHEAD_TOKENS if device.type == "cpu" else None
-
-
-def _one_group(attention_mask: torch.Tensor, response_length: int) -> list[RowGroup]:
-    """Every row, every column: the layout as given."""
-    return [RowGroup(torch.arange(attention_mask.shape[0], device=attention_mask.device), 0, attention_mask.shape[1])]
 
 
 def response_stop_ids(tokenizer, model) -> list[int]:
@@ -285,8 +281,7 @@ class RolloutEngine:
                 values = self.reward_model(ids[rows, start:stop], group_mask, positions_from_mask(group_mask))
                 return (sequence_scores(values, group_mask),)
 
-            return forward_by_groups(groups or _one_group(mask, response_ids.shape[1]), response_ids.shape[1],
-                                     forward)[0]
+            return forward_by_groups(groups, ids.shape[1], response_ids.shape[1], forward)[0]
         if conversations is None:
             raise ValueError("a reward model with its own tokenizer needs the prompts' conversations")
         tokenizer = self.reward_tokenizer
