@@ -68,7 +68,7 @@ def test_response_logprobs_are_a_plain_forwards_log_softmax(family):
 
 def test_rows_forwarded_in_groups_of_their_own_columns_give_the_whole_batchs_numbers_and_gradients(family):
     """PPO's forwards by groups of rows, each cut to the columns its rows use (``row_groups``), give
-    the log-probs, logits, values and rewards of one forward over the whole padded batch, and the
+    the log-probs, entropies, values and rewards of one forward over the whole padded batch, and the
     same gradients: the padding they leave out never mattered."""
     from rlhf.rollout import RolloutEngine, response_values, row_groups
 
@@ -90,7 +90,7 @@ def test_rows_forwarded_in_groups_of_their_own_columns_give_the_whole_batchs_num
     results = {}
     for layout in ("whole", "groups"):
         by = groups if layout == "groups" else None
-        logprobs, logits = response_logprobs(policy, ids, mask, response, 0.7, by)
+        logprobs, entropy = response_logprobs(policy, ids, mask, response, 0.7, by, with_entropy=True)
         values = response_values(value, ids, mask, query.shape[1], by)
         real = response_mask.bool()
         ((logprobs * real).sum() + (values * real).sum()).backward()
@@ -98,7 +98,7 @@ def test_rows_forwarded_in_groups_of_their_own_columns_give_the_whole_batchs_num
             scores = engine.reward_scores(ids, mask, response, response_mask, None, by)
         grads = [p.grad.clone() for p in [*policy.parameters(), *value.parameters()] if p.grad is not None]
         policy.zero_grad(), value.zero_grad()
-        results[layout] = (logprobs * real, logits[real], values * real, scores, grads)
+        results[layout] = (logprobs * real, entropy[real], values * real, scores, grads)
     for whole, grouped in zip(*results.values()):
         if isinstance(whole, list):
             assert len(whole) == len(grouped) > 0

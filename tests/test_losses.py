@@ -7,7 +7,6 @@ import torch
 
 from rlhf.losses import (
     adaptive_kl_coef,
-    entropy_from_logits,
     explained_variance,
     gae_advantages,
     kl_penalized_rewards,
@@ -20,6 +19,7 @@ from rlhf.losses import (
     response_lm_loss,
     rloo_advantages,
     token_logprobs,
+    token_logprobs_and_entropy,
     whiten,
 )
 
@@ -49,7 +49,30 @@ def test_token_logprobs_divides_by_temperature():
 
 
 def test_entropy_of_uniform_is_log_v():
-    assert entropy_from_logits(torch.zeros(1, 1, 8)).item() == pytest.approx(math.log(8), rel=1e-6)
+    logprobs, entropy = token_logprobs_and_entropy(torch.zeros(1, 1, 8), torch.tensor([[3]]))
+    assert entropy.item() == pytest.approx(math.log(8), rel=1e-6)
+    assert logprobs.item() == pytest.approx(-math.log(8), rel=1e-6)
+
+
+def test_log_probs_with_entropy_carry_the_gradient_of_log_probs_alone_and_a_hand_computed_entropy():
+    # position 0: logits (log 3, 0) at temperature 1 -> p = (3/4, 1/4); 9 rows so that chunks of 4 are crossed
+    logits = torch.zeros(9, 2, 2)
+    logits[:, 0, 0] = math.log(3.0)
+    logits[:, 1] = torch.tensor([0.0, 2.0])
+    tokens = torch.tensor([[1, 0]] * 9)
+    theirs = logits.clone().requires_grad_()
+    ours = logits.clone().requires_grad_()
+    logprobs, entropy = token_logprobs_and_entropy(ours, tokens, temperature=2.0)
+    assert not entropy.requires_grad and entropy.shape == logprobs.shape == (9, 2)
+    # temperature 2: position 0 has p ∝ (√3, 1), position 1 p ∝ (1, e)
+    p0 = torch.tensor([math.sqrt(3.0), 1.0]) / (math.sqrt(3.0) + 1.0)
+    p1 = torch.tensor([1.0, math.e]) / (1.0 + math.e)
+    expected_h = torch.stack([-(p * p.log()).sum() for p in (p0, p1)])
+    torch.testing.assert_close(entropy, expected_h.expand(9, 2), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logprobs[0], torch.stack([p0[1].log(), p1[0].log()]), rtol=1e-6, atol=1e-6)
+    logprobs.sum().backward()
+    torch.gather((theirs / 2.0).log_softmax(-1), 2, tokens[..., None]).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad)
 
 
 def test_ranking_loss_k2():

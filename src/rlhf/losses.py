@@ -69,22 +69,34 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     temperature as at sampling time must be used, or the KL to the reference grows too fast.
     A few rows at a time, so that the float copies of a bf16 batch never exist all at once.
     """
-    return torch.cat([_token_logprobs(rows, targets, temperature)
+    return torch.cat([_token_logprobs(_log_softmax(rows, temperature), targets)
                       for rows, targets in zip(logits.split(ROWS_AT_A_TIME), tokens.split(ROWS_AT_A_TIME))])
 
 
-def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor,
+                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_logprobs` (B, T), with gradients, and the entropy of each position's distribution
+    (B, T) from the same log-softmax, without (a metric): one pass over the (B, T, V) logits, which
+    need not be kept for the entropy."""
+    parts = []
+    for rows, targets in zip(logits.split(ROWS_AT_A_TIME), tokens.split(ROWS_AT_A_TIME)):
+        logp = _log_softmax(rows, temperature)
+        with torch.no_grad():
+            entropy = _entropy(logp)
+        parts.append((_token_logprobs(logp, targets), entropy))
+    return torch.cat([lp for lp, _ in parts]), torch.cat([h for _, h in parts])
+
+
+def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # one (B, T, V) copy fewer
-    return torch.gather(logits.log_softmax(-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+    return logits.log_softmax(-1)
 
 
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """H = −Σ_v p_v log p_v per position, (B, T, V) → (B, T), a few rows at a time."""
-    return torch.cat([_entropy(rows, temperature) for rows in logits.split(ROWS_AT_A_TIME)])
+def _token_logprobs(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def _entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    logp = (logits.float() / temperature).log_softmax(-1)
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from rlhf.data.collate import encode_prompt, encode_response, pad
 from rlhf.decode import Decoder, sample_responses, stop_ids
-from rlhf.losses import token_logprobs
+from rlhf.losses import token_logprobs, token_logprobs_and_entropy
 from rlhf.models import positions_from_mask, sequence_scores
 
 
@@ -137,13 +137,14 @@ def _pad_responses(t: torch.Tensor, response_length: int) -> torch.Tensor:
 
 
 def response_logprobs(model, input_ids, attention_mask, response_ids, temperature: float,
-                      groups: list[RowGroup] | None = None, with_logits: bool = True):
-    """log π(y_t | x, y_<t) for each response token, and the logits behind them: (B, R), (B, R, V)
-    (``with_logits=False``: None, and no (B, R, V) copy is laid out).
+                      groups: list[RowGroup] | None = None, with_entropy: bool = False):
+    """log π(y_t | x, y_<t) for each response token (B, R), and with ``with_entropy`` the entropy of
+    π(· | x, y_<t) at each (B, R), from the same log-softmax and without gradients (else None).
 
     input_ids/attention_mask (B, P + R) hold prompt + response; response_ids (B, R). Each group of
     ``groups`` (:func:`row_groups`; default: one of every row) is forwarded on its own columns, and
-    only its last R_g + 1 positions go through the LM head (the prompt's logits are never needed).
+    only its last R_g + 1 positions go through the LM head (the prompt's logits are never needed,
+    and no group's (n, R_g, V) logits outlive its forward).
     """
     response_length = response_ids.shape[1]
     prompt_length = input_ids.shape[1] - response_length
@@ -152,11 +153,13 @@ def response_logprobs(model, input_ids, attention_mask, response_ids, temperatur
         ids, mask = input_ids[rows, start:stop], attention_mask[rows, start:stop]
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                        logits_to_keep=stop - prompt_length + 1).logits[:, :-1]
-        logprobs = token_logprobs(logits, response_ids[rows, :stop - prompt_length], temperature)
-        return (logprobs, logits) if with_logits else (logprobs,)
+        tokens = response_ids[rows, :stop - prompt_length]
+        if with_entropy:
+            return token_logprobs_and_entropy(logits, tokens, temperature)
+        return (token_logprobs(logits, tokens, temperature),)
 
     outputs = forward_by_groups(groups, input_ids.shape[1], response_length, forward)
-    return outputs if with_logits else (outputs[0], None)
+    return outputs if with_entropy else (outputs[0], None)
 
 
 def response_values(value_model, input_ids, attention_mask, prompt_length: int,
@@ -253,10 +256,10 @@ class RolloutEngine:
         groups = row_groups(query_mask, response_mask, self.row_group_overhead)
         with self.autocast():
             ref_logprobs, _ = response_logprobs(self.models["reference"], ids, mask, response_ids, self.temperature,
-                                                groups, with_logits=False)
+                                                groups)
             if score_policy:
                 logprobs, _ = response_logprobs(self.models["policy"], ids, mask, response_ids, self.temperature,
-                                                groups, with_logits=False)
+                                                groups)
                 values = torch.zeros_like(ref_logprobs) if self.value is None else \
                     response_values(self.value, ids, mask, query_ids.shape[1], groups)
             else:

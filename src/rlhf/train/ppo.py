@@ -34,7 +34,6 @@ from rlhf.data.readers import DataError, read_prompts, read_text
 from rlhf.eval.perplexity import split_text
 from rlhf.losses import (
     adaptive_kl_coef,
-    entropy_from_logits,
     explained_variance,
     gae_advantages,
     kl_penalized_rewards,
@@ -53,6 +52,7 @@ from rlhf.models import (
     load_tokenizer,
     same_tokenizer,
     train_top_layers,
+    training_attention,
     zero_head_weights,
 )
 from rlhf.models.lora import WithoutAdapters, add_lora, trainable_parameters
@@ -165,7 +165,8 @@ class PPOTrainer:
             train_text, _ = split_text(read_text(config.pretraining), config.ptx_held_out_fraction)
             self.ptx_blocks = pack_text(tokenizer, train_text, config.ptx_block_size)
 
-        attention = {"attn_implementation": config.attn_implementation}  # the trained models'; frozen ones: default
+        attention = {"attn_implementation": training_attention(  # the trained models'; frozen ones: default
+            config.attn_implementation, config.max_length, accelerator.device)}
         policy = load_causal_lm(config.model, tokenizer=tokenizer, **attention)
         if config.lora:  # the reference is the policy's backbone: one copy of the weights serves both
             self.reference = WithoutAdapters(add_lora(policy, config.lora))
@@ -329,14 +330,15 @@ class PPOTrainer:
         return metrics
 
     def forward_minibatch(self, mb: RolloutBatch) -> dict[str, torch.Tensor]:
-        """The policy's log-probs (and logits), the values and the ptx loss, with gradients."""
+        """The policy's log-probs (and entropies), the values and the ptx loss, with gradients."""
         config = self.config
         ids, mask = mb.full_sequence()
         groups = row_groups(mb.query_mask, mb.response_mask, self.engine.row_group_overhead)
         for model in self.trained_models().values():
             model.train(config.gradient_checkpointing)
         with self.accelerator.autocast():
-            logprobs, logits = response_logprobs(self.policy, ids, mask, mb.response_ids, config.temperature, groups)
+            logprobs, entropy = response_logprobs(self.policy, ids, mask, mb.response_ids, config.temperature, groups,
+                                                  with_entropy=True)
             values = None if self.value is None else \
                 response_values(self.value, ids, mask, mb.query_ids.shape[1], groups)
             ptx_loss = torch.zeros((), device=ids.device)
@@ -344,7 +346,7 @@ class PPOTrainer:
                 ptx_ids = self.next_ptx_batch()
                 ptx_logits = self.policy(input_ids=ptx_ids).logits
                 ptx_loss = response_lm_loss(ptx_logits, ptx_ids, torch.ones_like(ptx_ids))
-        return {"logprobs": logprobs, "logits": logits, "values": values, "ptx_loss": ptx_loss}
+        return {"logprobs": logprobs, "entropy": entropy, "values": values, "ptx_loss": ptx_loss}
 
     def update(self, mb: RolloutBatch, forward: dict[str, torch.Tensor]) -> dict[str, float]:
         """PPO-ptx loss on a forwarded minibatch, backward, clip, optimizer step."""
@@ -369,8 +371,7 @@ class PPOTrainer:
                             last_checkpoint=self.checkpoints and self.checkpoints.last_saved):
             self.optimizer.step()
         self.optimizer.zero_grad()
-        with torch.no_grad():
-            entropy = masked_mean(entropy_from_logits(forward["logits"].detach(), config.temperature), mb.response_mask)
+        entropy = masked_mean(forward["entropy"], mb.response_mask)
         return {
             "ppo/loss/policy": policy_loss.item(), "ppo/loss/ptx": ptx_loss.item(), "ppo/loss/total": loss.item(),
             "ppo/policy/clipfrac": policy_stats["clipfrac"].item(),
