@@ -362,3 +362,45 @@ def test_the_attention_kernel_asked_for_gives_the_same_model_and_is_not_saved(ti
     with pytest.raises(DataError, match=rf"^{tiny_path}: cannot be loaded \(.*attn_implementation=\"bogus\"") as error:
         load_causal_lm(tiny_path, attn_implementation="bogus")
     assert "\n" not in str(error.value)
+
+
+def test_unset_attention_is_eager_on_a_cpu_for_rows_of_at_most_192_tokens_and_the_default_elsewhere(
+        tiny_path, tmp_path):
+    """``attn_implementation: null`` resolves by device and row length (CPU flash-attention's backward
+    is the slower one at short lengths, BENCHMARKS.md); one asked for is kept everywhere. Every stage
+    loads the models it trains with what it returns (a spy on its loader, stopped there)."""
+    from rlhf.models import training_attention
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert training_attention(None, 192, cpu) == "eager"
+    assert training_attention(None, 193, cpu) is None
+    assert training_attention(None, 128, gpu) is None
+    assert training_attention("sdpa", 128, cpu) == "sdpa"
+    assert training_attention("flash_attention_2", 4096, gpu) == "flash_attention_2"
+
+    from rlhf.config import load_config
+    from rlhf.data.synthetic import write_synthetic_data
+    from rlhf.train import dpo, ppo, reward, sft
+
+    class Loaded(Exception):
+        pass
+
+    def spy(*args, attn_implementation=None, **kwargs):
+        raise Loaded(attn_implementation)
+
+    data = write_synthetic_data(tmp_path / "data", n_demos=16, n_comparisons=16, n_prompts=8)
+    for stage, module, loader, records in (("sft", sft, "load_causal_lm", "data=[{demonstrations}]"),
+                                           ("reward", reward, "load_scalar_model", "data=[{comparisons}]"),
+                                           ("dpo", dpo, "load_causal_lm", "data=[{comparisons}]"),
+                                           ("ppo", ppo, "load_causal_lm", "prompts=[{prompts}]")):
+        for length, asked, expected in ((128, None, "eager"), (256, None, None), (128, "sdpa", "sdpa")):
+            settings = [f"model={tiny_path}", records.format(**data), f"max_length={length}",
+                        f"output_dir={tmp_path / stage / str(length) / str(asked)}"]
+            if stage == "ppo":
+                settings += [f"reward_model={tiny_path}", "max_prompt_length=64", "max_new_tokens=16", "ptx_coef=0"]
+            config = load_config(stage, [], settings + ([f"attn_implementation={asked}"] if asked else []))
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(module, loader, spy)
+                with pytest.raises(Loaded) as loaded:
+                    getattr(module, f"train_{stage}")(config)
+            assert loaded.value.args == (expected,), (stage, length, asked)

@@ -84,8 +84,8 @@ class StageConfig(BaseModel):
     attn_implementation: str | None = Field(
         None, description="the attention kernel of the models the stage trains (in PPO the policy and the value "
         "model; its frozen reference and reward model keep the default), as transformers names it: sdpa, eager, "
-        "flash_attention_2, … (null: transformers' default, sdpa where the model has it). On a CPU, eager trains "
-        "6-7 % faster than sdpa on sequences of 192 tokens or fewer (BENCHMARKS.md)")
+        "flash_attention_2, … (null: eager on a CPU when max_length is 192 tokens or fewer, where it trains 6-7 % "
+        "faster than sdpa (BENCHMARKS.md); otherwise transformers' default, sdpa where the model has it)")
     train_layers: int | None = Field(
         None, ge=1, description="train only the top N transformer blocks (and the final norm and head; in PPO, "
         "of the policy and the value model); the embeddings and the blocks below stay frozen, and the backward "

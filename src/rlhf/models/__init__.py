@@ -172,6 +172,18 @@ def dropout_fields(config, attention: float) -> dict[str, float]:
             if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop"))}
 
 
+CPU_EAGER_MAX_LENGTH = 192  # BENCHMARKS.md, "The attention kernel of training": 1.06-1.07x to 192 tokens, 1.00x at 256
+
+
+def training_attention(attn_implementation: str | None, max_length: int, device: torch.device) -> str | None:
+    """The attention kernel of the models a stage trains: the one asked for; unset (None), ``eager``
+    on a CPU for rows of at most ``CPU_EAGER_MAX_LENGTH`` tokens (PyTorch's CPU flash-attention
+    backward costs more there than eager's two batched products), else transformers' default (None)."""
+    if attn_implementation is None and device.type == "cpu" and max_length <= CPU_EAGER_MAX_LENGTH:
+        return "eager"
+    return attn_implementation
+
+
 def attention_kwargs(attn_implementation: str | None) -> dict:
     """``from_pretrained``'s attention argument: none (transformers' default) or the one asked for; an
     unknown or unavailable kernel is transformers' ValueError, one line through :func:`loading`."""

@@ -16,7 +16,7 @@ from rlhf.config import DPOConfig
 from rlhf.data.collate import RankedExample, encode_comparisons
 from rlhf.data.readers import DataError, read_comparisons
 from rlhf.losses import dpo_loss
-from rlhf.models import SequenceLogProbs, load_causal_lm, load_tokenizer, train_top_layers
+from rlhf.models import SequenceLogProbs, load_causal_lm, load_tokenizer, train_top_layers, training_attention
 from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
@@ -70,7 +70,8 @@ def train_dpo(config: DPOConfig, control: RunControl = RunControl()) -> dict:
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
                                                                              on_too_long))
     hf = load_causal_lm(config.model, dropout=0.0, tokenizer=tokenizer,  # no dropout: the reference has none
-                        attn_implementation=config.attn_implementation)
+                        attn_implementation=training_attention(config.attn_implementation, config.max_length,
+                                                               accelerator.device))
     hf.config.use_cache = False
     reference = SequenceLogProbs(hf).to(accelerator.device)
     collate, shape = shared_prompt_collate(hf, tokenizer.pad_token_id, config.max_length)  # each prompt once

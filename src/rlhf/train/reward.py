@@ -25,7 +25,14 @@ from rlhf.data.collate import (
 )
 from rlhf.data.readers import DataError, read_comparisons, read_demonstrations
 from rlhf.losses import ranking_loss
-from rlhf.models import REWARD_BIAS_KEY, load_scalar_model, load_tokenizer, sequence_scores, train_top_layers
+from rlhf.models import (
+    REWARD_BIAS_KEY,
+    load_scalar_model,
+    load_tokenizer,
+    sequence_scores,
+    train_top_layers,
+    training_attention,
+)
 from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
@@ -147,7 +154,8 @@ def train_reward(config: RewardConfig, control: RunControl = RunControl()) -> di
     train, valid, splits = split_and_encode(
         config, comparisons, lambda records, on_too_long: encode_comparisons(tokenizer, records, config.max_length,
                                                                              on_too_long), in_full)
-    model = load_scalar_model(config.model, tokenizer, attn_implementation=config.attn_implementation)
+    model = load_scalar_model(config.model, tokenizer, attn_implementation=training_attention(
+        config.attn_implementation, config.max_length, accelerator.device))
     if config.lora:
         add_lora(model.hf, config.lora, scalar_head=True)
     if config.train_layers:

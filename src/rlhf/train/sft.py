@@ -11,7 +11,7 @@ from rlhf.checkpoint import Checkpoints, RunControl, check_stage_output, save_ch
 from rlhf.config import SFTConfig
 from rlhf.data.collate import collate_sft, encode_demonstrations
 from rlhf.data.readers import DataError, read_demonstrations
-from rlhf.models import ResponseLM, load_causal_lm, load_tokenizer, train_top_layers
+from rlhf.models import ResponseLM, load_causal_lm, load_tokenizer, train_top_layers, training_attention
 from rlhf.models.lora import add_lora
 from rlhf.train.common import (
     MetricsLog,
@@ -63,7 +63,8 @@ def train_sft(config: SFTConfig, control: RunControl = RunControl()) -> dict:
     valid.sort(key=lambda e: len(e.input_ids))  # length-sorted validation batches waste little padding
 
     model = load_causal_lm(config.model, dropout=config.dropout, tokenizer=tokenizer,
-                           attn_implementation=config.attn_implementation)
+                           attn_implementation=training_attention(config.attn_implementation, config.max_length,
+                                                                  accelerator.device))
     model.config.use_cache = False
     if config.lora:
         add_lora(model, config.lora)
