@@ -165,13 +165,16 @@ class PPOTrainer:
             train_text, _ = split_text(read_text(config.pretraining), config.ptx_held_out_fraction)
             self.ptx_blocks = pack_text(tokenizer, train_text, config.ptx_block_size)
 
-        attention = {"attn_implementation": training_attention(  # the trained models'; frozen ones: default
+        # the trained models' kernel, and the reference's: it computes as the policy it starts equal to (KL 0
+        # before the first update); the frozen reward model keeps transformers' default
+        attention = {"attn_implementation": training_attention(
             config.attn_implementation, config.max_length, accelerator.device)}
         policy = load_causal_lm(config.model, tokenizer=tokenizer, **attention)
         if config.lora:  # the reference is the policy's backbone: one copy of the weights serves both
             self.reference = WithoutAdapters(add_lora(policy, config.lora))
         else:
-            self.reference = freeze(load_causal_lm(config.model, tokenizer=tokenizer)).to(accelerator.device)
+            self.reference = freeze(load_causal_lm(config.model, tokenizer=tokenizer, **attention)
+                                    ).to(accelerator.device)
         reward_tokenizer = load_tokenizer(config.reward_model)
         self.rloo = config.advantage == "rloo"  # REINFORCE leave-one-out: no value model at all
         if self.rloo:
