@@ -42,7 +42,7 @@ def policy_measures(path: str, pipeline, references: list) -> dict:
     from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, is_refusal
     from rlhf.eval.run import measure_policy
 
-    metrics, responses = measure_policy(path, pipeline, references=references)
+    metrics, responses, _ = measure_policy(path, pipeline, references=references)
     shown = HARMFUL_PROMPTS[:3] + ORDINARY_PROMPTS[:3]
     ordinary = dict(zip(ORDINARY_PROMPTS, responses[len(HARMFUL_PROMPTS):]))
     return {**metrics, "samples": dict(zip(shown, responses[:3] + responses[len(HARMFUL_PROMPTS):][:3])),
@@ -103,7 +103,7 @@ def main() -> None:
         scorer = RewardScorer(args.out)
         benign = benign_prompts(pipeline)
         fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
-        _, base_responses = measure_policy(pipeline.model, pipeline, benign=benign)
+        _, base_responses, _ = measure_policy(pipeline.model, pipeline, benign=benign)
         result = {"stage": "reward", "overrides": overrides, "init": config.model, "wall_time_s": round(wall),
                   "train_prompts": metrics.get("train_prompts"), "valid/accuracy": metrics.get("valid/accuracy"),
                   "test": scorer.accuracy(test, config.max_length),

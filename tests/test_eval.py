@@ -403,6 +403,38 @@ def test_judged_win_rates_are_of_the_given_scores_by_category_against_sft():
     assert ppo["mean_score"] == 0.5
 
 
+def test_win_rates_over_several_draws_average_each_prompts_draws_and_resample_prompts():
+    """Two prompts, two draws each, draw j against draw j: prompt 0 wins one of two (0.5), prompt 1 wins
+    one and ties one (0.75): 0.625 over n = 2 prompts. The interval resamples prompts, so it spans the
+    two prompts' means (0.5 and 0.75), not the four pairs' outcomes (0 to 1). At equal lengths the
+    length-controlled fit over the four pairs is the raw 0.625. Categories split prompts, not draws."""
+    from rlhf.eval.run import by_prompt, judged_win_rates
+    from rlhf.eval.winrate import win_rate
+
+    ppo, sft = [[1.0, 0.0], [2.0, 2.0]], [[0.0, 1.0], [1.0, 2.0]]  # (prompts, draws)
+    rate = win_rate(ppo, sft)
+    assert rate["win_rate"] == 0.625 and rate["n"] == 2 and rate["draws"] == 2
+    assert rate["low"] == 0.5 and rate["high"] == 0.75
+    assert by_prompt([[1.0, 2.0]]) == [1.0, 2.0]  # one draw: the plain per-prompt list, as before
+    assert by_prompt([[1.0, 2.0], [0.0, 2.0]]) == ppo  # (draws, prompts) -> (prompts, draws)
+    rates = judged_win_rates({"ppo": ppo, "sft": sft}, {"ppo": [[3, 3], [3, 3]], "sft": [[3, 3], [3, 3]]},
+                             ["a", "b"])["ppo"]
+    assert rates["a"]["win_rate"] == 0.5 and rates["b"]["win_rate"] == 0.75 and rates["b"]["n"] == 1
+    assert rates["length_controlled"]["win_rate"] == pytest.approx(0.625, abs=1e-4)
+    assert rates["length_controlled"]["draws"] == 2 and rates["mean_score"] == 1.25
+    with pytest.raises(ValueError, match=r"equally long.*got shapes \(2, 2\) and \(1, 2\)"):
+        win_rate(ppo, [[0.0, 1.0]])
+
+
+def test_each_draw_of_an_evaluation_has_its_own_seed_and_the_first_is_the_runs():
+    from rlhf.eval.run import draw_seeds
+
+    assert draw_seeds(7, 1) == [7]
+    seeds = draw_seeds(7, 4)
+    assert seeds[0] == 7 and len(set(seeds)) == 4 and seeds[1:] != draw_seeds(8, 4)[1:]
+    assert seeds == draw_seeds(7, 4)  # the same seeds every time: a re-run draws the same responses
+
+
 def test_samples_jsonl_has_a_line_per_prompt_with_each_policys_response_and_scores():
     """The base model was not sampled on the held-out dialogue (None), the proxy scored the first prompt
     only, the judge both: each line says exactly that, the prompt as chat messages."""

@@ -579,7 +579,7 @@ def test_the_evaluation_loads_each_reward_model_once_and_measures_as_before(tiny
     assert again["judged"]["vs_sft"]["ppo"]["all"] == pytest.approx(first["judged"]["vs_sft"]["ppo"]["all"])
     # the refusal preference on the benign requests: against the base model's own benign samples
     benign = evaluation.benign_prompts(config)
-    _, responses = evaluation.measure_policy(config.model, config, benign=benign)
+    _, responses, _ = evaluation.measure_policy(config.model, config, benign=benign)
     answers = responses[64:]
     assert len(answers) == 8
     for name in ("reward", "judge"):
@@ -620,6 +620,47 @@ def test_without_a_judge_the_proxy_judges_and_its_scores_stay_under_its_own_name
     for name in ("base", "ppo"):
         harmful = [line["reward"][name] for line in lines[:32]]
         assert sum(harmful) / 32 == pytest.approx(results["policies"][name]["rm_score_harmful"], abs=1e-3)
+
+
+def test_an_evaluation_of_several_draws_averages_them_and_keeps_draw_0_as_one_draw_samples_it(tiny_run, tmp_path):
+    """``eval.samples=2``: every policy samples each fixed prompt and judged dialogue twice. Draw 0 is the
+    one-draw evaluation's (the same seed), draw 1 another; samples.jsonl has a line per prompt and draw,
+    and from its lines alone the refusal rates (mean over draws), the proxy's mean scores and the
+    judge's win rate (each prompt's mean over its draws) come out as reported. Another ``eval.seed``
+    draws other responses from the same weights."""
+    import shutil
+
+    import rlhf.eval.run as evaluation
+    from rlhf.eval.refusal import refusal_rate
+    from rlhf.eval.winrate import win_rate
+
+    run_dir, _ = tiny_run
+    first = json.loads((run_dir / "eval.json").read_text())
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval.json", "report.*", "samples.jsonl"))
+    config = load_config("pipeline", [preset_config_path("tiny")], ["eval.samples=2"])
+    results = evaluation.evaluate_run(copy, config, data_paths(config, copy, write=False))
+    assert results["draws"] == 2 and results["samples"] == first["samples"]  # draw 0: the one-draw responses
+    judged = results["judged"]["prompts"]
+    lines = [json.loads(line) for line in (copy / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [line["draw"] for line in lines] == [0] * judged + [1] * judged  # no benign requests in tiny
+    draws = [lines[:judged], lines[judged:]]
+    assert [line["prompt"] for line in draws[1]] == [line["prompt"] for line in draws[0]]
+    assert any(a["responses"] != b["responses"] for a, b in zip(*draws))
+    for name in ("base", "sft", "ppo"):
+        refused = [refusal_rate([line["responses"][name] for line in draw[:32]]) for draw in draws]
+        assert results["policies"][name]["harmful_refused"] == pytest.approx(sum(refused) / 2)
+        proxied = [line["reward"][name] for draw in draws for line in draw[32:64]]
+        assert sum(proxied) / 64 == pytest.approx(results["policies"][name]["rm_score_ordinary"], abs=1e-3)
+    again = win_rate([[d[i]["judge"]["ppo"] for d in draws] for i in range(judged)],
+                     [[d[i]["judge"]["sft"] for d in draws] for i in range(judged)])
+    reported = results["judged"]["vs_sft"]["ppo"]["all"]
+    assert reported["draws"] == 2 and reported["n"] == judged
+    assert again["win_rate"] == pytest.approx(reported["win_rate"], abs=0.02)  # scores kept to 4 places
+    assert "sampled 2 times" in (copy / "report.md").read_text()
+    reseeded = config.model_copy(update={"eval": config.eval.model_copy(update={"seed": 12345, "samples": 1})})
+    _, responses, _ = evaluation.measure_policy(str(copy / "ppo"), reseeded)
+    assert responses != [first["samples"]["ppo"][p] for p in list(first["samples"]["ppo"])]
 
 
 def test_a_reward_scorer_forwards_each_prompt_once_and_gives_the_scores_of_each_pair_alone(tiny_run):
@@ -668,14 +709,16 @@ def test_over_refusal_on_benign_requests_is_measured_from_a_file(tiny_run, tmp_p
     sample = benign_prompts(config.model_copy(update={"eval": config.eval.model_copy(update={"benign_limit": 5})}))
     picked = [turns[0]["content"] for turns in sample]
     assert len(picked) == 5 and picked == [p for p in ORDINARY_PROMPTS if p in picked]
-    metrics, responses = measure_policy(str(run_dir / "ppo"), config, benign=benign)
+    metrics, responses, draws = measure_policy(str(run_dir / "ppo"), config, benign=benign)
     assert len(responses) == 64 + 32  # the fixed prompts', then the benign samples (REFUSAL_WINDOW tokens deep)
+    assert draws == [responses[:64]]
     from rlhf.eval.refusal import refusal_rate
 
     assert metrics["benign_answered"] == 1 - refusal_rate(responses[64:])
     assert metrics["benign_refusal_opening"] == pytest.approx(metrics["ordinary_refusal_opening"], rel=1e-5)
     assert 0 < metrics["benign_refusal_opening"] < 1
     assert 0 <= metrics["benign_answered"] <= 1 and (metrics["benign_answered"] * 32).is_integer()
-    greedy = config.model_copy(update={"eval": config.eval.model_copy(update={"temperature": 0.0})})
-    metrics, _ = measure_policy(str(run_dir / "ppo"), greedy, benign=benign)  # no probability of a greedy opening
+    greedy = config.model_copy(update={"eval": config.eval.model_copy(update={"temperature": 0.0, "samples": 2})})
+    metrics, _, draws = measure_policy(str(run_dir / "ppo"), greedy, benign=benign)  # no greedy opening probability
     assert "benign_answered" in metrics and not any(key.endswith("_refusal_opening") for key in metrics)
+    assert len(draws) == 1  # a greedy draw is every draw: eval.samples does not repeat it

@@ -82,8 +82,9 @@ class StageConfig(BaseModel):
         "a tokenizer without one gets the plain '### User:' / '### Assistant:' template")
     lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of every weight")
     attn_implementation: str | None = Field(
-        None, description="the attention kernel of the models the stage trains (in PPO the policy and the value "
-        "model; its frozen reference and reward model keep the default), as transformers names it: sdpa, eager, "
+        None, description="the attention kernel of the models the stage trains (in PPO the policy, the value "
+        "model and the reference the policy starts equal to; the frozen reward model keeps the default), as "
+        "transformers names it: sdpa, eager, "
         "flash_attention_2, … (null: eager on a CPU when max_length is 192 tokens or fewer, where it trains 6-7 % "
         "faster than sdpa (BENCHMARKS.md); otherwise transformers' default, sdpa where the model has it)")
     train_layers: int | None = Field(
@@ -330,6 +331,13 @@ class EvalConfig(BaseModel):
     enabled: bool = True
     max_new_tokens: int = Field(96, ge=1)
     temperature: float = Field(0.7, ge=0, description="sampling temperature of the report's responses; 0 = greedy")
+    samples: int = Field(
+        1, ge=1, description="draws per fixed and judged prompt; every policy draws sample j of a prompt with the "
+        "same numbers. The refusal rates, the reward scores and the judge's win rates average over the draws; their "
+        "intervals still resample prompts. The report shows draw 0, samples.jsonl has every draw")
+    seed: int | None = Field(
+        None, description="the seed of the evaluation's draws (null: the run's seed, which also splits the data): "
+        "another seed measures the same weights on new draws")
     perplexity_tokens: int = Field(16384, ge=1, description="held-out pretraining tokens scored per model")
     perplexity_block_size: int = Field(256, ge=8)
     report_prompts: int = Field(10, ge=0, description="prompts shown side by side in the reports (half harmful)")

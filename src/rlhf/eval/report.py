@@ -42,12 +42,14 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     policies = results["policies"]
     names = list(policies)
     benign = results.get("benign", {}).get("prompts", 0)
+    draws = results.get("draws", 1)
     rows = []
     for label, key, n in (("harmful prompts refused", "harmful_refused", len(HARMFUL_PROMPTS)),
                           ("ordinary prompts answered", "ordinary_answered", len(ORDINARY_PROMPTS)),
                           ("benign held-out requests answered", "benign_answered", benign)):
         if n and any(key in policies[m] for m in names):
-            rows.append([f"{label} (of {n})"] + [
+            each = f", mean of {draws} draws each" if draws > 1 and key != "benign_answered" else ""
+            rows.append([f"{label} (of {n}{each})"] + [
                 "–" if policies[m].get(key) is None else _interval(proportion_interval(round(policies[m][key] * n), n))
                 for m in names])
     for kind, n in (("harmful", len(HARMFUL_PROMPTS)), ("ordinary", len(ORDINARY_PROMPTS)), ("benign", benign)):
@@ -88,6 +90,10 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     reward = results["reward"]
     notes = [f"Reward-model accuracy on {reward['pairs']} held-out ({reward.get('split', 'test')}) pairs: "
              f"**{reward['accuracy']:.3f}**."]
+    if draws > 1:
+        notes.append(f"Each fixed prompt and judged dialogue was sampled {draws} times (`eval.samples`), every "
+                     "policy's draw j with the same numbers: the refusal rates, reward scores and win rates are means "
+                     "over the draws, and their intervals resample prompts. The responses shown are draw 0's.")
     if judged:
         independent = judged["judge"] == "judge"
         notes.append(f"Judge: `{judged['judge']}/` — " + (

@@ -10,11 +10,13 @@ with its reward model and judge scores, one line per prompt).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -139,28 +141,52 @@ def reward_scores(reward_dir: Path, prompts: list, responses: list[str], batch_s
     return RewardScorer(reward_dir)(prompts, responses, batch_size)
 
 
+def evaluation_seed(config: PipelineConfig) -> int:
+    """The seed the evaluation samples with: ``eval.seed``, else the run's."""
+    return config.seed if config.eval.seed is None else config.eval.seed
+
+
+def draw_seeds(seed: int, draws: int) -> list[int]:
+    """The seeds of an evaluation's ``draws``: the first is ``seed`` itself (one draw samples as it
+    always has), each other one derived from ``seed`` and its index."""
+    return [seed] + [int.from_bytes(hashlib.sha256(f"{seed}/{j}".encode()).digest()[:6], "big")
+                     for j in range(1, draws)]
+
+
+def evaluation_draws(config: PipelineConfig) -> int:
+    """Draws per prompt: ``eval.samples``, one when sampling is greedy (every draw would be the same)."""
+    return 1 if config.eval.temperature == 0 else config.eval.samples
+
+
 def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), references: list = (),
-                   pretraining: str | None = None, benign: list = ()) -> tuple[dict[str, float], list[str]]:
+                   pretraining: str | None = None,
+                   benign: list = ()) -> tuple[dict[str, float], list[str], list[list[str]]]:
     """Sample the fixed harmful and ordinary prompts, then ``extra_prompts``, from the policy at
-    ``path`` (the run's eval settings and seed), and measure it: harmful prompts refused, ordinary
-    ones answered (one sample each), the exact mean probability that a response opens with
-    ``REFUSAL_OPENING`` on each set (no sampling noise), the mean length of the responses to the
-    fixed prompts in tokens, the log-likelihood of the human ``references`` and the perplexity of
-    held-out ``pretraining`` text where given, and over-refusal on the ``benign`` requests: the share
-    answered (one sample of ``REFUSAL_WINDOW`` tokens each) and the exact opening probability.
-    Returns the measures and the responses to the fixed, extra and benign prompts, in prompt order."""
+    ``path`` (the run's eval settings; :func:`evaluation_draws` draws each, with the seeds of
+    :func:`draw_seeds`), and measure it: harmful prompts refused, ordinary ones answered (the mean over
+    the draws), the exact mean probability that a response opens with ``REFUSAL_OPENING`` on each set
+    (no sampling noise), the mean length of the responses to the fixed prompts in tokens, the
+    log-likelihood of the human ``references`` and the perplexity of held-out ``pretraining`` text
+    where given, and over-refusal on the ``benign`` requests: the share answered (one sample of
+    ``REFUSAL_WINDOW`` tokens each) and the exact opening probability.
+    Returns the measures, the responses to the fixed, extra and benign prompts of draw 0 in prompt
+    order, and every draw's responses to the fixed and extra prompts."""
     eval_config = config.eval
     tokenizer = load_tokenizer(path, config.chat_template)
     model = load_causal_lm(path, tokenizer=tokenizer).eval()
     fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
     decoder = sampling_decoder(model)
-    responses = generate(path, fixed + list(extra_prompts), eval_config.max_new_tokens, eval_config.temperature,
-                         seed=config.seed, tokenizer=tokenizer, decoder=decoder)
-    harmful, ordinary = responses[:len(HARMFUL_PROMPTS)], responses[len(HARMFUL_PROMPTS):len(fixed)]
-    metrics = {"harmful_refused": refusal_rate(harmful), "ordinary_answered": 1 - refusal_rate(ordinary),
-               "response_tokens": mean_tokens(tokenizer, responses[:len(fixed)])}
+    draws = [generate(path, fixed + list(extra_prompts), eval_config.max_new_tokens, eval_config.temperature,
+                      seed=seed, tokenizer=tokenizer, decoder=decoder)
+             for seed in draw_seeds(evaluation_seed(config), evaluation_draws(config))]
+    harmful = [d[:len(HARMFUL_PROMPTS)] for d in draws]
+    ordinary = [d[len(HARMFUL_PROMPTS):len(fixed)] for d in draws]
+    metrics = {"harmful_refused": sum(map(refusal_rate, harmful)) / len(draws),
+               "ordinary_answered": 1 - sum(map(refusal_rate, ordinary)) / len(draws),
+               "response_tokens": mean_tokens(tokenizer, [r for d in draws for r in d[:len(fixed)]])}
     for kind, prompts in (("harmful", HARMFUL_PROMPTS), ("ordinary", ORDINARY_PROMPTS)):
         metrics.update(refusal_opening(model, tokenizer, kind, prompts, config))
+    responses = list(draws[0])
     if benign:
         measures, sampled = over_refusal(model, tokenizer, decoder, benign, config)
         metrics.update(measures)
@@ -173,7 +199,7 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
         metrics["held_out_perplexity"] = held_out_perplexity(
             model, tokenizer, pretraining, config.ppo.ptx_held_out_fraction, eval_config.perplexity_block_size,
             eval_config.perplexity_tokens, autocast=inference_autocast)
-    return metrics, responses
+    return metrics, responses, draws
 
 
 def refusal_opening(model, tokenizer, kind: str, prompts: list, config: PipelineConfig) -> dict[str, float]:
@@ -193,7 +219,7 @@ def over_refusal(model, tokenizer, decoder, benign: list,
     tokens each (the evaluation's temperature and seed, from ``decoder``, a sampler of ``model``), and the
     exact refusal-opening probability. Returns the measures and the samples."""
     sampled = generate("", list(benign), min(REFUSAL_WINDOW, config.eval.max_new_tokens), config.eval.temperature,
-                       seed=config.seed, tokenizer=tokenizer, decoder=decoder)
+                       seed=evaluation_seed(config), tokenizer=tokenizer, decoder=decoder)
     measures = {"benign_answered": 1 - refusal_rate(sampled),
                 **refusal_opening(model, tokenizer, "benign", benign, config)}
     return measures, sampled
@@ -277,31 +303,38 @@ def held_out_conversations(run_dir: Path, limit: int) -> list:
         return []
 
 
-def judged_win_rates(scores: dict[str, list[float]], tokens: dict[str, list[int]], categories: list[str],
+def by_prompt(draws: list[list]) -> list:
+    """Per-draw lists (k, n) as the win rates take them: one draw as its (n,) list, else (n, k)."""
+    return draws[0] if len(draws) == 1 else [list(column) for column in zip(*draws, strict=True)]
+
+
+def judged_win_rates(scores: dict[str, list], tokens: dict[str, list], categories: list[str],
                      baseline: str = "sft") -> dict[str, dict]:
     """Each policy against ``baseline`` under the judge, prompt by prompt, from the judge's ``scores`` of
-    each policy's responses and their lengths in ``tokens``: the win rate with its bootstrap interval,
-    overall and per category of prompt, and over all prompts at equal length (``length_controlled``: what
-    is left of the win once the judge's taste for shorter or longer responses is regressed out)."""
+    each policy's responses and their lengths in ``tokens`` ((n,) lists, or (n, k) with k draws per
+    prompt, draw j against draw j): the win rate with its bootstrap interval over prompts, overall and
+    per category of prompt, and over all prompts at equal length (``length_controlled``: what is left of
+    the win once the judge's taste for shorter or longer responses is regressed out)."""
     return {name: {"all": win_rate(scores[name], scores[baseline]),
                    **win_rate_by_category(scores[name], scores[baseline], categories),
                    "length_controlled": length_controlled_win_rate(scores[name], scores[baseline], tokens[name],
                                                                    tokens[baseline]),
-                   "mean_score": sum(scores[name]) / len(categories)}
+                   "mean_score": float(np.mean(scores[name]))}
             for name in scores if name != baseline}
 
 
 def samples_jsonl(prompts: list, categories: list[str], responses: dict[str, list[str | None]],
-                  scores: dict[str, dict[str, list[float]]]) -> str:
+                  scores: dict[str, dict[str, list[float]]], draw: int | None = None) -> str:
     """``samples.jsonl``: one JSON line per evaluated prompt, in order, with its ``category``, the
     ``prompt`` as chat messages, each policy's response (``responses[policy][i]``; a policy with ``None``
     there was not sampled on it) and, under each scorer's name, that reward model's normalised score of
     each policy's response (``scores[scorer][policy][i]``; lists may stop early: the prompts after were
     not scored). A run without a judge has no ``judge`` scorer: the proxy standing in for it scores the
-    held-out dialogues under ``reward``."""
+    held-out dialogues under ``reward``. With several draws per prompt (``eval.samples``) each line
+    names its ``draw``."""
     lines = []
     for i, (prompt, category) in enumerate(zip(prompts, categories, strict=True)):
-        row = {"category": category, "prompt": as_conversation(prompt),
+        row = {"category": category, **({} if draw is None else {"draw": draw}), "prompt": as_conversation(prompt),
                "responses": {name: texts[i] for name, texts in responses.items() if texts[i] is not None}}
         for scorer, of_policy in scores.items():
             row[scorer] = {name: round(s[i], 4) for name, s in of_policy.items() if i < len(s)}
@@ -332,26 +365,31 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     benign = benign_prompts(config)
     categories = (["harmful"] * len(HARMFUL_PROMPTS) + ["ordinary"] * len(ORDINARY_PROMPTS)
                   + ["held_out"] * len(conversations))
-    sampled: dict[str, list[str | None]] = {}  # every response, aligned with fixed + conversations + benign
+    sampled: dict[str, list[str | None]] = {}  # draw 0's responses, aligned with fixed + conversations + benign
+    drawn: dict[str, list[list[str]]] = {}  # every draw's responses to the fixed prompts (+ conversations if judged)
     for name, path in tqdm(policies_of(run_dir, config.model).items(), desc="eval"):
         extra = conversations if name != "base" else []  # the judge compares the trained ones
-        metrics, responses = measure_policy(path, config, extra, references, paths.get("pretraining"), benign)
+        metrics, responses, drawn[name] = measure_policy(path, config, extra, references, paths.get("pretraining"),
+                                                         benign)
         results["policies"][name] = metrics
         results["samples"][name] = dict(zip(fixed, responses[:len(fixed)], strict=True))
         sampled[name] = (responses[:len(fixed) + len(extra)] + [None] * (len(conversations) - len(extra))
                          + responses[len(fixed) + len(extra):])
+    draws = evaluation_draws(config)
     judged_end = len(fixed) + len(conversations)
-    judged = {name: texts[:judged_end] for name, texts in sampled.items() if name != "base"}
+    judged = {name: texts for name, texts in drawn.items() if name != "base"}
     base_benign = sampled["base"][judged_end:]
-    scores: dict[str, dict[str, list[float]]] = {"reward": {}}  # scorer -> policy -> score of each response
+    by_draw: dict[str, dict[str, list[list[float]]]] = {"reward": {}}  # scorer -> policy -> draw -> scores
     refusals = refusal_pairs(results["samples"]["base"], benign, base_benign)
     # every pair this scorer is asked for below, in one call: each prompt forwarded once with all its responses
-    proxy(fixed * len(results["samples"]) + refusals[0],
-          [samples[p] for samples in results["samples"].values() for p in fixed] + refusals[1])
-    for name, samples in results["samples"].items():
-        scores["reward"][name] = proxied = proxy(fixed, [samples[p] for p in fixed])
-        results["policies"][name]["rm_score_harmful"] = sum(proxied[:len(HARMFUL_PROMPTS)]) / len(HARMFUL_PROMPTS)
-        results["policies"][name]["rm_score_ordinary"] = sum(proxied[len(HARMFUL_PROMPTS):]) / len(ORDINARY_PROMPTS)
+    proxy([p for texts in drawn.values() for _ in texts for p in fixed] + refusals[0],
+          [r for texts in drawn.values() for draw in texts for r in draw[:len(fixed)]] + refusals[1])
+    for name, texts in drawn.items():
+        by_draw["reward"][name] = proxied = [proxy(fixed, draw[:len(fixed)]) for draw in texts]
+        harmful = [s for draw in proxied for s in draw[:len(HARMFUL_PROMPTS)]]
+        ordinary = [s for draw in proxied for s in draw[len(HARMFUL_PROMPTS):]]
+        results["policies"][name]["rm_score_harmful"] = sum(harmful) / len(harmful)
+        results["policies"][name]["rm_score_ordinary"] = sum(ordinary) / len(ordinary)
     results["refusal_preference"] = {
         "reward": refusal_preference(proxy, results["samples"]["base"], benign, base_benign)}
     del proxy
@@ -359,22 +397,32 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
         judge = run_dir / "judge" if is_finished(run_dir / "judge") else run_dir / "reward"
         judge_scorer = RewardScorer(judge)
         also = refusals if judge.name == "judge" else ([], [])
-        judge_scorer((fixed + conversations) * len(judged) + also[0],
-                     [text for texts in judged.values() for text in texts] + also[1])
-        judge_scores = {name: judge_scorer(fixed + conversations, texts) for name, texts in judged.items()}
-        scores.setdefault(judge.name, {}).update(judge_scores)  # no judge: the proxy's, held-out dialogues too
-        tokens = {name: token_counts(judge_scorer.tokenizer, texts) for name, texts in judged.items()}
+        judge_scorer([p for texts in judged.values() for _ in texts for p in fixed + conversations] + also[0],
+                     [t for texts in judged.values() for draw in texts for t in draw] + also[1])
+        judge_scores = {name: [judge_scorer(fixed + conversations, draw) for draw in texts]
+                        for name, texts in judged.items()}
+        by_draw.setdefault(judge.name, {}).update(judge_scores)  # no judge: the proxy's, held-out dialogues too
+        tokens = {name: [token_counts(judge_scorer.tokenizer, draw) for draw in texts]
+                  for name, texts in judged.items()}
         results["judged"] = {"judge": judge.name, "prompts": len(categories),
-                             "vs_sft": judged_win_rates(judge_scores, tokens, categories)}
+                             "vs_sft": judged_win_rates({n: by_prompt(s) for n, s in judge_scores.items()},
+                                                        {n: by_prompt(t) for n, t in tokens.items()}, categories)}
         if judge.name == "judge":
             results["refusal_preference"]["judge"] = refusal_preference(judge_scorer, results["samples"]["base"],
                                                                         benign, base_benign)
     results["references"] = len(references)
     if benign:
         results["benign"] = {"prompts": len(benign), "source": config.eval.benign_prompts}
+    results["draws"] = draws
     results["eval_wall_time_s"] = round(time.time() - started, 1)
-    write_run_file(run_dir / "samples.jsonl", samples_jsonl(  # before eval.json, which means done
-        fixed + conversations + list(benign), categories + ["benign"] * len(benign), sampled, scores))
+    lines = samples_jsonl(fixed + conversations + list(benign), categories + ["benign"] * len(benign), sampled,
+                          {scorer: {n: s[0] for n, s in of.items()} for scorer, of in by_draw.items()},
+                          draw=0 if draws > 1 else None)
+    for j in range(1, draws):  # the other draws: the fixed prompts and the judged dialogues
+        responses = {name: texts[j] + [None] * (judged_end - len(texts[j])) for name, texts in drawn.items()}
+        lines += samples_jsonl(fixed + conversations, categories, responses,
+                               {scorer: {n: s[j] for n, s in of.items()} for scorer, of in by_draw.items()}, draw=j)
+    write_run_file(run_dir / "samples.jsonl", lines)  # before eval.json, which means done
     write_report(run_dir, results, prompts_shown=eval_config.report_prompts)
     # eval.json last and atomically: its presence means done
     write_run_file(run_dir / "eval.json", json.dumps(results, indent=2, ensure_ascii=False))

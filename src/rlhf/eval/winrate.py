@@ -8,21 +8,28 @@ from collections import defaultdict
 import numpy as np
 
 
-def outcomes(policy_scores: list[float], baseline_scores: list[float]) -> np.ndarray:
-    """1 where the policy's score is higher, ½ on a tie, 0 where it is lower."""
+def outcomes(policy_scores, baseline_scores) -> np.ndarray:
+    """1 where the policy's score is higher, ½ on a tie, 0 where it is lower: (n,) for one response per
+    prompt, (n, k) for k draws per prompt (draw j of the policy against draw j of the baseline)."""
     policy, baseline = np.asarray(policy_scores, float), np.asarray(baseline_scores, float)
-    if policy.shape != baseline.shape or policy.size == 0:
-        raise ValueError(f"need two equally long, non-empty score lists, got {policy.size} and {baseline.size}")
+    if policy.shape != baseline.shape or policy.size == 0 or policy.ndim not in (1, 2):
+        raise ValueError(f"need two equally long, non-empty score lists (a score per prompt, or per prompt and "
+                         f"draw), got shapes {policy.shape} and {baseline.shape}")
     return (policy > baseline) + 0.5 * (policy == baseline)
 
 
-def win_rate(policy_scores: list[float], baseline_scores: list[float], n_boot: int = 2000,
+def win_rate(policy_scores, baseline_scores, n_boot: int = 2000,
              confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """Mean outcome and a percentile-bootstrap interval over prompts."""
+    """Mean outcome and a percentile-bootstrap interval over prompts. With k draws per prompt ((n, k)
+    scores) a prompt's outcome is the mean of its k, and the interval still resamples prompts: the
+    draws narrow each prompt's noise, not the spread between prompts."""
     wins = outcomes(policy_scores, baseline_scores)
+    per_prompt = wins.mean(1) if wins.ndim == 2 else wins
     rng = np.random.default_rng(seed)
-    resampled = wins[rng.integers(0, wins.size, size=(n_boot, wins.size))].mean(1)
-    return {"win_rate": float(wins.mean()), **_percentile_interval(resampled, confidence), "n": int(wins.size)}
+    resampled = per_prompt[rng.integers(0, per_prompt.size, size=(n_boot, per_prompt.size))].mean(1)
+    draws = {"draws": int(wins.shape[1])} if wins.ndim == 2 else {}
+    return {"win_rate": float(per_prompt.mean()), **_percentile_interval(resampled, confidence),
+            "n": int(per_prompt.size), **draws}
 
 
 def _percentile_interval(resampled, confidence: float) -> dict[str, float]:
@@ -31,27 +38,29 @@ def _percentile_interval(resampled, confidence: float) -> dict[str, float]:
     return {"low": float(np.quantile(resampled, alpha)), "high": float(np.quantile(resampled, 1 - alpha))}
 
 
-def length_controlled_win_rate(policy_scores: list[float], baseline_scores: list[float],
-                               policy_tokens: list[int], baseline_tokens: list[int], n_boot: int = 1000,
+def length_controlled_win_rate(policy_scores, baseline_scores, policy_tokens, baseline_tokens, n_boot: int = 1000,
                                confidence: float = 0.95, seed: int = 0, l2: float = 0.1) -> dict[str, float]:
     """The win rate at equal length: AlpacaEval 2's length control (Dubois et al., 2024) without its
     per-instruction term. With Δᵢ the policy's response length minus the baseline's (tokens) and
     xᵢ = tanh(Δᵢ / sd(Δ)), fit P(winᵢ) = σ(θ + φ·xᵢ) by maximum likelihood, ties counting ½ (plus
     ``l2``·φ², which keeps φ finite when length alone separates wins from losses), and report σ(θ): the
     win rate predicted at Δ = 0. ``length_coef`` is φ (below 0: the judge prefers the shorter response).
-    With every Δ equal to 0 the fit is the raw win rate. Interval: percentile bootstrap over prompts,
-    refitting each resample."""
+    With every Δ equal to 0 the fit is the raw win rate. With k draws per prompt ((n, k) scores and
+    lengths) every pair is a point of the fit. Interval: percentile bootstrap over prompts (a prompt's
+    draws go together), refitting each resample."""
     from scipy.optimize import minimize
     from scipy.special import expit
 
     wins = outcomes(policy_scores, baseline_scores)
     delta = np.asarray(policy_tokens, float) - np.asarray(baseline_tokens, float)
     if delta.shape != wins.shape:
-        raise ValueError(f"need one length per score, got {delta.size} lengths for {wins.size} scores")
+        raise ValueError(f"need one length per score, got lengths {delta.shape} for scores {wins.shape}")
     spread = delta.std()
     x = np.tanh(delta / spread) if spread > 0 else np.zeros_like(delta)
 
     def fit(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        y, x = y.ravel(), x.ravel()
+
         def loss(w):  # −Σ [y z − log(1 + eᶻ)] + l2 φ², z = θ + φ x
             z = w[0] + w[1] * x
             residual = expit(z) - y
@@ -60,10 +69,12 @@ def length_controlled_win_rate(policy_scores: list[float], baseline_scores: list
         return minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", options={"gtol": 1e-9}).x
 
     theta, phi = fit(wins, x)
+    n = wins.shape[0]
     rng = np.random.default_rng(seed)
-    resampled = [expit(fit(wins[i], x[i])[0]) for i in rng.integers(0, wins.size, size=(n_boot, wins.size))]
-    return {"win_rate": float(expit(theta)), **_percentile_interval(resampled, confidence), "n": int(wins.size),
-            "length_coef": float(phi)}
+    resampled = [expit(fit(wins[i], x[i])[0]) for i in rng.integers(0, n, size=(n_boot, n))]
+    draws = {"draws": int(wins.shape[1])} if wins.ndim == 2 else {}
+    return {"win_rate": float(expit(theta)), **_percentile_interval(resampled, confidence), "n": int(n),
+            "length_coef": float(phi), **draws}
 
 
 def win_rate_by_category(policy_scores, baseline_scores, categories: list[str], **options) -> dict[str, dict]:
