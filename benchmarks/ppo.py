@@ -112,9 +112,10 @@ def worker_trl_ppo(args) -> dict:
 
     data = Path(args.data)
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
-    trained = {} if args.attention == "default" else {"attn_implementation": args.attention}  # as ours
+    # as ours: the policy, value model and reference on the kernel asked for (default: TRL's own, sdpa)
+    trained = {} if args.attention == "default" else {"attn_implementation": args.attention}
     policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **trained)
-    reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **trained)
     reward = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(data / "reward", num_labels=1, **trained)
     dataset = load_dataset("json", data_files=str(data / "trl.jsonl"), split="train")
@@ -185,8 +186,9 @@ def main() -> None:
     parser.add_argument("--checkpointing", choices=["defaults", "on", "off"], default="defaults",
                         help="gradient checkpointing: each tool's default (ours off, TRL on), or the same for all")
     parser.add_argument("--attention", choices=["default", "eager", "sdpa"], default="default",
-                        help="the attention kernel of every contender's trained models (policy, value); frozen "
-                        "ones keep transformers' default. eager is what smollm2-demo trains with on a CPU")
+                        help="the attention kernel of every contender's policy, value model and reference (default: "
+                        "each tool's own: ours eager on a CPU at <= 192 tokens, TRL's sdpa); the frozen reward model "
+                        "keeps transformers' default")
     parser.add_argument("--worker", choices=["ours", "trl_ppo", "rloo"])
     parser.add_argument("--data")
     args = parser.parse_args()

@@ -639,8 +639,19 @@ def test_an_evaluation_of_several_draws_averages_them_and_keeps_draw_0_as_one_dr
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval.json", "report.*", "samples.jsonl"))
     config = load_config("pipeline", [preset_config_path("tiny")], ["eval.samples=2"])
-    results = evaluation.evaluate_run(copy, config, data_paths(config, copy, write=False))
-    assert results["draws"] == 2 and results["samples"] == first["samples"]  # draw 0: the one-draw responses
+    seeds = {}
+    real = evaluation.generate
+
+    def generate(path, prompts, *args, seed, **kwargs):
+        seeds.setdefault(Path(path).name, []).append(seed)
+        return real(path, prompts, *args, seed=seed, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluation, "generate", generate)
+        results = evaluation.evaluate_run(copy, config, data_paths(config, copy, write=False))
+    assert seeds == {name: evaluation.draw_seeds(config.seed, 2) for name in ("ppo", "sft", Path(config.model).name)}
+    assert "draws" not in first and results["draws"] == 2
+    assert results["samples"] == first["samples"]  # draw 0: the one-draw responses
     judged = results["judged"]["prompts"]
     lines = [json.loads(line) for line in (copy / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["draw"] for line in lines] == [0] * judged + [1] * judged  # no benign requests in tiny
@@ -658,6 +669,10 @@ def test_an_evaluation_of_several_draws_averages_them_and_keeps_draw_0_as_one_dr
     assert reported["draws"] == 2 and reported["n"] == judged
     assert again["win_rate"] == pytest.approx(reported["win_rate"], abs=0.02)  # scores kept to 4 places
     assert "sampled 2 times" in (copy / "report.md").read_text()
+    from rlhf.eval.html_report import write_html_report
+
+    page = write_html_report(copy).read_text(encoding="utf-8")  # every draw's line a row of its own
+    assert page.count("<small>draw 1</small>") == judged and "each sampled 2 times" in page
     reseeded = config.model_copy(update={"eval": config.eval.model_copy(update={"seed": 12345, "samples": 1})})
     _, responses, _ = evaluation.measure_policy(str(copy / "ppo"), reseeded)
     assert responses != [first["samples"]["ppo"][p] for p in list(first["samples"]["ppo"])]

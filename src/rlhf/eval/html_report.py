@@ -188,7 +188,12 @@ def all_responses_section(run_dir: Path, results: dict) -> list[str]:
     if not lines:
         return []
     names = list(dict.fromkeys(n for line in lines for n in line["responses"]))
-    scorers = list(dict.fromkeys(k for line in lines for k in line if k not in ("category", "prompt", "responses")))
+    scorers = list(dict.fromkeys(k for line in lines for k in line
+                                 if k not in ("category", "draw", "prompt", "responses")))
+    draws = len({line.get("draw", 0) for line in lines})  # eval.samples: a line per prompt and draw
+
+    def category_cell(line: dict) -> str:
+        return escape(line["category"]) + (f"<br><small>draw {line['draw']}</small>" if "draw" in line else "")
 
     def prompt_cell(messages: list[dict]) -> str:
         if len(messages) == 1:
@@ -201,15 +206,18 @@ def all_responses_section(run_dir: Path, results: dict) -> list[str]:
         scores = " · ".join(f"{escape(s)} {line[s][name]:.3f}" for s in scorers if name in line.get(s, {}))
         return escape(line["responses"][name]) + (f"<br><small>{scores}</small>" if scores else "")
 
-    counts = ", ".join(f"{n} {escape(c)}" for c, n in Counter(line["category"] for line in lines).items() if c)
-    rows = "".join(f"<tr><td>{escape(line['category'])}</td><td class='response'>{prompt_cell(line['prompt'])}</td>"
+    counts = ", ".join(f"{n} {escape(c)}" for c, n in Counter(line["category"] for line in lines
+                                                              if line.get("draw", 0) == 0).items() if c)
+    prompts = sum(line.get("draw", 0) == 0 for line in lines)
+    rows = "".join(f"<tr><td>{category_cell(line)}</td><td class='response'>{prompt_cell(line['prompt'])}</td>"
                    + "".join(f"<td class='response'>{response_cell(line, n)}</td>" for n in names) + "</tr>"
                    for line in lines)
     roles = {"reward": "the proxy PPO optimised", "judge": "the independent judge"}
     legend = "; ".join(f"<code>{escape(s)}</code>: {roles.get(s, 'a reward model')}" for s in scorers)
     return ["<h2>All responses</h2>",
-            f"<p>{len(lines)} prompts{': ' + counts if counts else ''}. Under each response, each reward "
-            f"model's normalised score of it ({legend}); – where a model was not sampled. The same lines are "
+            f"<p>{prompts} prompts{': ' + counts if counts else ''}"
+            f"{f', each sampled {draws} times (a row per draw)' if draws > 1 else ''}. Under each response, each "
+            f"reward model's normalised score of it ({legend}); – where a model was not sampled. The same lines are "
             "in <code>samples.jsonl</code>.</p>" if path.exists() else f"<p>{len(lines)} fixed prompts.</p>",
             "<table><thead><tr><th>category</th><th>prompt</th>" + "".join(f"<th>{escape(n)}</th>" for n in names)
             + f"</tr></thead><tbody>{rows}</tbody></table>"]

@@ -50,7 +50,8 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
         if n and any(key in policies[m] for m in names):
             each = f", mean of {draws} draws each" if draws > 1 and key != "benign_answered" else ""
             rows.append([f"{label} (of {n}{each})"] + [
-                "–" if policies[m].get(key) is None else _interval(proportion_interval(round(policies[m][key] * n), n))
+                "–" if policies[m].get(key) is None else _interval(proportion_interval(
+                    policies[m][key] * n if each else round(policies[m][key] * n), n))  # a mean over draws as it is
                 for m in names])
     for kind, n in (("harmful", len(HARMFUL_PROMPTS)), ("ordinary", len(ORDINARY_PROMPTS)), ("benign", benign)):
         key = f"{kind}_refusal_opening"
@@ -93,7 +94,8 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     if draws > 1:
         notes.append(f"Each fixed prompt and judged dialogue was sampled {draws} times (`eval.samples`), every "
                      "policy's draw j with the same numbers: the refusal rates, reward scores and win rates are means "
-                     "over the draws, and their intervals resample prompts. The responses shown are draw 0's.")
+                     "over the draws; the win rates' intervals resample prompts, the refusal rates' are Wilson "
+                     "intervals over the prompts at the mean rate. The responses shown are draw 0's.")
     if judged:
         independent = judged["judge"] == "judge"
         notes.append(f"Judge: `{judged['judge']}/` — " + (
@@ -122,7 +124,8 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
                      "requests no stage trains on and none of which deserves a refusal; each policy's answer is "
                      f"sampled {REFUSAL_WINDOW} tokens deep, where a refusal shows. A drop from the base model's "
                      "rate is over-refusal that the fixed ordinary prompts may not show.")
-    notes.append("Refusals are detected by phrase (`rlhf.eval.refusal`) in one sample per prompt, on fixed prompts no "
+    notes.append("Refusals are detected by phrase (`rlhf.eval.refusal`) in "
+                 + ("one sample" if draws == 1 else f"{draws} samples") + " per prompt, on fixed prompts no "
                  f"stage trains on; the P(opens \"{REFUSAL_OPENING}\") rows are the exact probability that a "
                  "sample opens like the demonstrated refusals, averaged over the prompts, free of sampling noise. "
                  "Perplexity is on the held-out end of the pretraining text (lower is better).")
@@ -153,7 +156,8 @@ def write_report(run_dir: Path, results: dict, prompts_shown: int = 10) -> Path:
             cells.append(("🛑 " if is_refusal(response) else "") + _cell(response))
         lines.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
     lines += ["", "🛑 = detected as a refusal. Every response with its reward model and judge scores, the "
-              "held-out dialogues' and benign requests' too: `samples.jsonl`, one line per prompt.", ""]
+              "held-out dialogues' and benign requests' too: `samples.jsonl`, one line per prompt"
+              + (" and draw" if results.get("draws", 1) > 1 else "") + ".", ""]
 
     summary_path = run_dir / "summary.json"
     if summary_path.exists():

@@ -4,7 +4,7 @@ Numbers: reward-model accuracy on held-out comparisons; PPO vs SFT score, win ra
 the PPO stage's held-out evaluation); perplexity on held-out pretraining text (the alignment
 tax); refusal rate on harmful prompts and answer rate on ordinary ones. Writes
 ``RUN_DIR/eval.json``, ``RUN_DIR/report.md`` and ``RUN_DIR/samples.jsonl`` (every sampled response
-with its reward model and judge scores, one line per prompt).
+with its reward model and judge scores, one line per prompt, and per draw with ``eval.samples``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -319,8 +318,12 @@ def judged_win_rates(scores: dict[str, list], tokens: dict[str, list], categorie
                    **win_rate_by_category(scores[name], scores[baseline], categories),
                    "length_controlled": length_controlled_win_rate(scores[name], scores[baseline], tokens[name],
                                                                    tokens[baseline]),
-                   "mean_score": float(np.mean(scores[name]))}
+                   "mean_score": _mean([s for row in scores[name] for s in (row if isinstance(row, list) else [row])])}
             for name in scores if name != baseline}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def samples_jsonl(prompts: list, categories: list[str], responses: dict[str, list[str | None]],
@@ -413,7 +416,8 @@ def evaluate_run(run_dir: str | Path, config: PipelineConfig, paths: dict) -> di
     results["references"] = len(references)
     if benign:
         results["benign"] = {"prompts": len(benign), "source": config.eval.benign_prompts}
-    results["draws"] = draws
+    if draws > 1:
+        results["draws"] = draws
     results["eval_wall_time_s"] = round(time.time() - started, 1)
     lines = samples_jsonl(fixed + conversations + list(benign), categories + ["benign"] * len(benign), sampled,
                           {scorer: {n: s[0] for n, s in of.items()} for scorer, of in by_draw.items()},
