@@ -50,8 +50,7 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
         if n and any(key in policies[m] for m in names):
             each = f", mean of {draws} draws each" if draws > 1 and key != "benign_answered" else ""
             rows.append([f"{label} (of {n}{each})"] + [
-                "–" if policies[m].get(key) is None else _interval(proportion_interval(
-                    policies[m][key] * n if each else round(policies[m][key] * n), n))  # a mean over draws as it is
+                "–" if policies[m].get(key) is None else _interval(proportion_interval(policies[m][key] * n, n))
                 for m in names])
     for kind, n in (("harmful", len(HARMFUL_PROMPTS)), ("ordinary", len(ORDINARY_PROMPTS)), ("benign", benign)):
         key = f"{kind}_refusal_opening"

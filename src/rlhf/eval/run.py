@@ -16,6 +16,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -318,11 +319,12 @@ def judged_win_rates(scores: dict[str, list], tokens: dict[str, list], categorie
                    **win_rate_by_category(scores[name], scores[baseline], categories),
                    "length_controlled": length_controlled_win_rate(scores[name], scores[baseline], tokens[name],
                                                                    tokens[baseline]),
-                   "mean_score": _mean([s for row in scores[name] for s in (row if isinstance(row, list) else [row])])}
+                   "mean_score": _mean(np.ravel(scores[name]).tolist())}
             for name in scores if name != baseline}
 
 
 def _mean(values: list[float]) -> float:
+    """Summed in order, as one draw's mean always was (numpy's pairwise sum can differ in the last digit)."""
     return sum(values) / len(values)
 
 
