@@ -320,6 +320,28 @@ def test_opening_probability_is_the_product_of_the_tempered_next_token_probabili
         opening_probability(model, tokenizer, prompts, opening, 0.0)
 
 
+def test_held_out_likelihoods_forward_without_a_graph_with_or_without_autocast(tiny_path):
+    """Perplexity, reference log-likelihood and opening probability score frozen weights: no forward
+    of theirs records a graph, whether they are given an autocast or not (a missing autocast once fell
+    back to ``torch.enable_grad()``, which built a graph under their ``no_grad``)."""
+    from rlhf.data.records import Demonstration
+    from rlhf.eval.perplexity import opening_probability, reference_log_likelihood
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.train.common import inference_autocast
+
+    tokenizer = load_tokenizer(str(tiny_path))
+    model = load_causal_lm(str(tiny_path), tokenizer=tokenizer).eval()
+    graphs = []
+    model.model.layers[0].register_forward_hook(lambda module, args, out: graphs.append(torch.is_grad_enabled()))
+    demos = [Demonstration(prompt=[{"role": "user", "content": "Name a colour."}], response="Blue.")]
+    blocks = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    for autocast in (None, inference_autocast):
+        perplexity(model, blocks, autocast=autocast)
+        reference_log_likelihood(model, tokenizer, demos, max_length=64, autocast=autocast)
+        opening_probability(model, tokenizer, ["Hi"], "I'm sorry", 0.7, autocast=autocast)
+    assert len(graphs) == 6 and not any(graphs)
+
+
 def test_disjoint_from_needs_a_reward_model_folder_that_lists_its_training_records(tmp_path):
     from rlhf.data.records import Comparison, DataError
     from rlhf.train.reward import leave_out_trained

@@ -167,7 +167,13 @@ def test_a_prompts_response_does_not_depend_on_the_batch_it_is_sampled_in(tiny_p
 
     prompts = ["Say words about cats 1.", "Say words about rain 22.", "Say words about a city 333."]
     alone = generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=1)
+    batches = []  # prompts go to batches in order of length: the two shortest together
+    sample = rlhf.generate.Decoder.sample
+    monkeypatch.setattr(rlhf.generate.Decoder, "sample",
+                        lambda self, ids, mask, *a, **k: batches.append(mask.sum(1).tolist()) or sample(self, ids, mask,
+                                                                                                   *a, **k))
     assert generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=2) == alone
+    assert [len(b) for b in batches] == [2, 1] and max(batches[0]) < batches[1][0]
     assert generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=16) == alone
     assert len(set(alone)) == 3 and all(alone)
     assert generate(tiny_path, prompts[::-1], 12, 1.0, seed=5)[1] == alone[1]  # index 1 in both lists

@@ -33,19 +33,22 @@ def generate(model_name: str, prompts: list[str], max_new_tokens: int = 128, tem
     not depend on ``batch_size`` or on the other prompts, and two models given the same prompts and
     seed draw with the same numbers (common random numbers: the difference between their samples
     is the models', not the draws'). In bf16 another batch's shapes can still round a logit
-    differently and flip a draw that falls within rounding of a token's edge."""
+    differently and flip a draw that falls within rounding of a token's edge. Prompts are batched in
+    order of length, so that a batch's left padding is small."""
     tokenizer = tokenizer or load_tokenizer(model_name)
     decoder = decoder or sampling_decoder(model or load_causal_lm(model_name, tokenizer=tokenizer))
     eos_ids = response_stop_ids(tokenizer, decoder.model)  # a copy keeps the generation config
     uniforms = prompt_uniforms(seed, len(prompts), max_new_tokens).to(decoder.device)
-    responses = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [encode_prompt(tokenizer, as_conversation(p)) for p in prompts[start:start + batch_size]]
-        ids, mask = pad(chunk, tokenizer.pad_token_id, side="left")
+    encoded = [encode_prompt(tokenizer, as_conversation(p)) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    responses: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        ids, mask = pad([encoded[i] for i in rows], tokenizer.pad_token_id, side="left")
         ids, mask = ids.to(decoder.device), mask.to(decoder.device)
         with inference_autocast():
             response_ids, response_mask = decoder.sample(ids, mask, max_new_tokens, eos_ids, tokenizer.pad_token_id,
-                                                         temperature, uniforms=uniforms[start:start + batch_size])
-        for row, row_mask in zip(response_ids, response_mask):
-            responses.append(tokenizer.decode(row[row_mask.bool()], skip_special_tokens=True).strip())
+                                                         temperature, uniforms=uniforms[rows])
+        for i, row, row_mask in zip(rows, response_ids, response_mask):
+            responses[i] = tokenizer.decode(row[row_mask.bool()], skip_special_tokens=True).strip()
     return responses

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from collections import defaultdict
@@ -40,7 +41,7 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids, mask = pad([encoded[i][0] + encoded[i][1] for i in chunk], tokenizer.pad_token_id)
-        with autocast() if autocast else torch.enable_grad():
+        with autocast() if autocast else contextlib.nullcontext():
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
         logprobs = logits[:, :-1].log_softmax(-1).gather(2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for row, i in enumerate(chunk):

@@ -3,6 +3,7 @@ over fixed blocks), the log-likelihood of human references, and the probability 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -27,7 +28,7 @@ def perplexity(model, blocks: torch.Tensor, batch_size: int = 8, autocast=None) 
     losses = []
     for start in range(0, blocks.shape[0], batch_size):
         ids = blocks[start:start + batch_size]
-        with autocast() if autocast else torch.enable_grad():
+        with autocast() if autocast else contextlib.nullcontext():
             logits = model(input_ids=ids).logits
         losses.append(response_lm_loss(logits, ids, torch.ones_like(ids)).item() * ids.shape[0])
     return math.exp(sum(losses) / blocks.shape[0])
@@ -58,7 +59,7 @@ def reference_log_likelihood(model, tokenizer, demonstrations: list, max_length:
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = collate_sft(examples[start:start + batch_size], tokenizer.pad_token_id)
-        with autocast() if autocast else torch.enable_grad():
+        with autocast() if autocast else contextlib.nullcontext():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         count = int(batch["loss_mask"][:, 1:].sum())
         total -= response_lm_loss(logits, batch["input_ids"], batch["loss_mask"]).item() * count
@@ -74,9 +75,11 @@ def opening_probability(model, tokenizer, prompts: list, opening: str, temperatu
     """For each prompt, the probability that a response sampled at ``temperature`` opens with
     ``opening``: Π_t softmax(logits_t / T)[o_t] over the opening's tokens o (tokenised as a response
     is) after the chat-templated prompt. The exact expectation of the 0/1 outcome that one sample
-    gives, so two policies can be compared without sampling noise."""
+    gives, so two policies can be compared without sampling noise. The output layer is applied only
+    at the opening's positions."""
     from rlhf.data.collate import encode_prompt, encode_response, pad
     from rlhf.data.records import as_conversation
+    from rlhf.models import output_logits
 
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -89,11 +92,13 @@ def opening_probability(model, tokenizer, prompts: list, opening: str, temperatu
     for start in range(0, len(heads), batch_size):
         chunk = heads[start:start + batch_size]
         ids, mask = pad([h + tail for h in chunk], tokenizer.pad_token_id)  # right padding: positions unchanged
-        with autocast() if autocast else torch.enable_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        for row, head in enumerate(chunk):
-            # the logits at position i predict token i + 1; the opening starts at position len(head)
-            steps = logits[row, len(head) - 1:len(head) - 1 + len(tail)].float() / temperature
-            log_p = torch.log_softmax(steps, dim=-1).gather(1, torch.tensor(tail)[:, None]).sum()
-            probabilities.append(log_p.exp().item())
+        # the output at position i predicts token i + 1; the opening starts at position len(head)
+        rows = torch.arange(len(chunk)).repeat_interleave(len(tail))
+        columns = torch.tensor([len(head) - 1 + t for head in chunk for t in range(len(tail))])
+        with autocast() if autocast else contextlib.nullcontext():
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            logits = output_logits(model, hidden[rows, columns])  # (rows × opening tokens, V)
+        steps = torch.log_softmax(logits.float() / temperature, dim=-1)
+        log_p = steps.gather(1, torch.tensor(tail).repeat(len(chunk))[:, None]).view(len(chunk), len(tail)).sum(1)
+        probabilities.extend(log_p.exp().tolist())
     return probabilities

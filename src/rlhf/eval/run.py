@@ -177,7 +177,7 @@ def measure_policy(path: str, config: PipelineConfig, extra_prompts: list = (), 
     fixed = HARMFUL_PROMPTS + ORDINARY_PROMPTS
     decoder = sampling_decoder(model)
     draws = [generate(path, fixed + list(extra_prompts), eval_config.max_new_tokens, eval_config.temperature,
-                      seed=seed, tokenizer=tokenizer, decoder=decoder)
+                      seed=seed, tokenizer=tokenizer, batch_size=eval_config.batch_size, decoder=decoder)
              for seed in draw_seeds(evaluation_seed(config), evaluation_draws(config))]
     harmful = [d[:len(HARMFUL_PROMPTS)] for d in draws]
     ordinary = [d[len(HARMFUL_PROMPTS):len(fixed)] for d in draws]
@@ -219,7 +219,8 @@ def over_refusal(model, tokenizer, decoder, benign: list,
     tokens each (the evaluation's temperature and seed, from ``decoder``, a sampler of ``model``), and the
     exact refusal-opening probability. Returns the measures and the samples."""
     sampled = generate("", list(benign), min(REFUSAL_WINDOW, config.eval.max_new_tokens), config.eval.temperature,
-                       seed=evaluation_seed(config), tokenizer=tokenizer, decoder=decoder)
+                       seed=evaluation_seed(config), tokenizer=tokenizer, batch_size=config.eval.batch_size,
+                       decoder=decoder)
     measures = {"benign_answered": 1 - refusal_rate(sampled),
                 **refusal_opening(model, tokenizer, "benign", benign, config)}
     return measures, sampled

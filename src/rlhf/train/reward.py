@@ -220,7 +220,8 @@ def _normalize(model, tokenizer, config: RewardConfig, accelerator) -> float:
         return 0.0
     demos = [d for path in config.normalize_data for d in read_demonstrations(path, config.skip_invalid)]
     demos = sample_records(demos, config.normalize_max_examples, config.seed)
-    examples = encode_demonstrations(tokenizer, demos, config.max_length, "skip")
+    examples = sorted(encode_demonstrations(tokenizer, demos, config.max_length, "skip"),
+                      key=lambda e: len(e.input_ids))  # batches of like lengths pad little
     loader = accelerator.prepare(DataLoader(
         examples, batch_size=config.batch_size * 2, collate_fn=lambda b: collate_sft(b, tokenizer.pad_token_id)))
     unwrapped = accelerator.unwrap_model(model)
