@@ -65,7 +65,7 @@ def write_contrasts(config: PipelineConfig, run_dir: Path) -> None:
         return
     demos = [d for p in config.data.contrasts for d in read_demonstrations(p, config.data.skip_invalid)]
     samples = generate(config.model, [d.prompt for d in demos], config.eval.max_new_tokens, config.eval.temperature,
-                       seed=config.seed)
+                       seed=config.seed, batch_size=config.eval.batch_size)
     rankings, counts = contrast_rankings(demos, samples, is_refusal)
     if not counts["harmful"] or not counts["ordinary"]:
         logger.warning("contrasts: no %s request among the rankings of %s, so they can teach only that refusing "
