@@ -64,6 +64,8 @@ def main() -> None:
             sample(benign, window, batch_size, given_order)
             order = "given order" if given_order else "by length"
             print(f"{name}: batch {batch_size}, {order}: {time.perf_counter() - started:.1f} s", flush=True)
+        if settings.temperature == 0:  # greedy: one sample is the exact answer, as the evaluation skips it
+            continue
         started = time.perf_counter()
         opening = opening_probability(model, tokenizer, HARMFUL_PROMPTS + ORDINARY_PROMPTS + benign, REFUSAL_OPENING,
                                       settings.temperature, autocast=inference_autocast)

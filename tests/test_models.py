@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf.data.collate import collate_ranked, encode_comparisons, pad
+from rlhf.data.collate import collate_ranked, encode_comparisons, encode_prompt, pad
 from rlhf.data.records import Comparison
 from rlhf.decode import sample_responses
 from rlhf.losses import ranking_loss, response_lm_loss
@@ -167,13 +167,28 @@ def test_a_prompts_response_does_not_depend_on_the_batch_it_is_sampled_in(tiny_p
 
     prompts = ["Say words about cats 1.", "Say words about rain 22.", "Say words about a city 333."]
     alone = generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=1)
-    batches = []  # prompts go to batches in order of length: the two shortest together
+    assert generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=2) == alone
+    # batched in order of length, answered in the order given (the longest first, then the two shortest):
+    # prompt i of the list drawn with row i of the seed's uniform numbers, as the decoder samples it alone
+    mixed = [prompts[2], prompts[0], prompts[1]]
+    tokenizer = load_tokenizer(tiny_path)
+    decoder = rlhf.generate.sampling_decoder(load_causal_lm(tiny_path, tokenizer=tokenizer))
+    uniforms = rlhf.generate.prompt_uniforms(5, len(mixed), 12)
+    one_at_a_time = []
+    for i, prompt in enumerate(mixed):
+        ids = torch.tensor([encode_prompt(tokenizer, [{"role": "user", "content": prompt}])])
+        out, out_mask = decoder.sample(ids, torch.ones_like(ids), 12, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+                                       1.0, uniforms=uniforms[i:i + 1])
+        one_at_a_time.append(tokenizer.decode(out[0][out_mask[0].bool()], skip_special_tokens=True).strip())
+    assert len(set(one_at_a_time)) == 3
+    batches = []
     sample = rlhf.generate.Decoder.sample
     monkeypatch.setattr(rlhf.generate.Decoder, "sample",
                         lambda self, ids, mask, *a, **k: batches.append(mask.sum(1).tolist()) or sample(self, ids, mask,
                                                                                                    *a, **k))
-    assert generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=2) == alone
-    assert [len(b) for b in batches] == [2, 1] and max(batches[0]) < batches[1][0]
+    assert generate(tiny_path, mixed, 12, 1.0, seed=5, batch_size=2) == one_at_a_time
+    lengths = [len(encode_prompt(tokenizer, [{"role": "user", "content": p}])) for p in mixed]
+    assert batches == [sorted(lengths)[:2], [lengths[0]]]
     assert generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=16) == alone
     assert len(set(alone)) == 3 and all(alone)
     assert generate(tiny_path, prompts[::-1], 12, 1.0, seed=5)[1] == alone[1]  # index 1 in both lists

@@ -96,9 +96,10 @@ def opening_probability(model, tokenizer, prompts: list, opening: str, temperatu
         rows = torch.arange(len(chunk)).repeat_interleave(len(tail))
         columns = torch.tensor([len(head) - 1 + t for head in chunk for t in range(len(tail))])
         with autocast() if autocast else contextlib.nullcontext():
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             logits = output_logits(model, hidden[rows, columns])  # (rows × opening tokens, V)
         steps = torch.log_softmax(logits.float() / temperature, dim=-1)
-        log_p = steps.gather(1, torch.tensor(tail).repeat(len(chunk))[:, None]).view(len(chunk), len(tail)).sum(1)
+        targets = torch.tensor(tail, device=steps.device).repeat(len(chunk))[:, None]
+        log_p = steps.gather(1, targets).view(len(chunk), len(tail)).sum(1)
         probabilities.extend(log_p.exp().tolist())
     return probabilities
