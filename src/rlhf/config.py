@@ -340,7 +340,8 @@ class EvalConfig(BaseModel):
         "another seed measures the same weights on new draws")
     batch_size: int = Field(
         32, ge=1, description="prompts sampled together, in order of length (a prompt's response does not depend on "
-        "it); 32 sampled the demo's policies 23-25 % faster than 16, and 64 no faster than 32 (BENCHMARKS.md)")
+        "it); at 32 a draw of the demo's three policies took 23 % less time than at 16, at 64 more than at 32 "
+        "(BENCHMARKS.md)")
     perplexity_tokens: int = Field(16384, ge=1, description="held-out pretraining tokens scored per model")
     perplexity_block_size: int = Field(256, ge=8)
     report_prompts: int = Field(10, ge=0, description="prompts shown side by side in the reports (half harmful)")
