@@ -190,6 +190,27 @@ def test_a_sharded_run_killed_and_resumed_equals_an_uninterrupted_one(data, tmp_
     assert_close_weights(output, tmp_path / "whole")
 
 
+
+FINISH = ("import atexit, sys; atexit.register(print, 'FINALIZED'); sys.argv[0] = 'rlhf'; "
+          "from rlhf.cli import entry; entry()")
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_torchrun_worker_that_succeeded_leaves_without_interpreter_shutdown_and_loses_no_output(world_size):
+    """Under torchrun (WORLD_SIZE > 1) a successful command skips interpreter shutdown, where gloo's
+    threads can abort a finished rank; what it printed is flushed first (stdout is a pipe here, so
+    block-buffered). A failing command, or a single process, exits the ordinary way."""
+    worker = world_size == "2"
+    done = subprocess.run([sys.executable, "-c", FINISH, "config", "sft"], capture_output=True, text=True,
+                          env=cpu_env(WORLD_SIZE=world_size, PYTHONUNBUFFERED=""), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "learning_rate:" in done.stdout  # the YAML printed before the exit
+    assert done.stdout.rstrip().endswith("FINALIZED") != worker
+    failed = subprocess.run([sys.executable, "-c", FINISH, "sft", "no_such_field=1"], capture_output=True,
+                            text=True, env=cpu_env(WORLD_SIZE=world_size, PYTHONUNBUFFERED=""), timeout=120)
+    assert failed.returncode == 2 and "no_such_field" in failed.stderr, failed.stderr[-2000:]
+    assert failed.stdout.rstrip().endswith("FINALIZED")
+
 def test_ptx_batches_are_shared_out_between_processes():
     """Every process draws the same global batch and takes every N-th block: N processes read the
     blocks one process reads, none twice."""

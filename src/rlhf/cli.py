@@ -457,5 +457,23 @@ def _reading_location(traceback) -> str | None:
     return found
 
 
+def entry() -> None:
+    """The ``rlhf`` command (console script and ``python -m rlhf.cli``): :func:`main`, then exit.
+
+    A process that ``torchrun`` started (``WORLD_SIZE`` > 1) and whose command succeeded leaves with
+    ``os._exit`` once its output is flushed: its work is written, its trackers closed and its process
+    group torn down, and what is left of interpreter shutdown can only destroy gloo's threads and
+    FSDP's objects in an order PyTorch does not guarantee. CI saw a finished rank abort there
+    ("terminate called without an active exception", SIGABRT) after the stage had been written, and
+    ``torchrun`` then reports the whole run as failed. A failing command exits the ordinary way."""
+    code = main()
+    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
