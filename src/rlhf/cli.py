@@ -28,6 +28,7 @@ from rlhf.config import STAGE_CONFIGS, ConfigError, dump_config, load_config, pr
 from rlhf.data.formats import FORMATS
 from rlhf.data.records import DataError, one_line
 from rlhf.label.cli import add_label_commands, run_label
+from rlhf.processes import configure_logging
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -395,10 +396,7 @@ def _print_summary(summary: dict, run_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "transformers", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         run(args)
