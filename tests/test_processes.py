@@ -69,3 +69,27 @@ def test_an_interrupted_caller_stops_the_other_process(tmp_path):
     assert "KeyboardInterrupt" in stderr
     other.wait(timeout=10)  # raises psutil.TimeoutExpired if it lives on
     assert not other.is_running()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_memory_this_process_freed_goes_back_to_the_system_before_another_starts():
+    """200 MB of 64 KiB blocks (below glibc's mmap threshold: from the heap), each followed by a small
+    block that stays: freed, the big ones are holes glibc keeps (no free memory at the heap's top to
+    give back) until released; then the resident size falls by most of them."""
+    from rlhf.processes import release_free_memory
+
+    me = psutil.Process()
+    blocks, pins = [], []
+    for _ in range(3200):
+        block = bytearray(64 * 1024)
+        block[::4096] = b"x" * len(block[::4096])  # every page touched: resident
+        blocks.append(block)
+        pins.append(bytearray(600))
+    del block
+    held = me.memory_info().rss
+    blocks.clear()
+    kept = me.memory_info().rss
+    release_free_memory()
+    released = me.memory_info().rss
+    assert held - kept < 50e6 and kept - released > 150e6, (held, kept, released)
+    assert len(pins) == 3200

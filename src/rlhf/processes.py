@@ -10,8 +10,11 @@ setting outlives a stage), so the difference is the process's memory after an ho
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import multiprocessing
+import sys
 import traceback
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -36,6 +39,7 @@ def in_own_process(name: str, function, *args):
     The process writes to the same stderr (its log lines and progress bars) with this one's log
     level. Interrupted here (Ctrl-C, SIGTERM), the other process is stopped before this one goes on
     unwinding. A process that dies without answering raises :class:`ProcessDied` naming ``name``."""
+    release_free_memory()  # what this process freed, before another one allocates its own
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_answer, args=(send, function, args, logging.getLogger().level),
@@ -59,6 +63,18 @@ def in_own_process(name: str, function, *args):
         value.add_note(f"in the {name} process:\n{trace}")
         raise value
     return value
+
+
+def release_free_memory() -> None:
+    """Give the memory this process has freed back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). glibc keeps what a training stage freed: after the demo's PPO the pipeline's process
+    held 9.1 GB with no tensor alive, beside the 4.5 GB its evaluation's own process needed."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
 
 
 def _answer(send, function, args, level: int) -> None:
