@@ -182,7 +182,7 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunContro
         from rlhf.eval.run import evaluate_run
         from rlhf.processes import in_own_process
 
-        # one process: the evaluation in a fresh one, 17-22 % faster than in the process that trained
+        # one process: the evaluation in a fresh one, ~10 % faster, the trainer's freed memory given back
         summary["eval"] = (in_own_process("evaluation", evaluate_run, run_dir, config, paths) if world == 1
                            else evaluate_run(run_dir, config, paths))
     from rlhf.eval.html_report import write_html_report
