@@ -190,7 +190,6 @@ def test_a_sharded_run_killed_and_resumed_equals_an_uninterrupted_one(data, tmp_
     assert_close_weights(output, tmp_path / "whole")
 
 
-
 FINISH = ("import atexit, sys; atexit.register(print, 'FINALIZED'); sys.argv[0] = 'rlhf'; "
           "from rlhf.cli import entry; entry()")
 
@@ -210,6 +209,7 @@ def test_a_torchrun_worker_that_succeeded_leaves_without_interpreter_shutdown_an
                             text=True, env=cpu_env(WORLD_SIZE=world_size, PYTHONUNBUFFERED=""), timeout=120)
     assert failed.returncode == 2 and "no_such_field" in failed.stderr, failed.stderr[-2000:]
     assert failed.stdout.rstrip().endswith("FINALIZED")
+
 
 def test_ptx_batches_are_shared_out_between_processes():
     """Every process draws the same global batch and takes every N-th block: N processes read the

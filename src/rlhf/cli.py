@@ -28,7 +28,6 @@ from rlhf.config import STAGE_CONFIGS, ConfigError, dump_config, load_config, pr
 from rlhf.data.formats import FORMATS
 from rlhf.data.records import DataError, one_line
 from rlhf.label.cli import add_label_commands, run_label
-from rlhf.processes import configure_logging
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -396,7 +395,10 @@ def _print_summary(summary: dict, run_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         run(args)
@@ -467,8 +469,11 @@ def entry() -> None:
     code = main()
     if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # a closed pipe: the output was lost, as Python's own exit would say (120)
+            os._exit(120)
         os._exit(0)
     sys.exit(code)
 

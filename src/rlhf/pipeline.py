@@ -180,11 +180,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, control: RunContro
         summary["eval"] = json.loads((run_dir / "eval.json").read_text())
     elif config.eval.enabled:
         from rlhf.eval.run import evaluate_run
-        from rlhf.processes import in_own_process
 
-        # one process: the evaluation in a fresh one, ~10 % faster, the trainer's freed memory given back
-        summary["eval"] = (in_own_process("evaluation", evaluate_run, run_dir, config, paths) if world == 1
-                           else evaluate_run(run_dir, config, paths))
+        summary["eval"] = evaluate_run(run_dir, config, paths)
     from rlhf.eval.html_report import write_html_report
 
     write_html_report(run_dir)
