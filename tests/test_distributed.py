@@ -211,6 +211,15 @@ def test_a_torchrun_worker_that_succeeded_leaves_without_interpreter_shutdown_an
     assert failed.stdout.rstrip().endswith("FINALIZED")
 
 
+def test_a_torchrun_worker_whose_output_pipe_closed_does_not_exit_as_a_success():
+    """The reader of stdout went away before the flush at the exit: the output was lost, and the
+    command says so with Python's own code for it (120), not 0."""
+    worker = subprocess.Popen([sys.executable, "-c", FINISH, "config", "sft"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, env=cpu_env(WORLD_SIZE="2", PYTHONUNBUFFERED=""))
+    worker.stdout.close()  # long before the command prints (it imports for seconds)
+    assert worker.wait(timeout=120) == 120
+
+
 def test_ptx_batches_are_shared_out_between_processes():
     """Every process draws the same global batch and takes every N-th block: N processes read the
     blocks one process reads, none twice."""
