@@ -32,19 +32,17 @@ def main() -> None:
     import yaml
 
     from rlhf.config import PipelineConfig
-    from rlhf.eval.perplexity import opening_probability
-    from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS, REFUSAL_OPENING, REFUSAL_WINDOW
-    from rlhf.eval.run import benign_prompts, held_out_conversations
+    from rlhf.eval.refusal import HARMFUL_PROMPTS, ORDINARY_PROMPTS
+    from rlhf.eval.run import benign_prompts, benign_tokens, held_out_conversations, refusal_opening
     from rlhf.generate import generate, sampling_decoder
     from rlhf.models import load_causal_lm, load_tokenizer
-    from rlhf.train.common import inference_autocast
 
     run = Path(args.run_dir)
     config = PipelineConfig(**yaml.safe_load((run / "config.yaml").read_text()))
     settings = config.eval
     prompts = HARMFUL_PROMPTS + ORDINARY_PROMPTS + held_out_conversations(run, settings.judge_prompts)
     benign = benign_prompts(config)
-    window = min(REFUSAL_WINDOW, settings.max_new_tokens)
+    window = benign_tokens(config)
     print(f"{len(prompts)} prompts at {settings.max_new_tokens} tokens, {len(benign)} benign at {window}")
     for name in args.policies:
         path = config.model if name == "base" else str(run / name)
@@ -64,13 +62,11 @@ def main() -> None:
             sample(benign, window, batch_size, given_order)
             order = "given order" if given_order else "by length"
             print(f"{name}: batch {batch_size}, {order}: {time.perf_counter() - started:.1f} s", flush=True)
-        if settings.temperature == 0:  # greedy: one sample is the exact answer, as the evaluation skips it
-            continue
-        started = time.perf_counter()
-        opening = opening_probability(model, tokenizer, HARMFUL_PROMPTS + ORDINARY_PROMPTS + benign, REFUSAL_OPENING,
-                                      settings.temperature, autocast=inference_autocast)
-        print(f"{name}: opening probability of {len(opening)} prompts: {time.perf_counter() - started:.1f} s "
-              f"(mean {sum(opening) / len(opening):.4f})", flush=True)
+        started = time.perf_counter()  # the evaluation's measure (nothing when sampling is greedy)
+        opening = refusal_opening(model, tokenizer, "all", HARMFUL_PROMPTS + ORDINARY_PROMPTS + benign, config)
+        if opening:
+            print(f"{name}: opening probability of {len(HARMFUL_PROMPTS + ORDINARY_PROMPTS + benign)} prompts: "
+                  f"{time.perf_counter() - started:.1f} s (mean {opening['all_refusal_opening']:.4f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -174,9 +174,10 @@ def test_a_prompts_response_does_not_depend_on_the_batch_it_is_sampled_in(tiny_p
     tokenizer = load_tokenizer(tiny_path)
     decoder = rlhf.generate.sampling_decoder(load_causal_lm(tiny_path, tokenizer=tokenizer))
     uniforms = rlhf.generate.prompt_uniforms(5, len(mixed), 12)
+    encoded = [encode_prompt(tokenizer, [{"role": "user", "content": p}]) for p in mixed]
     one_at_a_time = []
-    for i, prompt in enumerate(mixed):
-        ids = torch.tensor([encode_prompt(tokenizer, [{"role": "user", "content": prompt}])])
+    for i, prompt in enumerate(encoded):
+        ids = torch.tensor([prompt])
         out, out_mask = decoder.sample(ids, torch.ones_like(ids), 12, [tokenizer.eos_token_id], tokenizer.pad_token_id,
                                        1.0, uniforms=uniforms[i:i + 1])
         one_at_a_time.append(tokenizer.decode(out[0][out_mask[0].bool()], skip_special_tokens=True).strip())
@@ -187,7 +188,7 @@ def test_a_prompts_response_does_not_depend_on_the_batch_it_is_sampled_in(tiny_p
                         lambda self, ids, mask, *a, **k: batches.append(mask.sum(1).tolist()) or sample(self, ids, mask,
                                                                                                    *a, **k))
     assert generate(tiny_path, mixed, 12, 1.0, seed=5, batch_size=2) == one_at_a_time
-    lengths = [len(encode_prompt(tokenizer, [{"role": "user", "content": p}])) for p in mixed]
+    lengths = [len(e) for e in encoded]
     assert batches == [sorted(lengths)[:2], [lengths[0]]]
     assert generate(tiny_path, prompts, 12, 1.0, seed=5, batch_size=16) == alone
     assert len(set(alone)) == 3 and all(alone)

@@ -213,12 +213,17 @@ def refusal_opening(model, tokenizer, kind: str, prompts: list, config: Pipeline
     return {f"{kind}_refusal_opening": sum(opening) / len(opening)}
 
 
+def benign_tokens(config: PipelineConfig) -> int:
+    """How many tokens a benign request's sample has: enough to see a refusal (``REFUSAL_WINDOW``)."""
+    return min(REFUSAL_WINDOW, config.eval.max_new_tokens)
+
+
 def over_refusal(model, tokenizer, decoder, benign: list,
                  config: PipelineConfig) -> tuple[dict[str, float], list[str]]:
     """On benign requests (:func:`benign_prompts`): the share answered, one sample of ``REFUSAL_WINDOW``
     tokens each (the evaluation's temperature and seed, from ``decoder``, a sampler of ``model``), and the
     exact refusal-opening probability. Returns the measures and the samples."""
-    sampled = generate("", list(benign), min(REFUSAL_WINDOW, config.eval.max_new_tokens), config.eval.temperature,
+    sampled = generate("", list(benign), benign_tokens(config), config.eval.temperature,
                        seed=evaluation_seed(config), tokenizer=tokenizer, batch_size=config.eval.batch_size,
                        decoder=decoder)
     measures = {"benign_answered": 1 - refusal_rate(sampled),
