@@ -126,7 +126,7 @@ def headline(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     notes.append("Refusals are detected by phrase (`rlhf.eval.refusal`) in "
                  + ("one sample" if draws == 1 else f"{draws} samples") + " per prompt, on fixed prompts no "
                  f"stage trains on; the P(opens \"{REFUSAL_OPENING}\") rows are the exact probability that a "
-                 "sample opens like the demonstrated refusals, averaged over the prompts, free of sampling noise. "
+                 "sample opens like the canned refusal, averaged over the prompts, free of sampling noise. "
                  "Perplexity is on the held-out end of the pretraining text (lower is better).")
     return ["held-out measure", *names], rows, notes
 
